@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use compact::compact_schema;
+pub use compact::{CompactSchema, compact_schema};
 pub use json_schema::create_payload_schema;
 
 /// The EDM (OData V2) type of a property. Names are the EDM names without the `Edm.` prefix.

@@ -1,0 +1,237 @@
+//! `RoutingEndpoint`: serves a model version that passed its gates, autoscaled.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ArtifactStorage, KeyRef, PodSettings, Precision, Resources};
+
+/// A production routing endpoint: a Deployment of `sapllm-worker serve`, a Service, a
+/// HorizontalPodAutoscaler and a PodDisruptionBudget. It only ever rolls out a model version
+/// whose Evaluation passed.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "sapllm.io",
+    version = "v1alpha1",
+    kind = "RoutingEndpoint",
+    namespaced,
+    status = "RoutingEndpointStatus",
+    shortname = "rep",
+    category = "sapllm",
+    printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeVersion"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Blocked","type":"string","jsonPath":".status.conditions[?(@.type==\"GateBlocked\")].status","priority":1}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingEndpointSpec {
+    /// Which model version to serve.
+    pub model: EndpointModel,
+    /// Replica bounds for the autoscaler.
+    #[serde(default)]
+    pub replicas: ReplicaRange,
+    /// Autoscaling targets.
+    #[serde(default)]
+    pub autoscaling: Autoscaling,
+    /// Precision of the frozen base weights at inference (the adapter is merged first).
+    #[serde(default)]
+    pub precision: Precision,
+    /// Resources of the serving container (CPU, memory, GPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Pod settings (image, node selector, tolerations, priority class, service account).
+    #[serde(default)]
+    pub worker: PodSettings,
+    /// The volume that holds the model artifacts (defaults to the lineage's TrainingRun storage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<ArtifactStorage>,
+    /// Port of the HTTP service.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Secret key holding the bearer token clients must send; no auth when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret: Option<KeyRef>,
+    /// Dynamic batching of concurrent requests.
+    #[serde(default)]
+    pub batching: Batching,
+    /// Decisions below this confidence abstain (route to review).
+    #[serde(default = "crate::training_run::default_abstain")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub abstain_threshold: f64,
+    /// A rollout that is not ready within this many seconds is rolled back.
+    #[serde(default = "default_rollout_deadline")]
+    #[schemars(range(min = 10))]
+    pub rollout_deadline_seconds: i64,
+}
+
+fn default_port() -> i32 {
+    8080
+}
+fn default_rollout_deadline() -> i64 {
+    600
+}
+
+/// The model to serve: a pinned version (GitOps) or the latest version of a TrainingRun lineage
+/// that passed its gates. Exactly one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.pinned) != has(self.latestPassing)").message("set exactly one of model.pinned and model.latestPassing"))]
+pub struct EndpointModel {
+    /// A pinned model version; the operator never changes it, only reports in status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<PinnedModel>,
+    /// Follow the newest passing version of a lineage by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_passing: Option<Lineage>,
+}
+
+/// A pinned model version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedModel {
+    /// The version's content digest ("sha256:..."), as in an Evaluation's status.
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('sha256:')").message("pinned.version must be a content digest \"sha256:...\""))]
+    pub version: String,
+}
+
+/// A TrainingRun lineage: the runs labelled `sapllm.io/lineage: <name>` (or the run named so).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Lineage {
+    /// The lineage name.
+    #[x_kube(validation = kube::core::Rule::new("self.size() > 0").message("latestPassing.lineage must not be empty"))]
+    pub lineage: String,
+}
+
+/// Replica bounds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.min <= self.max").message("replicas.min must be <= replicas.max"))]
+pub struct ReplicaRange {
+    /// Fewest replicas.
+    #[serde(default = "default_min")]
+    #[schemars(range(min = 1))]
+    pub min: i32,
+    /// Most replicas.
+    #[serde(default = "default_max")]
+    #[schemars(range(min = 1))]
+    pub max: i32,
+}
+
+fn default_min() -> i32 {
+    1
+}
+fn default_max() -> i32 {
+    3
+}
+
+impl Default for ReplicaRange {
+    fn default() -> Self {
+        ReplicaRange { min: default_min(), max: default_max() }
+    }
+}
+
+/// Autoscaling targets (HorizontalPodAutoscaler autoscaling/v2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Target average CPU utilisation, percent of the request.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+    /// Target average in-flight requests per pod (the `sapllm_inflight_requests` pod metric; needs
+    /// a metrics adapter such as prometheus-adapter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_in_flight_requests: Option<i32>,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+impl Default for Autoscaling {
+    fn default() -> Self {
+        Autoscaling { target_cpu_utilization: default_cpu_target(), target_in_flight_requests: None }
+    }
+}
+
+/// Dynamic batching of concurrent decisions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Batching {
+    /// Most requests decoded together.
+    #[serde(default = "default_max_batch")]
+    #[schemars(range(min = 1, max = 256))]
+    pub max_batch: u32,
+    /// Longest a request waits for others to join its batch, in milliseconds.
+    #[serde(default = "default_max_wait")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_wait_ms: u32,
+    /// Queued requests beyond which the server answers 429.
+    #[serde(default = "default_queue")]
+    #[schemars(range(min = 1))]
+    pub max_queue: u32,
+    /// Per-request timeout in milliseconds.
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1))]
+    pub request_timeout_ms: u32,
+}
+
+fn default_max_batch() -> u32 {
+    8
+}
+fn default_max_wait() -> u32 {
+    5
+}
+fn default_queue() -> u32 {
+    64
+}
+fn default_timeout() -> u32 {
+    10_000
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            max_batch: default_max_batch(),
+            max_wait_ms: default_max_wait(),
+            max_queue: default_queue(),
+            request_timeout_ms: default_timeout(),
+        }
+    }
+}
+
+/// Observed state of a RoutingEndpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingEndpointStatus {
+    /// The version serving traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_version: Option<String>,
+    /// The version served before, the target of a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    /// A version being rolled out, not yet ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_version: Option<String>,
+    /// When the current rollout started (for its deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_started: Option<Time>,
+    /// Replicas ready to serve.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// In-cluster URL of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Conditions: Ready, Progressing, GateBlocked, RolledBack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

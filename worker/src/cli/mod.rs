@@ -1,0 +1,45 @@
+//! Command-line entry point: parses arguments (clap) and dispatches to one stage per subcommand.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use crate::progress::ProgressMode;
+
+#[derive(Debug, Parser)]
+#[command(name = "sapllm-worker", version, about = "sapllm worker: data-prep, training, evaluation and serving")]
+pub struct Cli {
+    /// How long-running stages report progress: a bar for people, JSON lines for machines, or
+    /// `auto` (a bar on a terminal, JSON lines otherwise).
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "SAPLLM_PROGRESS")]
+    pub progress: ProgressMode,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Parses the command line, runs the subcommand and maps failures to an exit code.
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let _progress = cli.progress;
+    match cli.command {}
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SAPLLM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,8 @@
+//! The candle side of sapllm: the SAP routing domain, data preparation, the Mixtral + LoRA + NF4
+//! model, training stages, evaluation and serving.
+
+pub mod cli;
+pub mod dataprep;
+pub mod model;
+pub mod progress;
+pub mod sap;

@@ -1,0 +1,366 @@
+//! NF4 (4-bit NormalFloat) weights exactly as bitsandbytes stores them, with double quantization.
+//!
+//! Layout (bitsandbytes `quantize_4bit(quant_type="nf4", compress_statistics=True)`):
+//! - the weight is flattened row-major and cut into blocks of [`BLOCK`] = 64 values;
+//! - per block, `absmax = max|x|`; each `x / absmax` is mapped to the nearest of the 16
+//!   [`NF4_CODE`] values (ties at a midpoint go to the lower code, as bitsandbytes' kernel does);
+//! - two 4-bit indices per byte, the FIRST element in the HIGH nibble;
+//! - double quantization: `offset = mean(absmax)`, and `absmax - offset` is quantized blockwise
+//!   ([`NESTED_BLOCK`] = 256) with bitsandbytes' signed 8-bit dynamic map and one f32 scale
+//!   (`nested_absmax`) per 256 absmax values.
+//!
+//! Dequantization runs on the device with `index_select` over small lookup tables, so it works
+//! unchanged on CPU and CUDA and is done inside the forward pass (only the packed bytes are kept).
+//! Storage cost: 4 + 8/64 + 32/(64*256) = 4.127 bits per parameter.
+
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{DType, Device, Tensor};
+
+/// Values per NF4 block.
+pub const BLOCK: usize = 64;
+/// Absmax values per block of the nested (double) quantization.
+pub const NESTED_BLOCK: usize = 256;
+
+/// The 16 NF4 code values (QLoRA paper, bitsandbytes `get_4bit_type("nf4")`).
+pub const NF4_CODE: [f32; 16] = [
+    -1.0,
+    -0.696_192_8,
+    -0.525_073_1,
+    -0.394_917_5,
+    -0.284_441_4,
+    -0.184_773_4,
+    -0.091_050_0,
+    0.0,
+    0.079_580_3,
+    0.160_930_2,
+    0.246_112_3,
+    0.337_915_2,
+    0.440_709_8,
+    0.562_617_0,
+    0.722_956_8,
+    1.0,
+];
+
+/// bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`, sorted:
+/// 127 positive and 127 negative values spread over 7 decades, plus 0 and 1.
+pub fn dynamic_map_signed() -> [f32; 256] {
+    let max_exponent_bits = 7i32;
+    let mut data: Vec<f32> = Vec::with_capacity(256);
+    for i in 0..max_exponent_bits {
+        let fraction_items = (1usize << i) + 1;
+        // torch.linspace(0.1, 1, n) in f32.
+        let step = (1.0f32 - 0.1) / (fraction_items - 1) as f32;
+        let boundaries: Vec<f32> = (0..fraction_items).map(|j| 0.1f32 + step * j as f32).collect();
+        let scale = 10f64.powi(-(max_exponent_bits - 1) + i) as f32;
+        for w in boundaries.windows(2) {
+            let mean = (w[0] + w[1]) / 2.0;
+            data.push(scale * mean);
+            data.push(-(scale * mean));
+        }
+    }
+    data.push(0.0);
+    data.push(1.0);
+    debug_assert_eq!(data.len(), 256);
+    data.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let mut out = [0f32; 256];
+    out.copy_from_slice(&data);
+    out
+}
+
+/// Index of the nearest NF4 code for a value already scaled to [-1, 1].
+#[inline]
+pub fn nf4_index(x: f32) -> u8 {
+    // Thresholds are the midpoints between consecutive codes; `>` sends exact ties down like
+    // bitsandbytes' dQuantizeNF4 decision tree.
+    let mut idx = 0u8;
+    for i in 0..15 {
+        let mid = (NF4_CODE[i] + NF4_CODE[i + 1]) * 0.5;
+        if x > mid {
+            idx = i as u8 + 1;
+        } else {
+            break;
+        }
+    }
+    idx
+}
+
+/// Index of the nearest value in a sorted code book (bitsandbytes' 8-bit blockwise quantizer).
+fn nearest_sorted(code: &[f32; 256], x: f32) -> u8 {
+    let pos = code.partition_point(|&c| c < x);
+    if pos == 0 {
+        return 0;
+    }
+    if pos >= 256 {
+        return 255;
+    }
+    let (lo, hi) = (code[pos - 1], code[pos]);
+    if (x - lo).abs() <= (hi - x).abs() { (pos - 1) as u8 } else { pos as u8 }
+}
+
+/// A frozen weight in NF4 with double-quantized absmax, plus what is needed to dequantize it.
+#[derive(Debug, Clone)]
+pub struct Nf4Tensor {
+    /// Logical shape of the weight (e.g. `[out, in]`).
+    pub shape: Vec<usize>,
+    /// Packed nibbles, `n_blocks * 32` bytes (last block zero-padded), as a U8 tensor.
+    pub packed: Tensor,
+    /// 8-bit quantized absmax, one per 64-block, padded to a multiple of 256 (U8).
+    pub qabsmax: Tensor,
+    /// One f32 scale per 256 absmax values (`nested_absmax`).
+    pub nested_absmax: Tensor,
+    /// The 8-bit code book for the absmax (`nested_quant_map`), F32 [256].
+    pub nested_code: Tensor,
+    /// `nested_offset`: mean of the absmax values, added back after dequantization.
+    pub offset: f32,
+    /// The 4-bit code book (`quant_map`), F32 [16].
+    pub code: Tensor,
+    /// Byte -> (high code, low code) lookup table, F32 [256, 2], derived from `code`.
+    lut: Tensor,
+    n_blocks: usize,
+}
+
+impl Nf4Tensor {
+    /// Number of logical elements.
+    pub fn elem_count(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Quantizes an f32 slice of the given shape (row-major) with double quantization.
+    pub fn quantize(values: &[f32], shape: &[usize], device: &Device) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        ensure!(values.len() == n, "NF4 quantize: {} values for shape {shape:?}", values.len());
+        ensure!(n > 0, "NF4 quantize: empty tensor");
+        let n_blocks = n.div_ceil(BLOCK);
+        let mut packed = vec![0u8; n_blocks * BLOCK / 2];
+        let mut absmax = vec![0f32; n_blocks];
+        for b in 0..n_blocks {
+            let block = &values[b * BLOCK..((b + 1) * BLOCK).min(n)];
+            let amax = block.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            ensure!(amax.is_finite(), "NF4 quantize: non-finite value in block {b}");
+            absmax[b] = amax;
+            let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
+            for (j, &x) in block.iter().enumerate() {
+                let q = nf4_index(x * inv);
+                let byte = &mut packed[(b * BLOCK + j) / 2];
+                if j % 2 == 0 {
+                    *byte |= q << 4;
+                } else {
+                    *byte |= q;
+                }
+            }
+            // Padding values quantize to code index 7 (0.0) so a padded block dequantizes to 0.
+            for j in block.len()..BLOCK {
+                let byte = &mut packed[(b * BLOCK + j) / 2];
+                *byte |= if j % 2 == 0 { 7 << 4 } else { 7 };
+            }
+        }
+        let (qabsmax, nested_absmax, offset) = double_quantize(&absmax);
+        let nested = dynamic_map_signed();
+        Self::from_parts(shape.to_vec(), packed, qabsmax, nested_absmax, offset, &NF4_CODE, &nested, device)
+    }
+
+    /// Builds from raw parts (as read from a bitsandbytes checkpoint or produced by `quantize`).
+    /// `packed` may be shorter than `n_blocks * 32` (bitsandbytes stores `ceil(n/2)` bytes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        shape: Vec<usize>,
+        mut packed: Vec<u8>,
+        mut qabsmax: Vec<u8>,
+        nested_absmax: Vec<f32>,
+        offset: f32,
+        code: &[f32],
+        nested_code: &[f32],
+        device: &Device,
+    ) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        let n_blocks = n.div_ceil(BLOCK);
+        ensure!(code.len() == 16, "NF4 quant_map must have 16 values, got {}", code.len());
+        ensure!(nested_code.len() == 256, "NF4 nested_quant_map must have 256 values, got {}", nested_code.len());
+        ensure!(
+            packed.len() >= n.div_ceil(2) && packed.len() <= n_blocks * BLOCK / 2,
+            "NF4 packed weight has {} bytes, expected {} for shape {shape:?}",
+            packed.len(),
+            n.div_ceil(2)
+        );
+        ensure!(
+            qabsmax.len() >= n_blocks,
+            "NF4 absmax has {} values, expected {n_blocks} for shape {shape:?}",
+            qabsmax.len()
+        );
+        qabsmax.truncate(n_blocks);
+        let n_nested = n_blocks.div_ceil(NESTED_BLOCK);
+        ensure!(
+            nested_absmax.len() == n_nested,
+            "NF4 nested_absmax has {} values, expected {n_nested}",
+            nested_absmax.len()
+        );
+        packed.resize(n_blocks * BLOCK / 2, 0);
+        // Pad the absmax codes to whole nested blocks; the padding is cut off after dequantizing.
+        // Index of 0.0 in the dynamic map (dequantizes to `offset`, never used).
+        qabsmax.resize(n_nested * NESTED_BLOCK, 0);
+        let code_t = Tensor::from_slice(code, 16, device)?;
+        let mut lut = Vec::with_capacity(512);
+        for byte in 0..256usize {
+            lut.push(code[byte >> 4]);
+            lut.push(code[byte & 0xF]);
+        }
+        Ok(Nf4Tensor {
+            shape,
+            packed: Tensor::from_vec(packed, n_blocks * BLOCK / 2, device)?,
+            qabsmax: Tensor::from_vec(qabsmax, n_nested * NESTED_BLOCK, device)?,
+            nested_absmax: Tensor::from_vec(nested_absmax, (n_nested, 1), device)?,
+            nested_code: Tensor::from_slice(nested_code, 256, device)?,
+            offset,
+            code: code_t,
+            lut: Tensor::from_vec(lut, (256, 2), device)?,
+            n_blocks,
+        })
+    }
+
+    /// Dequantizes the per-block absmax values (F32 [n_blocks]).
+    pub fn absmax(&self) -> Result<Tensor> {
+        let n_nested = self.nested_absmax.dim(0)?;
+        let a = self
+            .nested_code
+            .index_select(&self.qabsmax, 0)?
+            .reshape((n_nested, NESTED_BLOCK))?
+            .broadcast_mul(&self.nested_absmax)?
+            .flatten_all()?
+            .narrow(0, 0, self.n_blocks)?;
+        Ok((a + self.offset as f64)?)
+    }
+
+    /// Dequantizes to a plain tensor of `dtype` with the logical shape. The result carries no
+    /// gradient (the base weight is frozen) but is an ordinary tensor, so a matmul with it passes
+    /// the gradient on to its other operand.
+    pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        let absmax = self.absmax()?.reshape((self.n_blocks, 1))?;
+        let vals = self.lut.index_select(&self.packed, 0)?.reshape((self.n_blocks, BLOCK))?;
+        let w = vals.broadcast_mul(&absmax)?.flatten_all()?.narrow(0, 0, self.elem_count())?;
+        Ok(w.reshape(self.shape.as_slice())?.to_dtype(dtype)?)
+    }
+
+    /// Bytes of storage: packed nibbles, 8-bit absmax, f32 nested scales and the offset
+    /// (padding excluded, code books excluded as they are shared constants).
+    pub fn storage_bytes(&self) -> usize {
+        let n = self.elem_count();
+        n.div_ceil(2) + self.n_blocks + self.n_blocks.div_ceil(NESTED_BLOCK) * 4 + 4
+    }
+
+    /// Storage bits per parameter (4.127 for large tensors).
+    pub fn bits_per_param(&self) -> f64 {
+        self.storage_bytes() as f64 * 8.0 / self.elem_count() as f64
+    }
+
+    /// The packed bytes trimmed to bitsandbytes' `ceil(n/2)` length.
+    pub fn packed_bytes(&self) -> Result<Vec<u8>> {
+        let mut v = self.packed.to_vec1::<u8>()?;
+        v.truncate(self.elem_count().div_ceil(2));
+        Ok(v)
+    }
+
+    /// The 8-bit absmax codes trimmed to one per block.
+    pub fn qabsmax_bytes(&self) -> Result<Vec<u8>> {
+        let mut v = self.qabsmax.to_vec1::<u8>()?;
+        v.truncate(self.n_blocks);
+        Ok(v)
+    }
+
+    /// bitsandbytes' `quant_state.bitsandbytes__nf4` JSON for this tensor.
+    pub fn quant_state_json(&self, dtype: &str) -> serde_json::Value {
+        serde_json::json!({
+            "quant_type": "nf4",
+            "blocksize": BLOCK,
+            "dtype": dtype,
+            "shape": self.shape,
+            "nested_blocksize": NESTED_BLOCK,
+            "nested_dtype": "float32",
+            "nested_offset": self.offset,
+        })
+    }
+
+    /// Builds from the tensors a bitsandbytes-quantized checkpoint holds for one weight
+    /// (`{name}`, `{name}.absmax`, `{name}.quant_map`, `{name}.nested_absmax`,
+    /// `{name}.nested_quant_map`, `{name}.quant_state.bitsandbytes__nf4`). `get` returns the
+    /// tensor for a key suffix ("" for the packed weight), or None when absent.
+    pub fn from_bnb(name: &str, get: &dyn Fn(&str) -> Result<Option<Tensor>>, device: &Device) -> Result<Self> {
+        let need = |suffix: &str| -> Result<Tensor> {
+            get(suffix)?.with_context(|| format!("bitsandbytes NF4 weight `{name}`: tensor `{name}{suffix}` is missing"))
+        };
+        let state_t = need(".quant_state.bitsandbytes__nf4")?;
+        let state_bytes = state_t.flatten_all()?.to_dtype(DType::U8)?.to_vec1::<u8>()?;
+        let state: serde_json::Value = serde_json::from_slice(&state_bytes)
+            .with_context(|| format!("`{name}.quant_state.bitsandbytes__nf4` is not JSON"))?;
+        let qt = state.get("quant_type").and_then(|v| v.as_str()).unwrap_or("nf4");
+        if qt != "nf4" {
+            bail!("`{name}`: quant_type {qt:?} is not supported (only nf4)");
+        }
+        let blocksize = state.get("blocksize").and_then(|v| v.as_u64()).unwrap_or(64) as usize;
+        ensure!(blocksize == BLOCK, "`{name}`: NF4 blocksize {blocksize} is not supported (only {BLOCK})");
+        let shape: Vec<usize> = state
+            .get("shape")
+            .and_then(|v| v.as_array())
+            .with_context(|| format!("`{name}`: quant_state has no shape"))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize).context("shape entry is not an integer"))
+            .collect::<Result<_>>()?;
+        let packed = need("")?.flatten_all()?.to_vec1::<u8>().with_context(|| format!("`{name}` must be U8"))?;
+        let code = need(".quant_map")?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let absmax_t = need(".absmax")?;
+        let n_blocks = shape.iter().product::<usize>().div_ceil(BLOCK);
+        match get(".nested_absmax")? {
+            Some(nested) => {
+                let nested_nb = state.get("nested_blocksize").and_then(|v| v.as_u64()).unwrap_or(256) as usize;
+                ensure!(nested_nb == NESTED_BLOCK, "`{name}`: nested blocksize {nested_nb} is not supported");
+                let offset = state
+                    .get("nested_offset")
+                    .and_then(|v| v.as_f64())
+                    .with_context(|| format!("`{name}`: quant_state has no nested_offset"))?
+                    as f32;
+                let qabsmax = absmax_t.flatten_all()?.to_vec1::<u8>()?;
+                let nested_absmax = nested.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let nested_code = need(".nested_quant_map")?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                Self::from_parts(shape, packed, qabsmax, nested_absmax, offset, &code, &nested_code, device)
+            }
+            None => {
+                // No double quantization: re-quantize the f32 absmax so one code path serves both.
+                let absmax = absmax_t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                ensure!(absmax.len() == n_blocks, "`{name}.absmax` has {} values, expected {n_blocks}", absmax.len());
+                let (q, nested_absmax, offset) = double_quantize(&absmax);
+                let nested = dynamic_map_signed();
+                Self::from_parts(shape, packed, q, nested_absmax, offset, &code, &nested, device)
+            }
+        }
+    }
+}
+
+/// Double quantization of absmax values: returns (8-bit codes, per-256 scales, mean offset).
+pub fn double_quantize(absmax: &[f32]) -> (Vec<u8>, Vec<f32>, f32) {
+    let code = dynamic_map_signed();
+    let offset = (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len().max(1) as f64) as f32;
+    let mut q = Vec::with_capacity(absmax.len());
+    let mut scales = Vec::with_capacity(absmax.len().div_ceil(NESTED_BLOCK));
+    for chunk in absmax.chunks(NESTED_BLOCK) {
+        let scale = chunk.iter().fold(0f32, |m, &a| m.max((a - offset).abs()));
+        scales.push(scale);
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        for &a in chunk {
+            q.push(nearest_sorted(&code, (a - offset) * inv));
+        }
+    }
+    (q, scales, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_map_is_sorted_with_zero_and_one() {
+        let m = dynamic_map_signed();
+        assert!(m.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(m[255], 1.0);
+        assert!(m.contains(&0.0));
+        assert!((m[0] + 0.9928).abs() < 1e-3, "smallest {}", m[0]);
+    }
+}
