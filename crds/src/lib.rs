@@ -9,6 +9,7 @@
 
 pub mod common;
 pub mod conditions;
+pub mod contract;
 pub mod endpoint;
 pub mod evaluation;
 pub mod generate;

@@ -1,0 +1,73 @@
+//! The contract between the operator and the worker it runs: command lines, mount paths, the
+//! run-directory layout, and the stage result the worker leaves in its termination message.
+//!
+//! Progress travels as JSON lines on the worker's stdout (`{"event":"progress","stage":"sft",
+//! "step":12,"total":300,"loss":1.9,"tokens_per_s":850.0,"eta_s":41.0}`); the result of a stage
+//! travels as one [`StageResult`] JSON object written to the container's termination-message file
+//! (Kubernetes keeps up to 4 KiB of it in the pod status), so the operator learns artifacts,
+//! metrics and verdicts without reading the volume.
+
+use serde::{Deserialize, Serialize};
+
+use crate::common::Verdict;
+use crate::evaluation::{EvaluationMetrics, GateResult};
+use crate::training_run::{Artifacts, StageName};
+
+/// Where the operator mounts the rendered TrainingRun manifest (a ConfigMap key).
+pub const MANIFEST_PATH: &str = "/etc/sapllm/trainingrun.yaml";
+/// Where the operator mounts the artifact PVC.
+pub const ARTIFACTS_MOUNT: &str = "/artifacts";
+/// Environment variable naming the termination-message file (default `/dev/termination-log`).
+pub const TERMINATION_LOG_ENV: &str = "SAPLLM_TERMINATION_LOG";
+/// The default termination-message path of a Kubernetes container.
+pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Folder of each stage's output inside a run directory.
+pub fn stage_dir(stage: StageName) -> &'static str {
+    match stage {
+        StageName::DataPrep => "data",
+        StageName::Pretrain => "pretrain",
+        StageName::Sft => "sft",
+        StageName::Ppo => "ppo",
+        StageName::Evaluation => "evaluation",
+    }
+}
+
+/// What a finished (or failed) stage reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageResult {
+    /// The stage (absent for a standalone `evaluate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<StageName>,
+    /// Whether the stage completed.
+    pub succeeded: bool,
+    /// Failure reason or a one-line summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Artifacts produced so far, as paths relative to the artifact volume root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<Artifacts>,
+    /// Evaluation metrics (evaluation only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<EvaluationMetrics>,
+    /// Gate results (evaluation only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateResult>,
+    /// Verdict (evaluation only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Path of EVALUATION_REPORT.md relative to the artifact volume root (evaluation only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
+}
+
+/// Worker exit codes, so a Job's failure reason is machine-readable.
+pub mod exit_code {
+    /// Success; for evaluation: every gate passed.
+    pub const OK: u8 = 0;
+    /// Evaluation ran but at least one gate failed.
+    pub const GATES_FAILED: u8 = 1;
+    /// The stage could not run (bad input, I/O, model error).
+    pub const ERROR: u8 = 2;
+}
