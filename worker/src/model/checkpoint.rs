@@ -50,7 +50,8 @@ pub fn weight_kind(name: &str) -> WeightKind {
     if name.ends_with("block_sparse_moe.gate.weight") {
         WeightKind::Router
     } else if name.contains(".self_attn.") && name.ends_with("_proj.weight")
-        || name.contains(".experts.") && (name.ends_with(".w1.weight") || name.ends_with(".w2.weight") || name.ends_with(".w3.weight"))
+        || name.contains(".experts.")
+            && (name.ends_with(".w1.weight") || name.ends_with(".w2.weight") || name.ends_with(".w3.weight"))
     {
         WeightKind::Linear
     } else {
@@ -79,8 +80,14 @@ fn named_tensors(model: &Mixtral, opts: &SaveOptions) -> Result<Vec<(String, Ten
     }
     for (l, layer) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{l}");
-        out.push((format!("{p}.input_layernorm.weight"), layer.input_layernorm.weight.tensor().to_dtype(dt)?));
-        out.push((format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.weight.tensor().to_dtype(dt)?));
+        out.push((
+            format!("{p}.input_layernorm.weight"),
+            layer.input_layernorm.weight.tensor().to_dtype(dt)?,
+        ));
+        out.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            layer.post_attention_layernorm.weight.tensor().to_dtype(dt)?,
+        ));
         for (path, lin) in by_layer.remove(&l).unwrap_or_default() {
             let name = format!("{path}.weight");
             match &lin.base {
@@ -97,7 +104,10 @@ fn named_tensors(model: &Mixtral, opts: &SaveOptions) -> Result<Vec<(String, Ten
                     out.push((format!("{name}.nested_quant_map"), q.nested_code.clone()));
                     let state = serde_json::to_vec(&q.quant_state_json(dtype_name(dt)))?;
                     let ns = state.len();
-                    out.push((format!("{name}.quant_state.bitsandbytes__nf4"), Tensor::from_vec(state, ns, dev)?));
+                    out.push((
+                        format!("{name}.quant_state.bitsandbytes__nf4"),
+                        Tensor::from_vec(state, ns, dev)?,
+                    ));
                 }
                 base => out.push((name, base.weight(dt)?)),
             }
@@ -173,7 +183,8 @@ pub fn save_model(model: &Mixtral, dir: &Path, opts: &SaveOptions) -> Result<()>
     }
     let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
     let path = dir.join(INDEX_FILE);
-    std::fs::write(&path, serde_json::to_string_pretty(&index)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&index)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -185,8 +196,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             &std::fs::read_to_string(&index).with_context(|| format!("reading {}", index.display()))?,
         )
         .with_context(|| format!("parsing {}", index.display()))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).with_context(|| format!("{} has no weight_map", index.display()))?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect::<HashSet<_>>().into_iter().collect();
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .with_context(|| format!("{} has no weight_map", index.display()))?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         files.sort();
         let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
         for f in &files {
@@ -199,13 +218,16 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(vec![single])
 }
 
-const BNB_SUFFIXES: [&str; 5] = [".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__nf4"];
+const BNB_SUFFIXES: [&str; 5] =
+    [".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", ".quant_state.bitsandbytes__nf4"];
 
 /// Converts one checkpoint tensor for the model being built.
 fn convert(t: Tensor, kind: WeightKind, opts: &ModelOptions) -> Result<LoadedWeight> {
     let trainable_dense = opts.train_base;
     Ok(match kind {
-        WeightKind::Linear if !trainable_dense => LoadedWeight::Base(BaseWeight::from_dense(&t, opts.precision, false)?),
+        WeightKind::Linear if !trainable_dense => {
+            LoadedWeight::Base(BaseWeight::from_dense(&t, opts.precision, false)?)
+        }
         WeightKind::Dense if !trainable_dense => LoadedWeight::Tensor(t.to_dtype(opts.dtype)?),
         _ => LoadedWeight::Tensor(t.to_dtype(DType::F32)?),
     })
@@ -218,7 +240,12 @@ pub fn load_model(dir: &Path, opts: &ModelOptions, device: &Device) -> Result<Mi
 }
 
 /// As [`load_model`], with an explicit configuration.
-pub fn load_model_with_config(dir: &Path, cfg: &MixtralConfig, opts: &ModelOptions, device: &Device) -> Result<Mixtral> {
+pub fn load_model_with_config(
+    dir: &Path,
+    cfg: &MixtralConfig,
+    opts: &ModelOptions,
+    device: &Device,
+) -> Result<Mixtral> {
     let files = weight_files(dir)?;
     // Header pass: which file holds which name (for bitsandbytes parts that may sit elsewhere).
     let mut routing: HashMap<String, usize> = HashMap::new();
@@ -256,7 +283,10 @@ pub fn load_model_with_config(dir: &Path, cfg: &MixtralConfig, opts: &ModelOptio
                 };
                 let q = Nf4Tensor::from_bnb(&name, &get, device)?;
                 let base = BaseWeight::Nf4(q);
-                let w = if weight_kind(&name) == WeightKind::Linear && opts.precision == Precision::Nf4 && !opts.train_base {
+                let w = if weight_kind(&name) == WeightKind::Linear
+                    && opts.precision == Precision::Nf4
+                    && !opts.train_base
+                {
                     LoadedWeight::Base(base)
                 } else {
                     convert(base.weight(DType::F32)?, weight_kind(&name), opts)?
@@ -264,24 +294,44 @@ pub fn load_model_with_config(dir: &Path, cfg: &MixtralConfig, opts: &ModelOptio
                 loaded.insert(name, w);
                 continue;
             }
-            let t = st.load(&name, device).with_context(|| format!("loading tensor `{name}` from {}", f.display()))?;
+            let t = st
+                .load(&name, device)
+                .with_context(|| format!("loading tensor `{name}` from {}", f.display()))?;
             if let Some(prefix) = name.strip_suffix(".mlp.experts.gate_up_proj") {
                 // [E, 2I, H]: rows 0..I are w1 (gate), I..2I are w3 (up).
-                ensure!(t.dims() == [e, 2 * inter, h], "tensor `{name}` has shape {:?}, expected [{e}, {}, {h}]", t.dims(), 2 * inter);
+                ensure!(
+                    t.dims() == [e, 2 * inter, h],
+                    "tensor `{name}` has shape {:?}, expected [{e}, {}, {h}]",
+                    t.dims(),
+                    2 * inter
+                );
                 for ex in 0..e {
                     let te = t.get(ex)?;
                     let base = format!("{prefix}.block_sparse_moe.experts.{ex}");
-                    loaded.insert(format!("{base}.w1.weight"), convert(te.narrow(0, 0, inter)?.contiguous()?, WeightKind::Linear, opts)?);
-                    loaded.insert(format!("{base}.w3.weight"), convert(te.narrow(0, inter, inter)?.contiguous()?, WeightKind::Linear, opts)?);
+                    loaded.insert(
+                        format!("{base}.w1.weight"),
+                        convert(te.narrow(0, 0, inter)?.contiguous()?, WeightKind::Linear, opts)?,
+                    );
+                    loaded.insert(
+                        format!("{base}.w3.weight"),
+                        convert(te.narrow(0, inter, inter)?.contiguous()?, WeightKind::Linear, opts)?,
+                    );
                 }
             } else if let Some(prefix) = name.strip_suffix(".mlp.experts.down_proj") {
-                ensure!(t.dims() == [e, h, inter], "tensor `{name}` has shape {:?}, expected [{e}, {h}, {inter}]", t.dims());
+                ensure!(
+                    t.dims() == [e, h, inter],
+                    "tensor `{name}` has shape {:?}, expected [{e}, {h}, {inter}]",
+                    t.dims()
+                );
                 for ex in 0..e {
                     let w2 = format!("{prefix}.block_sparse_moe.experts.{ex}.w2.weight");
                     loaded.insert(w2, convert(t.get(ex)?.contiguous()?, WeightKind::Linear, opts)?);
                 }
             } else if let Some(prefix) = name.strip_suffix(".mlp.gate.weight") {
-                loaded.insert(format!("{prefix}.block_sparse_moe.gate.weight"), convert(t, WeightKind::Router, opts)?);
+                loaded.insert(
+                    format!("{prefix}.block_sparse_moe.gate.weight"),
+                    convert(t, WeightKind::Router, opts)?,
+                );
             } else {
                 let kind = weight_kind(&name);
                 loaded.insert(name, convert(t, kind, opts)?);

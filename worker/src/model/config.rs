@@ -132,6 +132,32 @@ impl MixtralConfig {
         }
     }
 
+    /// A micro model (hidden 32, 2 layers, 4 experts) for unit tests: builds and runs a
+    /// forward+backward in milliseconds even in a debug build.
+    pub fn micro(vocab_size: usize) -> Self {
+        MixtralConfig {
+            vocab_size,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            max_position_embeddings: 256,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            sliding_window: None,
+            num_local_experts: 4,
+            num_experts_per_tok: 2,
+            router_aux_loss_coef: 0.02,
+            tie_word_embeddings: false,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            pad_token_id: None,
+            initializer_range: 0.2,
+        }
+    }
+
     /// Reads and parses `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

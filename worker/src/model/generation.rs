@@ -146,10 +146,16 @@ impl Mixtral {
         let mut cache = KvCache::new(self, b);
         let input = Tensor::from_vec(ids, (b, max_len), self.device())?;
         let logits = self.forward_cached(&input, &mask, &mut cache)?;
-        let mut last = logits.narrow(1, max_len - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let mut last =
+            logits.narrow(1, max_len - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
 
         let mut out: Vec<Generation> = (0..b)
-            .map(|_| Generation { tokens: Vec::new(), logprobs: Vec::new(), text: String::new(), finish: FinishReason::MaxTokens })
+            .map(|_| Generation {
+                tokens: Vec::new(),
+                logprobs: Vec::new(),
+                text: String::new(),
+                finish: FinishReason::MaxTokens,
+            })
             .collect();
         let mut done = vec![false; b];
         for step in 0..cfg.max_new_tokens {

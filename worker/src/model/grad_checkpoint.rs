@@ -58,7 +58,8 @@ pub fn forward_backward(
     let loss = loss_fn(&out)?;
     drop(out);
     let mut grads = loss.backward()?;
-    let mut grad_out = grads.remove(last.as_tensor()).context("the loss does not depend on the model output")?;
+    let mut grad_out =
+        grads.remove(last.as_tensor()).context("the loss does not depend on the model output")?;
 
     for (l, layer) in model.layers.iter().enumerate().rev() {
         let xin = Var::from_tensor(&inputs[l])?;

@@ -17,7 +17,9 @@ impl LayerCache {
     /// Appends new keys/values and returns the full ones.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (k, v) = match (&self.k, &self.v) {
-            (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k.detach()], 2)?, Tensor::cat(&[pv, &v.detach()], 2)?),
+            (Some(pk), Some(pv)) => {
+                (Tensor::cat(&[pk, &k.detach()], 2)?, Tensor::cat(&[pv, &v.detach()], 2)?)
+            }
             _ => (k.detach(), v.detach()),
         };
         self.k = Some(k.clone());
@@ -52,7 +54,12 @@ impl KvCache {
 impl Mixtral {
     /// Runs `input_ids` `[B, q]` after the cached positions, appends their keys/values, and
     /// returns the logits `[B, q, V]`. `mask` gives 1/0 (real/padding) for the new positions.
-    pub fn forward_cached(&self, input_ids: &Tensor, mask: &[Vec<u8>], cache: &mut KvCache) -> Result<Tensor> {
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        mask: &[Vec<u8>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
         let (b, q) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
         ensure!(cache.mask.len() == b, "cache is for batch {}, input has {b}", cache.mask.len());
         ensure!(mask.len() == b, "mask has {} rows for batch {b}", mask.len());

@@ -169,7 +169,8 @@ impl Default for LoraConfig {
 
 impl LoraConfig {
     /// The module names this crate knows.
-    pub const KNOWN_TARGETS: [&'static str; 8] = ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3", "gate"];
+    pub const KNOWN_TARGETS: [&'static str; 8] =
+        ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3", "gate"];
 
     pub fn validate(&self) -> Result<()> {
         ensure!(self.r > 0, "LoRA r must be > 0");
@@ -259,7 +260,13 @@ pub struct LoraAdapter {
 impl LoraAdapter {
     /// PEFT's default init: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform with a=sqrt(5)), B = 0,
     /// so a fresh adapter leaves the model unchanged.
-    pub fn new(in_dim: usize, out_dim: usize, cfg: &LoraConfig, rng: &mut impl rand::Rng, device: &Device) -> Result<Self> {
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        cfg: &LoraConfig,
+        rng: &mut impl rand::Rng,
+        device: &Device,
+    ) -> Result<Self> {
         let bound = 1.0 / (in_dim as f64).sqrt();
         let a: Vec<f32> = (0..cfg.r * in_dim).map(|_| rng.random_range(-bound..bound) as f32).collect();
         let a = Var::from_tensor(&Tensor::from_vec(a, (cfg.r, in_dim), device)?)?;

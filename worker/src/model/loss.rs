@@ -4,12 +4,14 @@ use anyhow::{Context, Result, ensure};
 use candle_core::{D, DType, Tensor};
 
 use super::linear::log_softmax_last;
+use super::mixtral::acc_dtype;
 
-/// Log-probability of each target token: `logits [B, T, V]`, `targets [B, T]` -> `[B, T]` (f32).
+/// Log-probability of each target token: `logits [B, T, V]`, `targets [B, T]` -> `[B, T]`
+/// (f32, or f64 for f64 logits).
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (b, t, _) = logits.dims3().context("logits must be [batch, seq, vocab]")?;
     ensure!(targets.dims() == [b, t], "targets are {:?}, logits [{b}, {t}, _]", targets.dims());
-    let lp = log_softmax_last(&logits.to_dtype(DType::F32)?)?;
+    let lp = log_softmax_last(&logits.to_dtype(acc_dtype(logits.dtype()))?)?;
     let idx = targets.to_dtype(DType::U32)?.unsqueeze(2)?.contiguous()?;
     Ok(lp.gather(&idx, 2)?.squeeze(2)?)
 }
@@ -30,9 +32,15 @@ pub fn causal_lm_loss(logits: &Tensor, input_ids: &Tensor, loss_mask: Option<&Te
     match loss_mask {
         None => Ok(lp.mean_all()?.neg()?),
         Some(m) => {
-            ensure!(m.dims() == input_ids.dims(), "loss_mask is {:?}, input_ids {:?}", m.dims(), input_ids.dims());
+            ensure!(
+                m.dims() == input_ids.dims(),
+                "loss_mask is {:?}, input_ids {:?}",
+                m.dims(),
+                input_ids.dims()
+            );
             let m = m.to_dtype(DType::F32)?.narrow(1, 1, t1)?;
             let n = m.sum_all()?.to_scalar::<f32>()?;
+            let m = m.to_dtype(lp.dtype())?;
             ensure!(n > 0.0, "loss_mask selects no token");
             Ok(((lp * m)?.sum_all()? / (-(n as f64)))?)
         }

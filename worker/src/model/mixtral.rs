@@ -80,6 +80,12 @@ pub enum LoadedWeight {
 /// Supplies a weight by HF name, expected shape and kind.
 pub type WeightSource<'a> = dyn FnMut(&str, &[usize], WeightKind) -> Result<LoadedWeight> + 'a;
 
+/// The dtype reductions (norm variance, softmax) run in: f32, or f64 for f64 models (used by
+/// the finite-difference gradient test).
+pub fn acc_dtype(dt: DType) -> DType {
+    if dt == DType::F64 { DType::F64 } else { DType::F32 }
+}
+
 /// RMSNorm as HF computes it: in f32, then back to the input dtype, then times the weight.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
@@ -90,7 +96,7 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dt = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
+        let xf = x.to_dtype(acc_dtype(dt))?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dt)?;
         Ok(normed.broadcast_mul(&self.weight.tensor().to_dtype(dt)?)?)
@@ -155,7 +161,8 @@ impl Attention {
         let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
         let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-        let scores = scores.to_dtype(DType::F32)?.broadcast_add(&inp.bias)?;
+        let acc = acc_dtype(x.dtype());
+        let scores = scores.to_dtype(acc)?.broadcast_add(&inp.bias.to_dtype(acc)?)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.o_proj.forward(&out)
@@ -191,7 +198,7 @@ impl SparseMoe {
         let (b, t, h) = x.dims3()?;
         let xs = x.reshape((b * t, h))?;
         let router_logits = self.gate.forward(&xs)?;
-        let probs = candle_nn::ops::softmax(&router_logits.to_dtype(DType::F32)?, D::Minus1)?;
+        let probs = candle_nn::ops::softmax(&router_logits.to_dtype(acc_dtype(x.dtype()))?, D::Minus1)?;
         // The selection itself is discrete; the gradient reaches the router through `gather`.
         let idx = probs.detach().arg_sort_last_dim(false)?.narrow(1, 0, self.top_k)?.contiguous()?;
         let top = probs.gather(&idx, 1)?;
@@ -233,7 +240,12 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    pub fn forward(&self, x: &Tensor, inp: &AttnInputs, cache: Option<&mut LayerCache>) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        inp: &AttnInputs,
+        cache: Option<&mut LayerCache>,
+    ) -> Result<(Tensor, Tensor)> {
         let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, inp, cache)?;
         let x = (x + h)?;
         let (m, router) = self.block_sparse_moe.forward(&self.post_attention_layernorm.forward(&x)?)?;
@@ -304,7 +316,12 @@ impl Mixtral {
     /// Builds the model, asking `source` for every weight by HF name. Linear weights are
     /// converted to `opts.precision` (unless the source already did), so a loader can quantize
     /// tensor by tensor without ever holding the full-precision model.
-    pub fn build(cfg: &MixtralConfig, opts: &ModelOptions, device: &Device, source: &mut WeightSource) -> Result<Self> {
+    pub fn build(
+        cfg: &MixtralConfig,
+        opts: &ModelOptions,
+        device: &Device,
+        source: &mut WeightSource,
+    ) -> Result<Self> {
         cfg.validate()?;
         if opts.train_base && matches!(opts.precision, Precision::Int8 | Precision::Nf4) {
             bail!("train_base needs a dense precision (f32/bf16), not {:?}", opts.precision);
@@ -315,24 +332,28 @@ impl Mixtral {
         let control = Arc::new(LoraControl::default());
         let dtype = opts.dtype;
         let h = cfg.hidden_size;
-        let (nh, nkv, hd, inter) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size);
+        let (nh, nkv, hd, inter) =
+            (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.intermediate_size);
         let mut lora_rng = rand::rngs::StdRng::seed_from_u64(opts.seed.wrapping_add(0x10_4a));
 
-        let embed_tokens = load_dense(source, "model.embed_tokens.weight", &[cfg.vocab_size, h], opts.train_base, dtype)?;
+        let embed_tokens =
+            load_dense(source, "model.embed_tokens.weight", &[cfg.vocab_size, h], opts.train_base, dtype)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let mut lin = |module: &str, path: &str, out: usize, inp: usize, kind: WeightKind| -> Result<Linear> {
-                let trainable = opts.train_base || (kind == WeightKind::Router && opts.train_router);
-                let base = load_linear(source, &format!("{path}.weight"), out, inp, kind, trainable, opts)?;
-                let mut linear = Linear::new(base, control.clone());
-                if let Some(lcfg) = &opts.lora
-                    && lcfg.targets(module)
-                {
-                    linear.lora = Some(LoraAdapter::new(inp, out, lcfg, &mut lora_rng, device)?);
-                }
-                Ok(linear)
-            };
+            let mut lin =
+                |module: &str, path: &str, out: usize, inp: usize, kind: WeightKind| -> Result<Linear> {
+                    let trainable = opts.train_base || (kind == WeightKind::Router && opts.train_router);
+                    let base =
+                        load_linear(source, &format!("{path}.weight"), out, inp, kind, trainable, opts)?;
+                    let mut linear = Linear::new(base, control.clone());
+                    if let Some(lcfg) = &opts.lora
+                        && lcfg.targets(module)
+                    {
+                        linear.lora = Some(LoraAdapter::new(inp, out, lcfg, &mut lora_rng, device)?);
+                    }
+                    Ok(linear)
+                };
             let a = format!("{p}.self_attn");
             let self_attn = Attention {
                 q_proj: lin("q_proj", &format!("{a}.q_proj"), nh * hd, h, WeightKind::Linear)?,
@@ -355,7 +376,13 @@ impl Mixtral {
                 });
             }
             let input_layernorm = RmsNorm {
-                weight: load_dense(source, &format!("{p}.input_layernorm.weight"), &[h], opts.train_base, dtype)?,
+                weight: load_dense(
+                    source,
+                    &format!("{p}.input_layernorm.weight"),
+                    &[h],
+                    opts.train_base,
+                    dtype,
+                )?,
                 eps: cfg.rms_norm_eps,
             };
             let post_attention_layernorm = RmsNorm {
@@ -375,14 +402,25 @@ impl Mixtral {
                 block_sparse_moe: SparseMoe { gate, experts, top_k: cfg.num_experts_per_tok },
             });
         }
-        let norm =
-            RmsNorm { weight: load_dense(source, "model.norm.weight", &[h], opts.train_base, dtype)?, eps: cfg.rms_norm_eps };
+        let norm = RmsNorm {
+            weight: load_dense(source, "model.norm.weight", &[h], opts.train_base, dtype)?,
+            eps: cfg.rms_norm_eps,
+        };
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
             Some(load_dense(source, "lm_head.weight", &[cfg.vocab_size, h], opts.train_base, dtype)?)
         };
-        Ok(Mixtral { cfg: cfg.clone(), opts: opts.clone(), embed_tokens, layers, norm, lm_head, control, device: device.clone() })
+        Ok(Mixtral {
+            cfg: cfg.clone(),
+            opts: opts.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            control,
+            device: device.clone(),
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -432,6 +470,20 @@ impl Mixtral {
             };
         }
         self.opts.lora = Some(cfg.clone());
+        Ok(())
+    }
+
+    /// Sets every adapter's B matrix to normal(0, std) noise (a fresh adapter has B = 0, which
+    /// makes the model equal to its base and A's gradient zero): for tests and benchmarks.
+    pub fn randomize_lora_b(&self, std: f64, seed: u64) -> Result<()> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for (_, _, lin) in self.linears() {
+            if let Some(l) = &lin.lora {
+                let n = l.b.elem_count();
+                let t = Tensor::from_vec(randn_vec(&mut rng, n, std), l.b.shape(), l.b.device())?;
+                l.b.set(&t.to_dtype(l.b.dtype())?)?;
+            }
+        }
         Ok(())
     }
 
@@ -508,7 +560,10 @@ impl Mixtral {
             out.push(("model.embed_tokens.weight".to_string(), v.clone()));
         }
         for (l, layer) in self.layers.iter().enumerate() {
-            for (n, norm) in [("input_layernorm", &layer.input_layernorm), ("post_attention_layernorm", &layer.post_attention_layernorm)] {
+            for (n, norm) in [
+                ("input_layernorm", &layer.input_layernorm),
+                ("post_attention_layernorm", &layer.post_attention_layernorm),
+            ] {
                 if let Some(v) = norm.weight.var() {
                     out.push((format!("model.layers.{l}.{n}.weight"), v.clone()));
                 }
@@ -567,7 +622,13 @@ impl Mixtral {
     /// `key_mask` is `[B, k_len]` (1 = real token, 0 = padding) or None (no padding).
     /// Positions are `cumsum(mask) - 1`, so left padding (batched generation) and right
     /// padding (training) both give real tokens positions 0, 1, 2, ...
-    pub fn attn_inputs(&self, b: usize, q_len: usize, k_len: usize, key_mask: Option<&[Vec<u8>]>) -> Result<AttnInputs> {
+    pub fn attn_inputs(
+        &self,
+        b: usize,
+        q_len: usize,
+        k_len: usize,
+        key_mask: Option<&[Vec<u8>]>,
+    ) -> Result<AttnInputs> {
         ensure!(q_len <= k_len, "attention: {q_len} queries over {k_len} keys");
         if let Some(m) = key_mask {
             ensure!(m.len() == b, "attention mask has {} rows for batch {b}", m.len());
@@ -604,8 +665,9 @@ impl Mixtral {
             }
         }
         let hd = self.cfg.head_dim;
-        let inv: Vec<f32> =
-            (0..hd / 2).map(|i| 1.0 / (self.cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / (self.cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
+            .collect();
         let inv = Tensor::from_vec(inv, (1, hd / 2), &self.device)?;
         let pos = Tensor::from_vec(pos, (b * q_len, 1), &self.device)?;
         let freqs = pos.matmul(&inv)?;
@@ -679,7 +741,13 @@ pub fn mask_rows(mask: Option<&Tensor>, b: usize, t: usize) -> Result<Option<Vec
     Ok(Some(rows.into_iter().map(|r| r.into_iter().map(|v| u8::from(v != 0.0)).collect()).collect()))
 }
 
-fn load_dense(source: &mut WeightSource, name: &str, shape: &[usize], trainable: bool, dtype: DType) -> Result<Param> {
+fn load_dense(
+    source: &mut WeightSource,
+    name: &str,
+    shape: &[usize],
+    trainable: bool,
+    dtype: DType,
+) -> Result<Param> {
     let t = match source(name, shape, WeightKind::Dense)? {
         LoadedWeight::Tensor(t) => t,
         LoadedWeight::Base(b) => b.weight(DType::F32)?,
@@ -716,7 +784,11 @@ fn load_linear(
                 (BaseWeight::Int8(_), Precision::Int8) | (BaseWeight::Nf4(_), Precision::Nf4) => true,
                 _ => false,
             };
-            if same && !trainable { Ok(b) } else { BaseWeight::from_dense(&b.weight(DType::F32)?, prec, trainable) }
+            if same && !trainable {
+                Ok(b)
+            } else {
+                BaseWeight::from_dense(&b.weight(DType::F32)?, prec, trainable)
+            }
         }
         LoadedWeight::Tensor(t) => {
             check_shape(name, &t, &shape)?;

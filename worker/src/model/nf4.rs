@@ -175,7 +175,11 @@ impl Nf4Tensor {
         let n: usize = shape.iter().product();
         let n_blocks = n.div_ceil(BLOCK);
         ensure!(code.len() == 16, "NF4 quant_map must have 16 values, got {}", code.len());
-        ensure!(nested_code.len() == 256, "NF4 nested_quant_map must have 256 values, got {}", nested_code.len());
+        ensure!(
+            nested_code.len() == 256,
+            "NF4 nested_quant_map must have 256 values, got {}",
+            nested_code.len()
+        );
         ensure!(
             packed.len() >= n.div_ceil(2) && packed.len() <= n_blocks * BLOCK / 2,
             "NF4 packed weight has {} bytes, expected {} for shape {shape:?}",
@@ -283,9 +287,15 @@ impl Nf4Tensor {
     /// (`{name}`, `{name}.absmax`, `{name}.quant_map`, `{name}.nested_absmax`,
     /// `{name}.nested_quant_map`, `{name}.quant_state.bitsandbytes__nf4`). `get` returns the
     /// tensor for a key suffix ("" for the packed weight), or None when absent.
-    pub fn from_bnb(name: &str, get: &dyn Fn(&str) -> Result<Option<Tensor>>, device: &Device) -> Result<Self> {
+    pub fn from_bnb(
+        name: &str,
+        get: &dyn Fn(&str) -> Result<Option<Tensor>>,
+        device: &Device,
+    ) -> Result<Self> {
         let need = |suffix: &str| -> Result<Tensor> {
-            get(suffix)?.with_context(|| format!("bitsandbytes NF4 weight `{name}`: tensor `{name}{suffix}` is missing"))
+            get(suffix)?.with_context(|| {
+                format!("bitsandbytes NF4 weight `{name}`: tensor `{name}{suffix}` is missing")
+            })
         };
         let state_t = need(".quant_state.bitsandbytes__nf4")?;
         let state_bytes = state_t.flatten_all()?.to_dtype(DType::U8)?.to_vec1::<u8>()?;
@@ -304,13 +314,15 @@ impl Nf4Tensor {
             .iter()
             .map(|d| d.as_u64().map(|d| d as usize).context("shape entry is not an integer"))
             .collect::<Result<_>>()?;
-        let packed = need("")?.flatten_all()?.to_vec1::<u8>().with_context(|| format!("`{name}` must be U8"))?;
+        let packed =
+            need("")?.flatten_all()?.to_vec1::<u8>().with_context(|| format!("`{name}` must be U8"))?;
         let code = need(".quant_map")?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let absmax_t = need(".absmax")?;
         let n_blocks = shape.iter().product::<usize>().div_ceil(BLOCK);
         match get(".nested_absmax")? {
             Some(nested) => {
-                let nested_nb = state.get("nested_blocksize").and_then(|v| v.as_u64()).unwrap_or(256) as usize;
+                let nested_nb =
+                    state.get("nested_blocksize").and_then(|v| v.as_u64()).unwrap_or(256) as usize;
                 ensure!(nested_nb == NESTED_BLOCK, "`{name}`: nested blocksize {nested_nb} is not supported");
                 let offset = state
                     .get("nested_offset")
@@ -325,7 +337,11 @@ impl Nf4Tensor {
             None => {
                 // No double quantization: re-quantize the f32 absmax so one code path serves both.
                 let absmax = absmax_t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                ensure!(absmax.len() == n_blocks, "`{name}.absmax` has {} values, expected {n_blocks}", absmax.len());
+                ensure!(
+                    absmax.len() == n_blocks,
+                    "`{name}.absmax` has {} values, expected {n_blocks}",
+                    absmax.len()
+                );
                 let (q, nested_absmax, offset) = double_quantize(&absmax);
                 let nested = dynamic_map_signed();
                 Self::from_parts(shape, packed, q, nested_absmax, offset, &code, &nested, device)

@@ -32,7 +32,8 @@ impl LrSchedule {
         if self.total_steps <= self.warmup_steps {
             return self.lr;
         }
-        let progress = ((step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64).min(1.0);
+        let progress =
+            ((step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps) as f64).min(1.0);
         let cos = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
         self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cos)
     }
@@ -162,7 +163,8 @@ impl AdamW {
             tensors.insert(format!("{}.exp_avg", p.name), p.m.clone());
             tensors.insert(format!("{}.exp_avg_sq", p.name), p.v.clone());
         }
-        candle_core::safetensors::save(&tensors, path).with_context(|| format!("writing {}", path.display()))?;
+        candle_core::safetensors::save(&tensors, path)
+            .with_context(|| format!("writing {}", path.display()))?;
         let meta = serde_json::json!({ "step": self.step, "config": self.cfg });
         let meta_path = path.with_extension("json");
         std::fs::write(&meta_path, serde_json::to_string_pretty(&meta)?)
@@ -177,14 +179,21 @@ impl AdamW {
             .with_context(|| format!("reading optimizer state {}", path.display()))?;
         let meta_path = path.with_extension("json");
         let meta: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?,
+            &std::fs::read_to_string(&meta_path)
+                .with_context(|| format!("reading {}", meta_path.display()))?,
         )?;
-        let step = meta.get("step").and_then(|s| s.as_u64()).context("optimizer state has no `step`")? as usize;
+        let step =
+            meta.get("step").and_then(|s| s.as_u64()).context("optimizer state has no `step`")? as usize;
         for p in self.params.iter_mut() {
             for (suffix, slot) in [("exp_avg", &mut p.m), ("exp_avg_sq", &mut p.v)] {
                 let key = format!("{}.{suffix}", p.name);
                 let t = tensors.get(&key).with_context(|| format!("optimizer state lacks `{key}`"))?;
-                ensure!(t.dims() == p.var.dims(), "optimizer state `{key}` has shape {:?}, expected {:?}", t.dims(), p.var.dims());
+                ensure!(
+                    t.dims() == p.var.dims(),
+                    "optimizer state `{key}` has shape {:?}, expected {:?}",
+                    t.dims(),
+                    p.var.dims()
+                );
                 *slot = t.to_dtype(DType::F32)?;
             }
         }
