@@ -87,14 +87,18 @@ impl DataPrepConfig {
     /// Rejects settings that cannot produce a dataset, naming the setting and the fix.
     pub fn check(&self) -> Result<(), String> {
         let s = self.split;
-        if [s.train, s.val, s.test].iter().any(|f| !(0.0..=1.0).contains(f)) || (s.train + s.val + s.test - 1.0).abs() > 1e-6 {
+        if [s.train, s.val, s.test].iter().any(|f| !(0.0..=1.0).contains(f))
+            || (s.train + s.val + s.test - 1.0).abs() > 1e-6
+        {
             return Err(format!(
                 "split fractions train={} val={} test={} must each be in [0,1] and sum to 1",
                 s.train, s.val, s.test
             ));
         }
         if s.train <= 0.0 {
-            return Err("split train fraction must be > 0: similar cases are retrieved from the train split".into());
+            return Err(
+                "split train fraction must be > 0: similar cases are retrieved from the train split".into()
+            );
         }
         for (name, v) in [
             ("error_rate", self.error_rate),
@@ -106,8 +110,13 @@ impl DataPrepConfig {
                 return Err(format!("{name} = {v} must be between 0 and 1"));
             }
         }
-        if self.doc_mix.iter().any(|(_, w)| !(*w >= 0.0)) || (!self.doc_mix.is_empty() && self.doc_mix.iter().all(|(_, w)| *w == 0.0)) {
-            return Err("doc_mix weights must be >= 0 and not all 0 (e.g. supplier_invoice=3,purchase_order=1)".into());
+        if self.doc_mix.iter().any(|(_, w)| !(*w >= 0.0))
+            || (!self.doc_mix.is_empty() && self.doc_mix.iter().all(|(_, w)| *w == 0.0))
+        {
+            return Err(
+                "doc_mix weights must be >= 0 and not all 0 (e.g. supplier_invoice=3,purchase_order=1)"
+                    .into(),
+            );
         }
         if self.source == Source::Synthetic && self.examples == 0 {
             return Err("examples must be > 0 for synthetic data".into());

@@ -85,7 +85,10 @@ pub fn validate(line: u64, log: TransactionLog) -> Result<ValidRecord, LogError>
     let doc = AdcDocument::from_json(doc_type, &log.extracted_data)
         .map_err(|e| err(&format!("extracted_data.{}", e.path), e.message))?;
     if log.success && log.routed_endpoint.as_deref().is_none_or(str::is_empty) {
-        return Err(err("routed_endpoint", "is missing but success is true: a successful case must say where it went".into()));
+        return Err(err(
+            "routed_endpoint",
+            "is missing but success is true: a successful case must say where it went".into(),
+        ));
     }
     if let Some(p) = &log.sap_payload {
         if !p.is_object() && !p.is_null() {
@@ -95,7 +98,9 @@ pub fn validate(line: u64, log: TransactionLog) -> Result<ValidRecord, LogError>
     let processed_at = match &log.processed_at {
         None => None,
         Some(s) => Some(
-            LooseDate::parse(s).map(|d| d.0).ok_or_else(|| err("processed_at", format!("{s:?} is not a date (write 2025-06-16)")))?,
+            LooseDate::parse(s)
+                .map(|d| d.0)
+                .ok_or_else(|| err("processed_at", format!("{s:?} is not a date (write 2025-06-16)")))?,
         ),
     };
     Ok(ValidRecord { line, log, doc_type, doc, processed_at })
@@ -110,7 +115,11 @@ pub struct LogReader {
 
 impl LogReader {
     pub fn open(path: &Path) -> std::io::Result<LogReader> {
-        Ok(LogReader { reader: BufReader::with_capacity(1 << 20, File::open(path)?), line: 0, path: path.display().to_string() })
+        Ok(LogReader {
+            reader: BufReader::with_capacity(1 << 20, File::open(path)?),
+            line: 0,
+            path: path.display().to_string(),
+        })
     }
 
     /// The next up to `n` non-blank lines with their 1-based line numbers; empty at end of file.
@@ -118,7 +127,10 @@ impl LogReader {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let mut buf = String::new();
-            let read = self.reader.read_line(&mut buf).map_err(|e| format!("{}: line {}: {e}", self.path, self.line + 1))?;
+            let read = self
+                .reader
+                .read_line(&mut buf)
+                .map_err(|e| format!("{}: line {}: {e}", self.path, self.line + 1))?;
             if read == 0 {
                 break;
             }
@@ -137,11 +149,16 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_field() {
-        let e = parse_line(7, r#"{"document_id":"D1","document_type":"invoice","extracted_data":{},"success":false}"#).unwrap_err();
+        let e = parse_line(
+            7,
+            r#"{"document_id":"D1","document_type":"invoice","extracted_data":{},"success":false}"#,
+        )
+        .unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (7, "document_type"));
         assert!(e.message.contains("supplier_invoice"), "{e}");
 
-        let e = parse_line(3, r#"{"document_id":"D1","document_type":"supplier_invoice","success":true}"#).unwrap_err();
+        let e = parse_line(3, r#"{"document_id":"D1","document_type":"supplier_invoice","success":true}"#)
+            .unwrap_err();
         assert_eq!(e.field, "extracted_data", "{e}");
 
         let e = parse_line(
@@ -154,7 +171,11 @@ mod tests {
         let e = parse_line(2, "{not json").unwrap_err();
         assert_eq!(e.line, 2);
 
-        let e = parse_line(4, r#"{"document_id":"D1","document_type":"purchase_order","extracted_data":{},"success":true}"#).unwrap_err();
+        let e = parse_line(
+            4,
+            r#"{"document_id":"D1","document_type":"purchase_order","extracted_data":{},"success":true}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "routed_endpoint");
     }
 }

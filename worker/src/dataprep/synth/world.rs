@@ -28,9 +28,21 @@ pub struct Company {
 }
 
 pub const COMPANIES: &[Company] = &[
-    Company { code: "1010", country: "DE", currency: "EUR", city: "Walldorf", taxes: &[("V1", 19.0), ("V2", 7.0)] },
+    Company {
+        code: "1010",
+        country: "DE",
+        currency: "EUR",
+        city: "Walldorf",
+        taxes: &[("V1", 19.0), ("V2", 7.0)],
+    },
     Company { code: "1710", country: "US", currency: "USD", city: "Palo Alto", taxes: &[("I1", 8.0)] },
-    Company { code: "2010", country: "GB", currency: "GBP", city: "London", taxes: &[("V1", 20.0), ("V5", 5.0)] },
+    Company {
+        code: "2010",
+        country: "GB",
+        currency: "GBP",
+        city: "London",
+        taxes: &[("V1", 20.0), ("V5", 5.0)],
+    },
 ];
 
 pub struct Partner {
@@ -58,16 +70,50 @@ pub struct World {
 }
 
 const NAME_A: &[&str] = &[
-    "Acme", "Bergmann", "Nordic", "Atlas", "Helios", "Quantum", "Vega", "Orion", "Summit", "Rhein", "Alpine", "Pioneer",
-    "Crescent", "Falcon", "Granite", "Harbor", "Ironwood", "Juniper", "Keystone", "Lumen", "Meridian", "Northstar",
+    "Acme",
+    "Bergmann",
+    "Nordic",
+    "Atlas",
+    "Helios",
+    "Quantum",
+    "Vega",
+    "Orion",
+    "Summit",
+    "Rhein",
+    "Alpine",
+    "Pioneer",
+    "Crescent",
+    "Falcon",
+    "Granite",
+    "Harbor",
+    "Ironwood",
+    "Juniper",
+    "Keystone",
+    "Lumen",
+    "Meridian",
+    "Northstar",
 ];
 const NAME_B: &[&str] = &[
-    "Industrial", "Components", "Logistics", "Chemicals", "Electronics", "Packaging", "Metals", "Office Supply",
-    "Tools", "Plastics", "Textiles", "Foods", "Energy", "Systems",
+    "Industrial",
+    "Components",
+    "Logistics",
+    "Chemicals",
+    "Electronics",
+    "Packaging",
+    "Metals",
+    "Office Supply",
+    "Tools",
+    "Plastics",
+    "Textiles",
+    "Foods",
+    "Energy",
+    "Systems",
 ];
 const LEGAL: &[&str] = &["GmbH", "Inc.", "Ltd", "AG", "LLC", "S.A.", "plc"];
-const CITIES: &[&str] = &["Berlin", "Hamburg", "Munich", "Chicago", "Austin", "Manchester", "Leeds", "Lyon", "Vienna"];
-const STREETS: &[&str] = &["Hauptstrasse", "Main Street", "Industrieweg", "High Street", "Parkallee", "Oak Avenue"];
+const CITIES: &[&str] =
+    &["Berlin", "Hamburg", "Munich", "Chicago", "Austin", "Manchester", "Leeds", "Lyon", "Vienna"];
+const STREETS: &[&str] =
+    &["Hauptstrasse", "Main Street", "Industrieweg", "High Street", "Parkallee", "Oak Avenue"];
 const GOODS: &[(&str, &str, &str)] = &[
     ("TG", "Trading good", "PC"),
     ("RM", "Raw material", "KG"),
@@ -76,7 +122,8 @@ const GOODS: &[(&str, &str, &str)] = &[
     ("CH", "Chemical", "L"),
     ("CB", "Cable", "M"),
 ];
-const ADJ: &[&str] = &["steel", "aluminium", "plastic", "copper", "premium", "standard", "heavy-duty", "compact"];
+const ADJ: &[&str] =
+    &["steel", "aluminium", "plastic", "copper", "premium", "standard", "heavy-duty", "compact"];
 const TERMS: &[&str] = &["0001", "0002", "NT30", "NT60"];
 
 impl World {
@@ -108,7 +155,12 @@ impl World {
                 let (prefix, kind, unit) = GOODS[i % GOODS.len()];
                 Material {
                     id: format!("{prefix}-{:05}", 10000 + i),
-                    description: format!("{} {} {}", ADJ[r.random_range(0..ADJ.len())], kind.to_lowercase(), i % 97),
+                    description: format!(
+                        "{} {} {}",
+                        ADJ[r.random_range(0..ADJ.len())],
+                        kind.to_lowercase(),
+                        i % 97
+                    ),
                     unit,
                     price: (r.random_range(0.5f64..800.0) * 100.0).round() / 100.0,
                 }

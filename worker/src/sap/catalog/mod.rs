@@ -6,8 +6,8 @@
 //! OData metadata does not carry (it marks only keys non-nullable). Users bring their own tenant's
 //! APIs with the importers in [`crate::sap::import`] and save/load catalogs as JSON.
 
-mod compact;
-mod json_schema;
+pub mod compact;
+pub mod json_schema;
 
 use std::path::Path;
 

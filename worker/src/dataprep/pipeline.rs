@@ -1,0 +1,503 @@
+//! The stage itself: two streamed passes over the input, in chunks, each chunk in parallel.
+//!
+//! Pass 1 reads every record once and keeps only what retrieval and splitting need (term ids,
+//! grouping keys, a one-line summary): no documents stay in memory. Groups and splits are then
+//! fixed and the BM25 index is built over the train split. Pass 2 reads the input again
+//! (regenerates, for synthetic data), builds each example with its similar cases and writes it
+//! in input order. Memory is bounded by the index, not by the examples.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use serde_json::Value;
+
+use super::bm25::{Bm25, Vocab};
+use super::card::{DatasetCard, RetrievalCard};
+use super::config::{DataPrepConfig, Source};
+use super::examples::{RoutingExample, SimilarCase};
+use super::exception::{self, ExceptionInput};
+use super::log::{LogError, LogReader, ValidRecord, parse_line, validate};
+use super::preference::{self, PairInput};
+use super::split::{Groups, Split, assign};
+use super::synth::Generator;
+use super::tokens::{self, fnv};
+use super::trace::{self, TraceInput};
+use crate::progress::Progress;
+use crate::sap::catalog::{CompactSchema, compact_schema};
+use crate::sap::documents::signals;
+use crate::sap::routing::{self, EXCEPTION_ENDPOINT};
+use crate::sap::rules::RuleContext;
+
+const CHUNK: usize = 4096;
+const MAX_INVALID_SAMPLES: usize = 20;
+
+enum Input {
+    Synthetic(Box<Generator>, u64),
+    File(std::path::PathBuf),
+}
+
+impl Input {
+    /// Calls `f` with each chunk of records (validated, in input order).
+    fn chunks(&self, mut f: impl FnMut(Vec<Result<ValidRecord, LogError>>) -> Result<()>) -> Result<()> {
+        match self {
+            Input::Synthetic(g, n) => {
+                let mut start = 0;
+                while start < *n {
+                    let end = (start + CHUNK as u64).min(*n);
+                    let recs = (start..end).into_par_iter().map(|i| validate(i + 1, g.log(i))).collect();
+                    f(recs)?;
+                    start = end;
+                }
+            }
+            Input::File(path) => {
+                let mut r = LogReader::open(path)
+                    .with_context(|| format!("cannot open transaction log {}", path.display()))?;
+                loop {
+                    let lines = r.next_chunk(CHUNK).map_err(anyhow::Error::msg)?;
+                    if lines.is_empty() {
+                        break;
+                    }
+                    f(lines.into_par_iter().map(|(n, l)| parse_line(n, &l)).collect())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What pass 1 keeps per valid record.
+struct Meta {
+    id: String,
+    doc_type: &'static str,
+    endpoint: String,
+    success: bool,
+    summary: String,
+}
+
+fn resolved_endpoint(rec: &ValidRecord) -> String {
+    rec.log
+        .feedback
+        .get("correct_endpoint")
+        .and_then(Value::as_str)
+        .or(rec.log.routed_endpoint.as_deref())
+        .unwrap_or(EXCEPTION_ENDPOINT)
+        .to_string()
+}
+
+/// Runs data-prep and returns the card (also written to the output directory).
+pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
+    cfg.check().map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    std::fs::create_dir_all(&cfg.output_dir)
+        .with_context(|| format!("cannot create output directory {}", cfg.output_dir.display()))?;
+    let input = match &cfg.source {
+        Source::Synthetic => Input::Synthetic(Box::new(Generator::new(cfg)), cfg.examples as u64),
+        Source::LogFile(p) => Input::File(p.clone()),
+    };
+    let total_hint = if cfg.source == Source::Synthetic { cfg.examples as u64 * 2 } else { 0 };
+    let mut progress = Progress::new(cfg.progress, "data-prep", total_hint);
+    let mut card = DatasetCard {
+        source: match &cfg.source {
+            Source::Synthetic => format!("synthetic ({} records)", cfg.examples),
+            Source::LogFile(p) => p.display().to_string(),
+        },
+        seed: cfg.seed,
+        ..DatasetCard::default()
+    };
+
+    // Pass 1: terms, keys, summaries.
+    let mut vocab = Vocab::default();
+    let mut metas: Vec<Meta> = Vec::new();
+    let mut offsets: Vec<u32> = vec![0];
+    let mut terms: Vec<u32> = Vec::new();
+    let mut groups = Groups::default();
+    let mut id_keys: Vec<u64> = Vec::new();
+    let mut step = 0u64;
+    input.chunks(|chunk| {
+        let prepared: Vec<Result<(Meta, Vec<String>, u64, Option<u64>), LogError>> = chunk
+            .into_par_iter()
+            .map(|r| {
+                r.map(|rec| {
+                    let t = tokens::terms(&rec.doc);
+                    let fp = tokens::fingerprint(&rec.doc);
+                    let id_key = fnv(format!("id|{}", rec.log.document_id).as_bytes());
+                    let endpoint = resolved_endpoint(&rec);
+                    let summary = format!(
+                        "{} from {} ref {} -> {} ({})",
+                        rec.doc_type,
+                        rec.doc.partner().unwrap_or("?"),
+                        rec.doc.reference().unwrap_or("?"),
+                        endpoint,
+                        if rec.log.success { "succeeded" } else { "failed" }
+                    );
+                    let meta =
+                        Meta { id: rec.log.document_id.clone(), doc_type: rec.doc_type.as_str(), endpoint, success: rec.log.success, summary };
+                    (meta, t, id_key, fp)
+                })
+            })
+            .collect();
+        for p in prepared {
+            card.records_read += 1;
+            match p {
+                Ok((meta, t, id_key, fp)) => {
+                    terms.extend(t.iter().map(|s| vocab.id(s)));
+                    offsets.push(terms.len() as u32);
+                    groups.union(id_key, fp);
+                    id_keys.push(id_key);
+                    metas.push(meta);
+                }
+                Err(e) if cfg.skip_invalid => {
+                    card.invalid_lines += 1;
+                    if card.invalid_samples.len() < MAX_INVALID_SAMPLES {
+                        card.invalid_samples.push(e);
+                    }
+                }
+                Err(e) => bail!("invalid transaction log record: {e}; fix the record, or pass --skip-invalid to skip malformed lines (they are counted in the dataset card)"),
+            }
+        }
+        step += metas.len() as u64 - step.min(metas.len() as u64);
+        progress.update(card.records_read, &[("pass", 1.0)]);
+        Ok(())
+    })?;
+    if metas.is_empty() {
+        bail!("no valid records in the input ({} read, {} invalid)", card.records_read, card.invalid_lines);
+    }
+
+    // Groups and splits.
+    let group: Vec<u64> = id_keys.iter().map(|k| groups.group_of(*k)).collect();
+    let split: Vec<Split> = group.iter().map(|g| assign(*g, cfg.seed, cfg.split)).collect();
+    let mut group_sizes: HashMap<u64, u64> = HashMap::new();
+    for g in &group {
+        *group_sizes.entry(*g).or_default() += 1;
+    }
+    card.near_duplicate_groups = group_sizes.values().filter(|n| **n > 1).count() as u64;
+    card.records_in_near_duplicate_groups = group_sizes.values().filter(|n| **n > 1).sum();
+    drop(group_sizes);
+
+    // The index over the train split only.
+    let train: Vec<u32> = (0..metas.len() as u32).filter(|i| split[*i as usize] == Split::Train).collect();
+    let doc_terms = |i: usize| &terms[offsets[i] as usize..offsets[i + 1] as usize];
+    let index = Bm25::build(train.iter().map(|i| doc_terms(*i as usize)), vocab.len());
+    card.retrieval = RetrievalCard {
+        method: "BM25 (k1=1.2, b=0.75) over identifier terms of the train split".into(),
+        k: cfg.k_similar,
+        train_documents_indexed: train.len() as u64,
+        ..RetrievalCard::default()
+    };
+
+    // Candidate schemas per document type, rendered once.
+    let mut schemas: HashMap<&'static str, (Vec<CompactSchema>, Vec<String>)> = HashMap::new();
+    for t in crate::sap::documents::DocType::ALL {
+        let c = cfg.catalog.candidates_for(t.as_str());
+        schemas.insert(
+            t.as_str(),
+            (c.iter().map(|a| compact_schema(a)).collect(), c.iter().map(|a| a.endpoint()).collect()),
+        );
+    }
+
+    // Pass 2: examples.
+    let mut out = Outputs::create(&cfg.output_dir)?;
+    let shared = Shared {
+        cfg,
+        metas: &metas,
+        split: &split,
+        group: &group,
+        train: &train,
+        index: &index,
+        schemas: &schemas,
+        terms: &doc_terms,
+    };
+    let mut ordinal = 0usize;
+    let mut success = 0u64;
+    let mut similar_total = 0u64;
+    let pass2_start = Instant::now();
+    input.chunks(|chunk| {
+        let valid: Vec<ValidRecord> = chunk.into_iter().filter_map(Result::ok).collect();
+        let base = ordinal;
+        ordinal += valid.len();
+        let results: Vec<Result<Produced>> =
+            valid.into_par_iter().enumerate().map(|(i, rec)| produce(&shared, base + i, rec)).collect();
+        for p in results {
+            let p = p?;
+            out.write(&p)?;
+            card.account(&p);
+            success += u64::from(p.success);
+            similar_total += p.similar as u64;
+            card.retrieval.leak_violations += p.leaks;
+        }
+        let rate = ordinal as f64 / pass2_start.elapsed().as_secs_f64().max(1e-9);
+        progress.update(card.records_read + ordinal as u64, &[("examples_per_s", rate)]);
+        Ok(())
+    })?;
+    let n = metas.len() as f64;
+    card.logged_success_rate = success as f64 / n;
+    card.retrieval.mean_similar_cases = similar_total as f64 / n;
+    card.files = out.finish()?;
+    card.files.extend(["dataset_card.json".to_string(), "dataset_card.md".to_string()]);
+    card.elapsed_s = started.elapsed().as_secs_f64();
+    write_card(&cfg.output_dir, &card)?;
+    progress.finish(&[("examples", n), ("elapsed_s", card.elapsed_s)]);
+    Ok(card)
+}
+
+struct Shared<'a> {
+    cfg: &'a DataPrepConfig,
+    metas: &'a [Meta],
+    split: &'a [Split],
+    group: &'a [u64],
+    train: &'a [u32],
+    index: &'a Bm25,
+    schemas: &'a HashMap<&'static str, (Vec<CompactSchema>, Vec<String>)>,
+    terms: &'a (dyn Fn(usize) -> &'a [u32] + Sync),
+}
+
+/// One record's serialised outputs and the facts the card counts.
+struct Produced {
+    split: Split,
+    routing: String,
+    exception: Option<(String, String)>,
+    pair: Option<(String, String)>,
+    doc_type: &'static str,
+    endpoint: String,
+    rule_failures: Vec<String>,
+    ambiguous: bool,
+    success: bool,
+    similar: usize,
+    leaks: u64,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn produce(s: &Shared, ord: usize, rec: ValidRecord) -> Result<Produced> {
+    let cfg = s.cfg;
+    let split = s.split[ord];
+    let meta = &s.metas[ord];
+    if meta.id != rec.log.document_id {
+        bail!(
+            "input changed between passes at record {} (line {}): read the log from a file nobody is writing",
+            ord + 1,
+            rec.line
+        );
+    }
+    let ctx =
+        RuleContext { today: rec.processed_at, references: &rec.log.reference_lines, ..Default::default() };
+    let decision = routing::route(&cfg.catalog, &rec.doc, &ctx);
+    let detection = signals::detect(&rec.log.extracted_data);
+    let log = &rec.log;
+    let corrected = log.feedback.get("correct_endpoint").and_then(Value::as_str);
+    let routed = log.routed_endpoint.as_deref();
+    // Ground truth: a person's correction, else what the log says went (or should have gone)
+    // through, else the reference router.
+    let target_endpoint = corrected.or(routed).unwrap_or(&decision.endpoint).to_string();
+    let target_payload = if target_endpoint == EXCEPTION_ENDPOINT {
+        Value::Null
+    } else if log.success && log.sap_payload.is_some() {
+        log.sap_payload.clone().unwrap_or(Value::Null)
+    } else {
+        decision.payload.clone().unwrap_or(Value::Null)
+    };
+
+    // Similar cases from the train split, never from this record's own group.
+    let own_group = s.group[ord];
+    let hits = SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        if scratch.len() != s.index.len() {
+            *scratch = vec![0.0; s.index.len()];
+        }
+        s.index.search((s.terms)(ord), cfg.k_similar, &mut scratch, |d| {
+            s.group[s.train[d as usize] as usize] != own_group
+        })
+    });
+    let mut leaks = 0;
+    let similar: Vec<SimilarCase> = hits
+        .iter()
+        .map(|h| {
+            let j = s.train[h.doc as usize] as usize;
+            leaks += u64::from(s.split[j] != Split::Train);
+            let m = &s.metas[j];
+            SimilarCase {
+                doc_id: m.id.clone(),
+                doc_type: m.doc_type.into(),
+                endpoint: m.endpoint.clone(),
+                success: m.success,
+                score: (h.score * 1000.0).round() / 1000.0,
+                summary: m.summary.clone(),
+            }
+        })
+        .collect();
+    let similar_endpoints: Vec<String> = similar.iter().map(|c| c.endpoint.clone()).collect();
+
+    let doc_type = rec.doc_type.as_str();
+    let misroute = corrected.and(routed).filter(|r| Some(*r) != corrected);
+    let steps = trace::routing_trace(&TraceInput {
+        doc: &rec.doc,
+        detection: &detection,
+        catalog: &cfg.catalog,
+        decision: &decision,
+        target_endpoint: &target_endpoint,
+        corrected_from: misroute,
+        similar_endpoints: &similar_endpoints,
+    });
+    let confidence = trace::confidence(rec.doc_type, &detection, &decision.outcomes);
+    let (schemas, candidates) = &s.schemas[doc_type];
+    let rule_failures: Vec<_> = decision.outcomes.iter().filter(|o| !o.passed).cloned().collect();
+    let rule_ids = rule_failures.iter().map(|o| o.rule_id.clone()).collect();
+    let example = RoutingExample {
+        doc_id: log.document_id.clone(),
+        doc_type: doc_type.into(),
+        adc_json: log.extracted_data.clone(),
+        api_schemas: schemas.clone(),
+        similar_cases: similar,
+        target_endpoint: target_endpoint.clone(),
+        target_payload: target_payload.clone(),
+        reasoning_trace: steps,
+        confidence,
+        success: log.success,
+        feedback: log.feedback.clone(),
+        rule_failures,
+    };
+
+    let ei = ExceptionInput {
+        doc_id: &log.document_id,
+        doc_type,
+        split: split.as_str(),
+        adc_json: &log.extracted_data,
+    };
+    let exception = if !log.success && corrected.is_none() && log.feedback.get("error").is_some() {
+        let request = log.sap_payload.clone().unwrap_or(Value::Null);
+        exception::from_failure(&ei, routed.unwrap_or(&target_endpoint), &request, &log.feedback)
+    } else if target_endpoint == EXCEPTION_ENDPOINT {
+        let serving = decision.api.as_deref().and_then(|a| cfg.catalog.api(a)).map(|a| a.endpoint());
+        Some(exception::from_blocked(
+            &ei,
+            serving.as_deref().unwrap_or(EXCEPTION_ENDPOINT),
+            decision.payload.as_ref().unwrap_or(&Value::Null),
+            decision.blocking().cloned().collect(),
+        ))
+    } else {
+        None
+    };
+    let serving_endpoint = decision.api.as_deref().and_then(|a| cfg.catalog.api(a)).map(|a| a.endpoint());
+    let pair = preference::pair(
+        &cfg.catalog,
+        &ctx,
+        &PairInput {
+            doc_id: &log.document_id,
+            doc_type,
+            split: split.as_str(),
+            adc_json: &log.extracted_data,
+            target_endpoint: &target_endpoint,
+            target_payload: &target_payload,
+            built_payload: decision.payload.as_ref(),
+            serving_endpoint: serving_endpoint.as_deref(),
+            confidence,
+            logged_misroute: misroute,
+            candidates,
+            variant_seed: fnv(log.document_id.as_bytes()),
+        },
+    );
+    Ok(Produced {
+        split,
+        routing: serde_json::to_string(&example)?,
+        exception: exception
+            .map(|e| Ok::<_, serde_json::Error>((serde_json::to_string(&e)?, e.action.as_str().to_string())))
+            .transpose()?,
+        pair: pair
+            .map(|p| Ok::<_, serde_json::Error>((serde_json::to_string(&p)?, p.rejection_kind)))
+            .transpose()?,
+        doc_type,
+        endpoint: target_endpoint,
+        rule_failures: rule_ids,
+        ambiguous: detection.is_ambiguous() || detection.best != rec.doc_type,
+        success: log.success,
+        similar: hits.len(),
+        leaks,
+    })
+}
+
+impl DatasetCard {
+    fn account(&mut self, p: &Produced) {
+        let split = p.split.as_str().to_string();
+        *self.splits.entry(split.clone()).or_default() += 1;
+        *self.doc_types.entry(p.doc_type.into()).or_default().entry(split).or_default() += 1;
+        *self.target_endpoints.entry(p.endpoint.clone()).or_default() += 1;
+        for r in &p.rule_failures {
+            *self.rule_failures.entry(r.clone()).or_default() += 1;
+        }
+        if let Some((_, action)) = &p.exception {
+            self.exception_examples += 1;
+            *self.exception_actions.entry(action.clone()).or_default() += 1;
+        }
+        if let Some((_, kind)) = &p.pair {
+            self.preference_pairs += 1;
+            *self.preference_kinds.entry(kind.clone()).or_default() += 1;
+        }
+        self.ambiguous_documents += u64::from(p.ambiguous);
+    }
+}
+
+struct Outputs {
+    routing: [BufWriter<File>; 3],
+    exceptions: BufWriter<File>,
+    pairs: BufWriter<File>,
+}
+
+const ROUTING_FILES: [&str; 3] =
+    ["train_routing_examples.jsonl", "val_routing_examples.jsonl", "test_routing_examples.jsonl"];
+
+impl Outputs {
+    fn create(dir: &Path) -> Result<Outputs> {
+        let open = |name: &str| -> Result<BufWriter<File>> {
+            let p = dir.join(name);
+            Ok(BufWriter::with_capacity(
+                1 << 20,
+                File::create(&p).with_context(|| format!("cannot write {}", p.display()))?,
+            ))
+        };
+        Ok(Outputs {
+            routing: [open(ROUTING_FILES[0])?, open(ROUTING_FILES[1])?, open(ROUTING_FILES[2])?],
+            exceptions: open("exception_examples.jsonl")?,
+            pairs: open("preference_pairs.jsonl")?,
+        })
+    }
+
+    fn write(&mut self, p: &Produced) -> Result<()> {
+        let w = &mut self.routing[p.split as usize];
+        w.write_all(p.routing.as_bytes())?;
+        w.write_all(b"\n")?;
+        if let Some((line, _)) = &p.exception {
+            self.exceptions.write_all(line.as_bytes())?;
+            self.exceptions.write_all(b"\n")?;
+        }
+        if let Some((line, _)) = &p.pair {
+            self.pairs.write_all(line.as_bytes())?;
+            self.pairs.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<String>> {
+        for mut w in self.routing.into_iter().chain([self.exceptions, self.pairs]) {
+            w.flush().context("cannot flush output file")?;
+        }
+        let mut files: Vec<String> = ROUTING_FILES.iter().map(|s| s.to_string()).collect();
+        files.extend(["exception_examples.jsonl".to_string(), "preference_pairs.jsonl".to_string()]);
+        Ok(files)
+    }
+}
+
+fn write_card(dir: &Path, card: &DatasetCard) -> Result<()> {
+    let json = dir.join("dataset_card.json");
+    std::fs::write(&json, serde_json::to_string_pretty(card)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let md = dir.join("dataset_card.md");
+    std::fs::write(&md, card.to_markdown()).with_context(|| format!("cannot write {}", md.display()))?;
+    Ok(())
+}

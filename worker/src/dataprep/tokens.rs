@@ -1,0 +1,65 @@
+//! Retrieval terms and near-duplicate fingerprints of a document.
+//!
+//! Terms come from the canonical (parsed) document, so noise does not split a supplier into
+//! "1010" and " 1010 ": `key:value` for short identifier-like values (supplier, PO number,
+//! material, G/L account, plant...), `w:word` for title words, and the type.
+
+use serde_json::Value;
+
+use crate::sap::documents::AdcDocument;
+
+/// Values longer than this, or with spaces, are text, not identifiers.
+const MAX_ID_LEN: usize = 24;
+
+/// Retrieval terms of `doc`.
+pub fn terms(doc: &AdcDocument) -> Vec<String> {
+    let mut out = vec![format!("type:{}", doc.doc_type().as_str())];
+    walk(&doc.to_value(), "", &mut out);
+    out
+}
+
+fn walk(v: &Value, key: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                walk(x, k, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| walk(x, key, out)),
+        Value::String(s) if key == "document_title" => {
+            out.extend(s.split_whitespace().map(|w| format!("w:{}", w.to_lowercase())));
+        }
+        Value::String(_) if key.ends_with("_date") || key.starts_with("valid_") => {}
+        Value::String(s) if s.len() <= MAX_ID_LEN && !s.contains(' ') => {
+            out.push(format!("{key}:{}", s.trim().to_uppercase()));
+        }
+        _ => {}
+    }
+}
+
+/// 64-bit FNV-1a: stable across runs and platforms (split assignment must not change when the
+/// standard library's hasher does).
+pub fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn normalise(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_uppercase()).collect()
+}
+
+/// The business identity of a document: type, partner and its own reference, normalised
+/// (case, spaces and punctuation removed). Resubmissions of one document share it; `None` when
+/// the document lacks a partner or a reference.
+pub fn fingerprint(doc: &AdcDocument) -> Option<u64> {
+    let partner = normalise(doc.partner()?);
+    let reference = normalise(doc.reference()?);
+    if partner.is_empty() || reference.is_empty() {
+        return None;
+    }
+    Some(fnv(format!("{}|{partner}|{reference}", doc.doc_type().as_str()).as_bytes()))
+}
