@@ -92,7 +92,7 @@ fn lora_gradients_match_finite_differences() {
             g.iter().enumerate().max_by(|a, b| a.1.abs().partial_cmp(&b.1.abs()).unwrap()).unwrap();
         let orig = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let eps = 1e-3f32;
-        let mut eval = |delta: f32| -> (f64, f32) {
+        let eval = |delta: f32| -> (f64, f32) {
             let mut v = orig.clone();
             v[idx] += delta;
             let actual = v[idx];
@@ -117,12 +117,9 @@ fn gradient_checkpointing_matches_full_backprop() {
     let mut m = model(ModelOptions { lora: Some(lora), train_router: true, ..Default::default() });
     m.set_training(true);
     let input = ids(2, 20, 4);
-    let mask = Tensor::from_vec(
-        (0..40u32).map(|i| u32::from(!(i >= 34))).collect::<Vec<_>>(),
-        (2, 20),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let mask =
+        Tensor::from_vec((0..40u32).map(|i| u32::from(i < 34)).collect::<Vec<_>>(), (2, 20), &Device::Cpu)
+            .unwrap();
     let run = |m: &Mixtral| {
         m.control.set_dropout_counter(0);
         m.forward_backward(&input, Some(&mask), &mut |o| causal_lm_loss(&o.logits, &input, Some(&mask)))

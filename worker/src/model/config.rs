@@ -239,7 +239,7 @@ impl MixtralConfig {
                 bail!("config field `{name}` must be > 0");
             }
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("config field `head_dim` ({}) must be even for rotary embeddings", self.head_dim);
         }
         if self.num_experts_per_tok > self.num_local_experts {

@@ -109,6 +109,9 @@ fn sample(logp: &[f64], cfg: &GenerationConfig, rng: &mut rand::rngs::StdRng) ->
     kept.last().map_or(0, |&(i, _)| i as u32)
 }
 
+/// Turns token ids into text (a tokenizer's decode).
+pub type Decoder<'a> = &'a dyn Fn(&[u32]) -> Result<String>;
+
 impl Mixtral {
     /// Generates a continuation of every prompt (token ids) as one batch. `decode` turns token
     /// ids into text; it is required for `stop_sequences` and fills `Generation::text`.
@@ -116,7 +119,7 @@ impl Mixtral {
         &self,
         prompts: &[Vec<u32>],
         cfg: &GenerationConfig,
-        decode: Option<&dyn Fn(&[u32]) -> Result<String>>,
+        decode: Option<Decoder<'_>>,
     ) -> Result<Vec<Generation>> {
         ensure!(!prompts.is_empty(), "generate: no prompts");
         ensure!(prompts.iter().all(|p| !p.is_empty()), "generate: empty prompt");

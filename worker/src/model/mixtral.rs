@@ -656,9 +656,9 @@ impl Mixtral {
                 pos[bi * q_len + i] = positions[qi] as f32;
                 for j in 0..k_len {
                     let real = row.is_none_or(|r| r[j] != 0);
-                    let causal = j <= qi;
-                    let in_window = window.is_none_or(|w| qi - j < w);
-                    if !(real && causal && in_window) {
+                    // Causal, and (HF sliding window) at most `w - 1` positions back.
+                    let visible = j <= qi && window.is_none_or(|w| qi - j < w);
+                    if !(real && visible) {
                         bias[(bi * q_len + i) * k_len + j] = MASK_VALUE as f32;
                     }
                 }

@@ -21,7 +21,9 @@ pub const BLOCK: usize = 64;
 /// Absmax values per block of the nested (double) quantization.
 pub const NESTED_BLOCK: usize = 256;
 
-/// The 16 NF4 code values (QLoRA paper, bitsandbytes `get_4bit_type("nf4")`).
+/// The 16 NF4 code values (QLoRA paper, bitsandbytes `get_4bit_type("nf4")`), written with
+/// bitsandbytes' published digits.
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.696_192_8,
@@ -221,12 +223,13 @@ impl Nf4Tensor {
         })
     }
 
-    /// Dequantizes the per-block absmax values (F32 [n_blocks]).
+    /// Dequantizes the per-block absmax values (F32 [n_blocks]). Indices go through u32 for the
+    /// reason given in [`Nf4Tensor::dequantize`].
     pub fn absmax(&self) -> Result<Tensor> {
         let n_nested = self.nested_absmax.dim(0)?;
         let a = self
             .nested_code
-            .index_select(&self.qabsmax, 0)?
+            .index_select(&self.qabsmax.to_dtype(DType::U32)?, 0)?
             .reshape((n_nested, NESTED_BLOCK))?
             .broadcast_mul(&self.nested_absmax)?
             .flatten_all()?
@@ -239,7 +242,10 @@ impl Nf4Tensor {
     /// the gradient on to its other operand.
     pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
         let absmax = self.absmax()?.reshape((self.n_blocks, 1))?;
-        let vals = self.lut.index_select(&self.packed, 0)?.reshape((self.n_blocks, BLOCK))?;
+        // candle's index_select treats the dtype's max value (255 for u8) as a "no index"
+        // sentinel and writes zeros, so byte 0xFF would be lost: index with u32.
+        let vals =
+            self.lut.index_select(&self.packed.to_dtype(DType::U32)?, 0)?.reshape((self.n_blocks, BLOCK))?;
         let w = vals.broadcast_mul(&absmax)?.flatten_all()?.narrow(0, 0, self.elem_count())?;
         Ok(w.reshape(self.shape.as_slice())?.to_dtype(dtype)?)
     }
