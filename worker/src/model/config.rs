@@ -36,7 +36,8 @@ pub struct MixtralConfig {
 }
 
 /// Named model sizes for from-scratch training and benchmarks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// ~3M parameters: CPU tests and the embedded default.
     Tiny,
@@ -44,6 +45,7 @@ pub enum Preset {
     Small,
     /// The real Mixtral-8x7B dimensions (46.7B parameters).
     #[value(name = "mixtral-8x7b")]
+    #[serde(rename = "mixtral-8x7b")]
     Mixtral8x7b,
 }
 

@@ -74,3 +74,4 @@ pub use mixtral::{Mixtral, ModelOptions, ModelOutput};
 pub use optim::{AdamW, AdamWConfig, LrSchedule, StepStats};
 pub use peft::{load_adapter, save_adapter};
 pub use tokenizer::Tokenizer;
+pub mod pretrain;
