@@ -5,10 +5,16 @@ use std::process::ExitCode;
 
 use crate::progress::ProgressMode;
 
+pub mod catalog;
+pub mod data_prep;
 pub mod pretrain;
 
 #[derive(Debug, Parser)]
-#[command(name = "sapllm-worker", version, about = "sapllm worker: data-prep, training, evaluation and serving")]
+#[command(
+    name = "sapllm-worker",
+    version,
+    about = "sapllm worker: data-prep, training, evaluation and serving"
+)]
 pub struct Cli {
     /// How long-running stages report progress: a bar for people, JSON lines for machines, or
     /// `auto` (a bar on a terminal, JSON lines otherwise).
@@ -21,6 +27,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Turn transaction logs (or synthetic data) into routing, exception and preference examples.
+    DataPrep(data_prep::DataPrepArgs),
+    /// Import tenant API specs (EDMX / OpenAPI) into a catalog file, or show a catalog.
+    Catalog(catalog::CatalogArgs),
     /// Pretrain a from-scratch model preset (full parameters) on a text corpus.
     Pretrain(pretrain::PretrainArgs),
 }
@@ -41,6 +51,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let progress = cli.progress;
     match cli.command {
+        Command::DataPrep(args) => data_prep::run(args, progress),
+        Command::Catalog(args) => catalog::run(args),
         Command::Pretrain(args) => pretrain::execute(args, progress),
     }
 }
