@@ -1,0 +1,7 @@
+//! Supervised fine-tuning (QLoRA): data loading, padding-aware batching, resumable checkpoints
+//! and the training loop.
+
+pub mod batcher;
+pub mod checkpoint;
+pub mod data;
+pub mod sft;
