@@ -22,6 +22,17 @@ pub const TERMINATION_LOG_ENV: &str = "SAPLLM_TERMINATION_LOG";
 /// The default termination-message path of a Kubernetes container.
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
+/// Where the operator mounts a PersistentVolumeClaim named by a `VolumePath` (a Hugging Face base,
+/// transaction logs, a dataset) when it is not the artifact claim: `/mnt/<claim>`. A `VolumePath`
+/// on the artifact claim resolves under [`ARTIFACTS_MOUNT`] instead (the claim is mounted once).
+pub fn claim_mount(claim: &str) -> String {
+    format!("/mnt/{claim}")
+}
+
+/// Where the operator mounts the catalog ConfigMap (`data.catalog.configMap`): the key is a file
+/// in this folder.
+pub const CATALOG_DIR: &str = "/etc/sapllm-catalog";
+
 /// Folder of each stage's output inside a run directory.
 pub fn stage_dir(stage: StageName) -> &'static str {
     match stage {

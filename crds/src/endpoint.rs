@@ -218,6 +218,10 @@ pub struct RoutingEndpointStatus {
     /// A version being rolled out, not yet ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_version: Option<String>,
+    /// A version whose rollout missed its deadline and was rolled back; it is not tried again until
+    /// the spec changes or another version is selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_version: Option<String>,
     /// When the current rollout started (for its deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_started: Option<Time>,

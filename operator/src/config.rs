@@ -1,0 +1,43 @@
+//! Operator-wide settings (from the command line / the chart's values).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Toleration;
+use sapllm_crds::common::{DEFAULT_GPU_RESOURCE, DEFAULT_WORKER_IMAGE};
+
+/// Defaults the operator applies to every worker pod a resource does not configure itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperatorConfig {
+    /// Worker image when a resource names none.
+    pub worker_image: String,
+    /// Extended resource GPUs are requested under when a resource names none.
+    pub gpu_resource_name: String,
+    /// ServiceAccount of worker pods when a resource names none.
+    pub worker_service_account: String,
+    /// Node labels every worker pod must match (a resource's own selector wins per key).
+    pub default_node_selector: BTreeMap<String, String>,
+    /// Tolerations added to every worker pod.
+    pub default_tolerations: Vec<Toleration>,
+    /// StorageClass of claims the operator creates when the resource names none.
+    pub storage_class: Option<String>,
+    /// How often a running stage is polled for progress (its pod's log tail).
+    pub progress_interval: Duration,
+    /// Requeue interval of settled objects (level-triggered safety net).
+    pub resync_interval: Duration,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        OperatorConfig {
+            worker_image: DEFAULT_WORKER_IMAGE.to_string(),
+            gpu_resource_name: DEFAULT_GPU_RESOURCE.to_string(),
+            worker_service_account: "sapllm-worker".to_string(),
+            default_node_selector: BTreeMap::new(),
+            default_tolerations: Vec::new(),
+            storage_class: None,
+            progress_interval: Duration::from_secs(15),
+            resync_interval: Duration::from_secs(300),
+        }
+    }
+}

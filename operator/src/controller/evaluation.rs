@@ -1,0 +1,102 @@
+//! Evaluation controller: resolve the model, run the evaluate Job, record metrics and verdict.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use sapllm_crds::evaluation::{Evaluation, EvaluationPhase};
+use sapllm_crds::training_run::TrainingRun;
+
+use crate::controller::apply::{apply, apply_status, delete_job};
+use crate::controller::context::now;
+use crate::controller::{Context, Error};
+use crate::evaluation::{self, Resolution};
+use crate::names::{LABEL_EVALUATION, LABEL_JOB_NAME, LABEL_MANAGED_BY, MANAGER, label_value};
+use crate::observe::observe_job;
+
+const KIND: &str = "Evaluation";
+
+/// The controller: Evaluations and their Jobs.
+pub fn controller(ctx: Arc<Context>, ns: Option<&str>) -> Controller<Evaluation> {
+    let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    let (evs, jobs) = match ns {
+        Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::<Job>::namespaced(ctx.client.clone(), ns)),
+        None => (Api::all(ctx.client.clone()), Api::<Job>::all(ctx.client.clone())),
+    };
+    Controller::new(evs, watcher::Config::default()).owns(jobs, managed)
+}
+
+/// Reconciles one Evaluation.
+pub async fn reconcile(ev: Arc<Evaluation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _t = ctx.metrics.reconcile(KIND);
+    let ns = ev.namespace().ok_or(Error::NoNamespace)?;
+    if ev.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let run = match &ev.spec.model.training_run {
+        Some(name) => Api::<TrainingRun>::namespaced(ctx.client.clone(), &ns).get_opt(name).await?,
+        None => None,
+    };
+    let resolution = evaluation::resolve(&ev, run.as_ref());
+    let job_name = match &resolution {
+        Ok(Resolution::Ready(r)) => Some(evaluation::build::job_name(&ev, r).0),
+        _ => None,
+    };
+    let uid = ev.uid().unwrap_or_default();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let lp = ListParams::default().labels(&format!("{LABEL_EVALUATION}={}", label_value(&ev.name_any())));
+    let jobs: Vec<Job> = jobs_api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
+        .collect();
+    let current = jobs.iter().find(|j| Some(j.name_any()) == job_name);
+    let observed = match current {
+        Some(job) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+            let lp = ListParams::default().labels(&format!("{LABEL_JOB_NAME}={}", job.name_any()));
+            Some(observe_job(job, &pods.list(&lp).await?.items))
+        }
+        None => None,
+    };
+    let d = evaluation::decide(&ev, &resolution, job_name.as_deref(), observed.as_ref(), now());
+    // Jobs for inputs that changed (a new generation): superseded, never adopted.
+    for j in jobs.iter().filter(|j| Some(j.name_any()) != job_name) {
+        delete_job(&ctx.client, &ns, &j.name_any()).await?;
+    }
+    if d.create_job
+        && let Ok(Resolution::Ready(r)) = &resolution
+    {
+        apply(&ctx.client, &evaluation::evaluation_job(&ev, r, &ctx.config)).await?;
+    }
+    let prev = ev.status.clone().unwrap_or_default();
+    if ev.status.as_ref() != Some(&d.status) {
+        apply_status(&ctx.client, ev.as_ref(), &d.status).await?;
+    }
+    if d.status.phase == Some(EvaluationPhase::Completed) && prev.phase != Some(EvaluationPhase::Completed)
+        || d.status.phase == Some(EvaluationPhase::Failed) && prev.phase != Some(EvaluationPhase::Failed)
+    {
+        ctx.metrics
+            .verdict(&format!("{:?}", d.status.verdict.unwrap_or(sapllm_crds::common::Verdict::Error)));
+    }
+    ctx.publish(ev.as_ref(), &d.transitions).await;
+    Ok(match d.status.phase {
+        Some(EvaluationPhase::Running) => Action::requeue(ctx.config.progress_interval),
+        // Waiting for a run: TrainingRuns are not watched from here, so poll.
+        Some(EvaluationPhase::Pending) => Action::requeue(std::time::Duration::from_secs(30)),
+        _ => Action::requeue(ctx.config.resync_interval),
+    })
+}
+
+/// Retries a failed reconcile shortly.
+pub fn error_policy(ev: Arc<Evaluation>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(KIND);
+    tracing::warn!(evaluation = %ev.name_any(), error = %err, "reconcile failed");
+    Action::requeue(std::time::Duration::from_secs(5))
+}

@@ -1,0 +1,143 @@
+//! TrainingRun controller: observe Jobs, pods and Evaluations, decide, act, write status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, LogParams};
+use kube::runtime::controller::Action;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use sapllm_crds::evaluation::Evaluation;
+use sapllm_crds::training_run::TrainingRun;
+
+use crate::controller::apply::{apply, apply_status, create_if_missing, delete_job, suspend_job};
+use crate::controller::context::now;
+use crate::controller::{Context, Error};
+use crate::names::{LABEL_JOB_NAME, LABEL_MANAGED_BY, LABEL_RUN, MANAGER, label_value};
+use crate::observe::{JobState, observe_job, running_pod};
+use crate::progress::{TAIL_LINES, parse_latest};
+use crate::training::{self, Observed};
+
+const KIND: &str = "TrainingRun";
+
+/// The controller: runs, and the Jobs and Evaluations they own.
+pub fn controller(ctx: Arc<Context>, ns: Option<&str>) -> Controller<TrainingRun> {
+    let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    Controller::new(api(&ctx, ns), watcher::Config::default())
+        .owns(api::<Job>(&ctx, ns), managed.clone())
+        .owns(api::<Evaluation>(&ctx, ns), managed)
+}
+
+fn api<K>(ctx: &Context, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    }
+}
+
+fn owned_by<K: kube::Resource>(child: &K, owner_uid: &str) -> bool {
+    child.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == owner_uid)
+}
+
+/// Reconciles one run.
+pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _t = ctx.metrics.reconcile(KIND);
+    let ns = run.namespace().ok_or(Error::NoNamespace)?;
+    let key = format!("{ns}/{}", run.name_any());
+    if run.metadata.deletion_timestamp.is_some() {
+        // Children are garbage-collected through their owner references.
+        ctx.metrics.run_phase(&key, None);
+        return Ok(Action::await_change());
+    }
+    if let Err(invalid) = training::validate(&run) {
+        let (status, transitions) = training::invalid_status(&run, &invalid, now());
+        apply_status(&ctx.client, run.as_ref(), &status).await?;
+        ctx.publish(run.as_ref(), &transitions).await;
+        ctx.metrics.run_phase(&key, Some("Failed"));
+        return Ok(Action::requeue(ctx.config.resync_interval));
+    }
+    if let Some(claim) = training::storage_claim(&run, &ctx.config) {
+        create_if_missing(&ctx.client, &claim).await?;
+    }
+    apply(&ctx.client, &training::manifest_config_map(&run)?).await?;
+
+    let plan = training::plan(&run);
+    let uid = run.uid().unwrap_or_default();
+    let selector = format!("{LABEL_RUN}={}", label_value(&run.name_any()));
+    let lp = ListParams::default().labels(&selector);
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs: Vec<Job> = jobs_api.list(&lp).await?.items.into_iter().filter(|j| owned_by(j, &uid)).collect();
+    let pods: Vec<Pod> = if jobs.is_empty() { Vec::new() } else { pods_api.list(&lp).await?.items };
+    let mut obs = Observed::default();
+    let mut active_pod = None;
+    for job in &jobs {
+        let name = job.name_any();
+        let job_pods: Vec<Pod> =
+            pods.iter().filter(|p| p.labels().get(LABEL_JOB_NAME) == Some(&name)).cloned().collect();
+        let o = observe_job(job, &job_pods);
+        if o.state == JobState::Active && plan.iter().any(|p| p.child == name) {
+            active_pod = running_pod(&job_pods).map(|p| p.name_any());
+        }
+        obs.jobs.insert(name, o);
+    }
+    let evs: Api<Evaluation> = Api::namespaced(ctx.client.clone(), &ns);
+    obs.evaluations = evs
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| owned_by(e, &uid))
+        .map(|e| (e.name_any(), e))
+        .collect::<BTreeMap<_, _>>();
+    if let Some(pod) = active_pod {
+        // Progress is best-effort: a log that cannot be read leaves the last value in status.
+        let lp = LogParams {
+            container: Some(crate::pod::WORKER_CONTAINER.into()),
+            tail_lines: Some(TAIL_LINES),
+            ..Default::default()
+        };
+        match pods_api.logs(&pod, &lp).await {
+            Ok(log) => obs.progress = parse_latest(&log, now()),
+            Err(e) => tracing::debug!(error = %e, pod, "cannot read progress"),
+        }
+    }
+
+    let d = training::decide(&run, &plan, &obs, now());
+    for job in &d.delete_jobs {
+        delete_job(&ctx.client, &ns, job).await?;
+    }
+    for (job, suspend) in &d.suspend_jobs {
+        suspend_job(&ctx.client, &ns, job, *suspend).await?;
+    }
+    if let Some(stage) = &d.start {
+        if stage.name == sapllm_crds::training_run::StageName::Evaluation {
+            apply(&ctx.client, &training::run_evaluation(&run, stage)).await?;
+        } else {
+            apply(&ctx.client, &training::stage_job(&run, stage, &ctx.config)).await?;
+        }
+    }
+    if run.status.as_ref() != Some(&d.status) {
+        apply_status(&ctx.client, run.as_ref(), &d.status).await?;
+    }
+    ctx.publish(run.as_ref(), &d.transitions).await;
+    let phase = d.status.phase.map(|p| format!("{p:?}"));
+    ctx.metrics.run_phase(&key, phase.as_deref());
+    Ok(if d.running {
+        Action::requeue(ctx.config.progress_interval)
+    } else {
+        Action::requeue(ctx.config.resync_interval)
+    })
+}
+
+/// Retries a failed reconcile with a short delay (the API server or the network hiccupped).
+pub fn error_policy(run: Arc<TrainingRun>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(KIND);
+    tracing::warn!(run = %run.name_any(), error = %err, "reconcile failed");
+    Action::requeue(std::time::Duration::from_secs(5))
+}

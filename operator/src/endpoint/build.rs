@@ -1,0 +1,197 @@
+//! The serving children of a RoutingEndpoint.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
+use sapllm_crds::contract::ARTIFACTS_MOUNT;
+use sapllm_crds::endpoint::RoutingEndpoint;
+use serde_json::{Value, json};
+
+use crate::config::OperatorConfig;
+use crate::endpoint::select::Candidate;
+use crate::names::{
+    ANNOTATION_MODEL_VERSION, LABEL_ENDPOINT, base_labels, child_name, label_value, owner_ref,
+};
+use crate::pod::{self, WORKER_CONTAINER, WorkerPod};
+use crate::training::build::from_json;
+
+/// Where the auth token Secret is mounted.
+pub const AUTH_DIR: &str = "/etc/sapllm-auth";
+/// The per-pod metric the autoscaler reads through a metrics adapter.
+pub const INFLIGHT_METRIC: &str = "sapllm_inflight_requests";
+
+/// Name of every child (Service names must be DNS labels: at most 63 characters).
+pub fn child(rep: &RoutingEndpoint) -> String {
+    child_name(&rep.name_any(), "")
+}
+
+fn selector(rep: &RoutingEndpoint) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_ENDPOINT.to_string(), label_value(&rep.name_any())),
+        (crate::names::LABEL_COMPONENT.to_string(), "serving".to_string()),
+    ])
+}
+
+fn labels(rep: &RoutingEndpoint) -> BTreeMap<String, String> {
+    let mut l = base_labels("serving");
+    l.extend(selector(rep));
+    l
+}
+
+fn metadata(rep: &RoutingEndpoint) -> Value {
+    json!({ "name": child(rep), "namespace": rep.namespace(), "labels": labels(rep), "ownerReferences": [owner_ref(rep)] })
+}
+
+/// The `serve` arguments for `c`.
+pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate) -> Vec<String> {
+    let s = &rep.spec;
+    let mut a = vec![
+        "serve".to_string(),
+        "--base-model".into(),
+        format!("{ARTIFACTS_MOUNT}/{}", c.artifacts.base_model),
+    ];
+    if let Some(ad) = &c.artifacts.adapter {
+        a.extend(["--adapter".into(), format!("{ARTIFACTS_MOUNT}/{ad}")]);
+    }
+    a.extend([
+        "--precision".into(),
+        s.precision.as_str().into(),
+        "--port".into(),
+        s.port.to_string(),
+        "--max-batch".into(),
+        s.batching.max_batch.to_string(),
+        "--max-wait-ms".into(),
+        s.batching.max_wait_ms.to_string(),
+        "--max-queue".into(),
+        s.batching.max_queue.to_string(),
+        "--request-timeout-ms".into(),
+        s.batching.request_timeout_ms.to_string(),
+        "--abstain-threshold".into(),
+        s.abstain_threshold.to_string(),
+    ]);
+    if let Some(k) = &s.auth_secret {
+        a.extend(["--auth-token-file".into(), format!("{AUTH_DIR}/{}", k.key)]);
+    }
+    a
+}
+
+/// The Deployment serving `c` from `claim`. Replicas are left to the autoscaler.
+pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &OperatorConfig) -> Deployment {
+    let s = &rep.spec;
+    let wp = WorkerPod { artifacts_claim: claim, artifacts_read_only: true, ..Default::default() };
+    let (mut volumes, mut mounts) = pod::volumes(&wp);
+    if let Some(k) = &s.auth_secret {
+        volumes.push(json!({ "name": "auth", "secret": { "secretName": k.name, "items": [{ "key": k.key, "path": k.key }] } }));
+        mounts.push(json!({ "name": "auth", "mountPath": AUTH_DIR, "readOnly": true }));
+    }
+    let mut resources = match &s.resources {
+        Some(r) => serde_json::to_value(r).unwrap_or_default(),
+        None => pod::resources(&s.worker, cfg, 0),
+    };
+    // The CPU target of the autoscaler is a share of the request: without one it cannot scale.
+    if resources.pointer("/requests/cpu").is_none() {
+        resources["requests"]["cpu"] = json!("1");
+    }
+    let probe = |path: &str, period: i32, failures: i32| json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2 });
+    let mut container = json!({
+        "name": WORKER_CONTAINER,
+        "image": pod::image(&s.worker, cfg),
+        "args": serve_args(rep, c),
+        "ports": [{ "name": "http", "containerPort": s.port, "protocol": "TCP" }],
+        "resources": resources,
+        // Loading and quantising the weights takes a while: the startup probe allows 10 minutes
+        // before liveness applies.
+        "startupProbe": probe("/healthz", 5, 120),
+        "livenessProbe": probe("/healthz", 10, 3),
+        "readinessProbe": probe("/readyz", 5, 2),
+        "securityContext": pod::container_security(),
+        "volumeMounts": mounts,
+    });
+    if let Some(pp) = s.worker.image_pull_policy {
+        container["imagePullPolicy"] = json!(pp.as_str());
+    }
+    let env = pod::env(&s.worker);
+    if !env.is_empty() {
+        container["env"] = json!(env);
+    }
+    let pod_spec = pod::pod_spec(&s.worker, cfg, container, volumes);
+    from_json(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(rep),
+        "spec": {
+            "selector": { "matchLabels": selector(rep) },
+            // Old pods serve until new ones are ready: a rollout never drops capacity.
+            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } },
+            "progressDeadlineSeconds": s.rollout_deadline_seconds,
+            "revisionHistoryLimit": 5,
+            "template": {
+                "metadata": {
+                    "labels": labels(rep),
+                    "annotations": {
+                        ANNOTATION_MODEL_VERSION: c.version,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": s.port.to_string(),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }))
+}
+
+/// The ClusterIP Service.
+pub fn service(rep: &RoutingEndpoint) -> Service {
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(rep),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector(rep),
+            "ports": [{ "name": "http", "port": rep.spec.port, "targetPort": "http", "protocol": "TCP" }],
+        },
+    }))
+}
+
+/// The autoscaler: CPU, plus in-flight requests per pod when a target is set.
+pub fn autoscaler(rep: &RoutingEndpoint) -> HorizontalPodAutoscaler {
+    let s = &rep.spec;
+    let mut metrics = vec![json!({
+        "type": "Resource",
+        "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": s.autoscaling.target_cpu_utilization } },
+    })];
+    if let Some(t) = s.autoscaling.target_in_flight_requests {
+        metrics.push(json!({
+            "type": "Pods",
+            "pods": { "metric": { "name": INFLIGHT_METRIC }, "target": { "type": "AverageValue", "averageValue": t.to_string() } },
+        }));
+    }
+    from_json(json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(rep),
+        "spec": {
+            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": child(rep) },
+            "minReplicas": s.replicas.min,
+            "maxReplicas": s.replicas.max,
+            "metrics": metrics,
+        },
+    }))
+}
+
+/// The disruption budget: one pod at a time may be evicted (a single-replica endpoint can still
+/// be drained).
+pub fn disruption_budget(rep: &RoutingEndpoint) -> PodDisruptionBudget {
+    from_json(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(rep),
+        "spec": { "selector": { "matchLabels": selector(rep) }, "maxUnavailable": 1 },
+    }))
+}

@@ -1,0 +1,144 @@
+//! Which model version an endpoint may serve: only one whose Evaluation passed its gates.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use sapllm_crds::common::Verdict;
+use sapllm_crds::endpoint::RoutingEndpoint;
+use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, ModelArtifacts};
+
+use crate::evaluation::decide::failing_gates;
+use crate::names::LABEL_LINEAGE;
+
+/// A servable version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// The content digest.
+    pub version: String,
+    /// The Evaluation that passed it.
+    pub evaluation: String,
+    /// Its files (relative to the claim's root).
+    pub artifacts: ModelArtifacts,
+    /// The claim holding them.
+    pub claim: Option<String>,
+}
+
+/// The outcome of selecting.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selection {
+    /// The version the endpoint should serve, if any may.
+    pub serve: Option<Candidate>,
+    /// Why the version asked for may not be served: (reason, message).
+    pub blocked: Option<(String, String)>,
+}
+
+fn completed(ev: &Evaluation) -> bool {
+    ev.status
+        .as_ref()
+        .is_some_and(|s| s.phase == Some(EvaluationPhase::Completed) && s.model_version.is_some())
+}
+
+fn passed(ev: &Evaluation) -> bool {
+    completed(ev) && ev.status.as_ref().is_some_and(|s| s.verdict == Some(Verdict::Passed))
+}
+
+fn candidate(ev: &Evaluation) -> Option<Candidate> {
+    let s = ev.status.as_ref()?;
+    Some(Candidate {
+        version: s.model_version.clone()?,
+        evaluation: ev.name_any(),
+        artifacts: s.artifacts.clone()?,
+        claim: ev.spec.storage.as_ref().map(|st| st.claim_name.clone()),
+    })
+}
+
+fn completion(ev: &Evaluation) -> (Option<Time>, String) {
+    (ev.status.as_ref().and_then(|s| s.completion_time.clone()), ev.name_any())
+}
+
+/// A passing candidate for `version` (e.g. the active version, the target of a rollback).
+pub fn find_passing(version: &str, evaluations: &[Evaluation]) -> Option<Candidate> {
+    evaluations
+        .iter()
+        .filter(|e| passed(e) && e.status.as_ref().and_then(|s| s.model_version.as_deref()) == Some(version))
+        .max_by_key(|e| completion(e))
+        .and_then(candidate)
+}
+
+/// Selects what `rep` should serve from the Evaluations of its namespace.
+pub fn select(rep: &RoutingEndpoint, evaluations: &[Evaluation]) -> Selection {
+    let model = &rep.spec.model;
+    if let Some(p) = &model.pinned {
+        if let Some(c) = find_passing(&p.version, evaluations) {
+            return Selection { serve: Some(c), blocked: None };
+        }
+        let failed = evaluations
+            .iter()
+            .filter(|e| {
+                completed(e)
+                    && e.status.as_ref().and_then(|s| s.model_version.as_deref()) == Some(p.version.as_str())
+            })
+            .max_by_key(|e| completion(e));
+        let blocked = match failed {
+            Some(e) => (
+                "GatesFailed".to_string(),
+                format!(
+                    "pinned version {} failed its gates in Evaluation {} ({})",
+                    p.version,
+                    e.name_any(),
+                    failing_gates(&e.status.clone().unwrap_or_default().gates)
+                ),
+            ),
+            None => {
+                ("NoVerdict".to_string(), format!("no completed Evaluation of pinned version {}", p.version))
+            }
+        };
+        return Selection { serve: None, blocked: Some(blocked) };
+    }
+    let Some(l) = &model.latest_passing else {
+        return Selection {
+            serve: None,
+            blocked: Some(("InvalidSpec".into(), "spec.model: set pinned or latestPassing".into())),
+        };
+    };
+    let lineage: Vec<&Evaluation> = evaluations
+        .iter()
+        .filter(|e| {
+            e.labels().get(LABEL_LINEAGE) == Some(&l.lineage)
+                || e.spec.model.training_run.as_deref() == Some(l.lineage.as_str())
+        })
+        .filter(|e| completed(e))
+        .collect();
+    let newest_passing = lineage.iter().copied().filter(|e| passed(e)).max_by_key(|e| completion(e));
+    let newest = lineage.iter().copied().max_by_key(|e| completion(e));
+    let serve = newest_passing.and_then(candidate);
+    let blocked = match (newest, newest_passing) {
+        (None, _) => Some((
+            "NoPassingVersion".to_string(),
+            format!("lineage {} has no completed Evaluation yet", l.lineage),
+        )),
+        (Some(n), None) => Some((
+            "GatesFailed".to_string(),
+            format!(
+                "no version of lineage {} passed its gates; newest: Evaluation {} ({})",
+                l.lineage,
+                n.name_any(),
+                failing_gates(&n.status.clone().unwrap_or_default().gates)
+            ),
+        )),
+        (Some(n), Some(p)) if n.name_any() != p.name_any() => {
+            let s = n.status.clone().unwrap_or_default();
+            Some((
+                "GatesFailed".to_string(),
+                format!(
+                    "version {} (Evaluation {}) failed its gates ({}); serving the latest passing version {}",
+                    s.model_version.unwrap_or_default(),
+                    n.name_any(),
+                    failing_gates(&s.gates),
+                    serve.as_ref().map(|c| c.version.clone()).unwrap_or_default()
+                ),
+            ))
+        }
+        _ => None,
+    };
+    Selection { serve, blocked }
+}

@@ -1,0 +1,184 @@
+//! The worker pod shared by stage Jobs, evaluation Jobs and serving Deployments: image, resources,
+//! GPUs, scheduling, security context and the volumes of the worker contract.
+
+use std::collections::BTreeMap;
+
+use sapllm_crds::common::{KeyRef, PodSettings};
+use sapllm_crds::contract::{ARTIFACTS_MOUNT, CATALOG_DIR, claim_mount};
+use serde_json::{Value, json};
+
+use crate::config::OperatorConfig;
+
+/// Name of the worker container (the operator reads its termination message).
+pub const WORKER_CONTAINER: &str = "worker";
+/// The UID the worker image runs as (see docker/worker.Dockerfile).
+pub const WORKER_UID: i64 = 10001;
+
+/// What goes into one worker pod besides the `PodSettings`.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerPod<'a> {
+    /// The container's arguments (the image's entrypoint is `sapllm-worker`).
+    pub args: Vec<String>,
+    /// GPUs when the settings do not say.
+    pub default_gpus: u32,
+    /// The artifact claim, mounted at `/artifacts`.
+    pub artifacts_claim: &'a str,
+    /// Further claims (mounted read-only at `/mnt/<claim>`).
+    pub extra_claims: Vec<String>,
+    /// ConfigMap holding the rendered TrainingRun, mounted at `/etc/sapllm`.
+    pub manifest_config_map: Option<String>,
+    /// The catalog ConfigMap, mounted at `/etc/sapllm-catalog`.
+    pub catalog: Option<&'a KeyRef>,
+    /// Whether the artifact claim is mounted read-only (serving).
+    pub artifacts_read_only: bool,
+}
+
+/// The image a pod runs.
+pub fn image(settings: &PodSettings, cfg: &OperatorConfig) -> String {
+    settings.image.clone().unwrap_or_else(|| cfg.worker_image.clone())
+}
+
+/// CPU/memory request = limit (Guaranteed QoS for training), GPUs as request and limit.
+pub fn resources(settings: &PodSettings, cfg: &OperatorConfig, default_gpus: u32) -> Value {
+    let mut limits = serde_json::Map::new();
+    if let Some(cpu) = &settings.cpu {
+        limits.insert("cpu".into(), json!(cpu.0));
+    }
+    if let Some(mem) = &settings.memory {
+        limits.insert("memory".into(), json!(mem.0));
+    }
+    let gpus = settings.gpus.unwrap_or(default_gpus);
+    if gpus > 0 {
+        let name = settings.gpu_resource_name.clone().unwrap_or_else(|| cfg.gpu_resource_name.clone());
+        limits.insert(name, json!(gpus.to_string()));
+    }
+    if limits.is_empty() { json!({}) } else { json!({ "requests": limits, "limits": limits }) }
+}
+
+/// The container's security context: non-root, no privilege escalation, no capabilities,
+/// read-only root filesystem (the worker writes only to /artifacts and /tmp).
+pub fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": { "drop": ["ALL"] },
+    })
+}
+
+/// Environment: the settings' variables in name order (stable output, no spurious rollouts).
+pub fn env(settings: &PodSettings) -> Vec<Value> {
+    settings.env.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect()
+}
+
+/// Volumes and mounts of the worker contract.
+pub fn volumes(p: &WorkerPod) -> (Vec<Value>, Vec<Value>) {
+    let mut volumes = vec![
+        json!({ "name": "artifacts", "persistentVolumeClaim": { "claimName": p.artifacts_claim } }),
+        json!({ "name": "tmp", "emptyDir": {} }),
+    ];
+    let mut mounts = vec![json!({ "name": "artifacts", "mountPath": ARTIFACTS_MOUNT })];
+    if p.artifacts_read_only {
+        mounts[0]["readOnly"] = json!(true);
+    }
+    mounts.push(json!({ "name": "tmp", "mountPath": "/tmp" }));
+    if let Some(cm) = &p.manifest_config_map {
+        volumes.push(json!({ "name": "manifest", "configMap": { "name": cm } }));
+        mounts.push(json!({ "name": "manifest", "mountPath": "/etc/sapllm", "readOnly": true }));
+    }
+    if let Some(cat) = p.catalog {
+        volumes.push(json!({ "name": "catalog", "configMap": { "name": cat.name, "items": [{ "key": cat.key, "path": cat.key }] } }));
+        mounts.push(json!({ "name": "catalog", "mountPath": CATALOG_DIR, "readOnly": true }));
+    }
+    let mut extra: Vec<&String> = p.extra_claims.iter().filter(|c| c.as_str() != p.artifacts_claim).collect();
+    extra.sort();
+    extra.dedup();
+    for (i, claim) in extra.into_iter().enumerate() {
+        let name = format!("claim-{i}");
+        volumes
+            .push(json!({ "name": name, "persistentVolumeClaim": { "claimName": claim, "readOnly": true } }));
+        mounts.push(json!({ "name": name, "mountPath": claim_mount(claim), "readOnly": true }));
+    }
+    (volumes, mounts)
+}
+
+/// The pod spec around `container`: scheduling (the operator's defaults, the settings win per
+/// key), service account, pod security context and `volumes`.
+pub fn pod_spec(
+    settings: &PodSettings,
+    cfg: &OperatorConfig,
+    container: Value,
+    volumes: Vec<Value>,
+) -> Value {
+    let mut node_selector: BTreeMap<String, String> = cfg.default_node_selector.clone();
+    node_selector.extend(settings.node_selector.clone());
+    let mut tolerations: Vec<Value> =
+        cfg.default_tolerations.iter().map(|t| serde_json::to_value(t).unwrap_or_default()).collect();
+    for t in &settings.tolerations {
+        let t = serde_json::to_value(t).unwrap_or_default();
+        if !tolerations.contains(&t) {
+            tolerations.push(t);
+        }
+    }
+    let mut spec = json!({
+        "serviceAccountName": settings.service_account_name.clone().unwrap_or_else(|| cfg.worker_service_account.clone()),
+        // Workers never talk to the API server (progress is read from their logs).
+        "automountServiceAccountToken": false,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "containers": [container],
+        "volumes": volumes,
+    });
+    if !node_selector.is_empty() {
+        spec["nodeSelector"] = json!(node_selector);
+    }
+    if !tolerations.is_empty() {
+        spec["tolerations"] = json!(tolerations);
+    }
+    if let Some(pc) = &settings.priority_class_name {
+        spec["priorityClassName"] = json!(pc);
+    }
+    spec
+}
+
+/// The worker container of a Job (stage or evaluation).
+pub fn job_container(
+    settings: &PodSettings,
+    cfg: &OperatorConfig,
+    p: &WorkerPod,
+    mounts: Vec<Value>,
+) -> Value {
+    let mut c = json!({
+        "name": WORKER_CONTAINER,
+        "image": image(settings, cfg),
+        "args": p.args,
+        "resources": resources(settings, cfg, p.default_gpus),
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
+        "terminationMessagePath": sapllm_crds::contract::DEFAULT_TERMINATION_LOG,
+        // A crash before the worker writes its result still leaves the log tail in the status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    if let Some(pp) = settings.image_pull_policy {
+        c["imagePullPolicy"] = json!(pp.as_str());
+    }
+    let env = env(settings);
+    if !env.is_empty() {
+        c["env"] = json!(env);
+    }
+    c
+}
+
+/// A path a `VolumePath` names, as the worker sees it.
+pub fn volume_path(vp: &sapllm_crds::training_run::VolumePath, artifacts_claim: &str) -> String {
+    match &vp.claim_name {
+        Some(c) if c == artifacts_claim => format!("{ARTIFACTS_MOUNT}/{}", vp.path.trim_start_matches('/')),
+        Some(c) => format!("{}/{}", claim_mount(c), vp.path.trim_start_matches('/')),
+        None => vp.path.clone(),
+    }
+}

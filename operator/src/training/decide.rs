@@ -1,0 +1,439 @@
+//! The TrainingRun state machine: from the run, its plan and what exists, the next action and the
+//! exact status to write. No client; the controller executes the decision.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use sapllm_crds::common::Verdict;
+use sapllm_crds::conditions::set_condition;
+use sapllm_crds::evaluation::{Evaluation, EvaluationPhase};
+use sapllm_crds::training_run::{
+    Artifacts, Progress, RunPhase, StageName, StagePhase, StageStatus, TrainingRun, TrainingRunStatus,
+};
+
+use crate::invalid::Invalid;
+use crate::observe::{JobObservation, JobState};
+use crate::training::plan::PlannedStage;
+use crate::transitions::Transition;
+
+/// What exists for a run.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// The run's Jobs (owned by it), by name.
+    pub jobs: BTreeMap<String, JobObservation>,
+    /// The run's Evaluations (owned by it), by name.
+    pub evaluations: BTreeMap<String, Evaluation>,
+    /// Progress read from the running stage's pod.
+    pub progress: Option<Progress>,
+}
+
+/// What to do next and the status to write.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// The status to apply.
+    pub status: TrainingRunStatus,
+    /// Start this stage (create its Job, or its Evaluation for the evaluation stage).
+    pub start: Option<PlannedStage>,
+    /// Jobs from an earlier generation of the spec: their stage re-runs, so they are deleted.
+    pub delete_jobs: Vec<String>,
+    /// Jobs whose `suspend` must change (`spec.suspend` toggled).
+    pub suspend_jobs: Vec<(String, bool)>,
+    /// Events for what changed.
+    pub transitions: Vec<Transition>,
+    /// Whether a stage runs (poll its progress soon).
+    pub running: bool,
+}
+
+/// The status of a run whose spec the operator cannot act on: Failed, naming the field.
+pub fn invalid_status(run: &TrainingRun, err: &Invalid, now: Time) -> (TrainingRunStatus, Vec<Transition>) {
+    let prev = run.status.clone().unwrap_or_default();
+    let mut status = prev.clone();
+    status.phase = Some(RunPhase::Failed);
+    status.progress = None;
+    status.observed_generation = run.metadata.generation;
+    let g = run.metadata.generation;
+    let c = &mut status.conditions;
+    set_condition(c, "Failed", true, "InvalidSpec", err.to_string(), g, now.clone());
+    set_condition(c, "Running", false, "InvalidSpec", "the spec is invalid", g, now.clone());
+    set_condition(c, "Succeeded", false, "InvalidSpec", "the spec is invalid", g, now);
+    let mut t = Vec::new();
+    if prev.phase != Some(RunPhase::Failed) || !message_is(&prev.conditions, "Failed", &err.to_string()) {
+        t.push(Transition::warning("InvalidSpec", err.to_string()));
+    }
+    (status, t)
+}
+
+fn message_is(conditions: &[Condition], type_: &str, msg: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == type_ && c.message == msg)
+}
+
+/// Decides the next step of `run`.
+pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Time) -> Decision {
+    let prev = run.status.clone().unwrap_or_default();
+    let generation = run.metadata.generation;
+    let suspend = run.spec.suspend;
+    let mut d = Decision::default();
+    let mut stages: Vec<StageStatus> = Vec::new();
+    let mut artifacts = prev.artifacts.clone().unwrap_or_default();
+    let mut blocked = false;
+    let mut failed: Option<(StageName, String)> = None;
+    let mut current: Option<StageName> = None;
+    let mut evaluation: Option<&Evaluation> = None;
+    let mut rerun_from: Option<StageName> = None;
+
+    for ps in plan {
+        let before = prev.stages.iter().find(|s| s.name == ps.name);
+        let same = before.is_some_and(|b| b.settings_digest.as_deref() == Some(ps.digest.as_str()));
+        if before.is_some_and(|b| b.settings_digest.is_some() && !same) && rerun_from.is_none() {
+            rerun_from = Some(ps.name);
+        }
+        let mut st = StageStatus {
+            name: ps.name,
+            phase: StagePhase::Pending,
+            job_name: None,
+            attempts: 0,
+            start_time: None,
+            completion_time: None,
+            settings_digest: None,
+            message: None,
+        };
+        if blocked {
+            stages.push(st);
+            continue;
+        }
+        st.settings_digest = Some(ps.digest.clone());
+        st.job_name = Some(ps.child.clone());
+        st.start_time = before.filter(|_| same).and_then(|b| b.start_time.clone()).or(Some(now.clone()));
+        let kept = |phase| before.filter(|b| same && b.phase == phase).cloned();
+        if ps.name == StageName::Evaluation {
+            match obs.evaluations.get(&ps.child) {
+                Some(ev) => {
+                    evaluation = Some(ev);
+                    let es = ev.status.clone().unwrap_or_default();
+                    st.attempts = es.attempts.max(1);
+                    match es.phase {
+                        Some(EvaluationPhase::Completed) => st.phase = StagePhase::Succeeded,
+                        Some(EvaluationPhase::Failed) => {
+                            st.phase = StagePhase::Failed;
+                            let why =
+                                es.conditions.iter().find(|c| c.type_ == "Failed").map(|c| c.message.clone());
+                            st.message =
+                                Some(why.unwrap_or_else(|| format!("evaluation {} failed", ps.child)));
+                        }
+                        _ => {
+                            st.phase = StagePhase::Running;
+                            st.message = es
+                                .conditions
+                                .iter()
+                                .find(|c| c.type_ == "Running")
+                                .map(|c| c.message.clone());
+                        }
+                    }
+                    if let Some(v) = es.model_version {
+                        artifacts.model_version = Some(v);
+                    }
+                }
+                None => match kept(StagePhase::Succeeded) {
+                    // The Evaluation was deleted after it completed: the verdict stays recorded.
+                    Some(b) => st = b,
+                    None if suspend => st.phase = StagePhase::Pending,
+                    None => {
+                        d.start = Some(ps.clone());
+                        st.phase = StagePhase::Running;
+                        st.attempts = 1;
+                    }
+                },
+            }
+        } else {
+            match obs.jobs.get(&ps.child) {
+                Some(job) => {
+                    st.attempts = job.attempts.max(1);
+                    match job.state {
+                        JobState::Succeeded => {
+                            st.phase = StagePhase::Succeeded;
+                            if let Some(a) = job.result.as_ref().and_then(|r| r.artifacts.as_ref()) {
+                                merge_artifacts(&mut artifacts, a);
+                            }
+                            st.message = job.result.as_ref().and_then(|r| r.message.clone());
+                        }
+                        JobState::Failed => {
+                            st.phase = StagePhase::Failed;
+                            st.message = job.message.clone().or(Some("the stage's Job failed".into()));
+                        }
+                        JobState::Active => {
+                            st.phase = StagePhase::Running;
+                            let want = suspend;
+                            // With a queue, Kueue owns `suspend` once the Job is admitted; the
+                            // operator only ever suspends queued Jobs, never admits them.
+                            if job.suspended != want && (want || run.spec.queue_name.is_none()) {
+                                d.suspend_jobs.push((job.name.clone(), want));
+                            }
+                        }
+                    }
+                }
+                None => match (kept(StagePhase::Succeeded), kept(StagePhase::Failed)) {
+                    // The Job is gone (TTL, manual delete) but its outcome is recorded; the
+                    // outputs are on the volume, so the stage is not run twice.
+                    (Some(b), _) | (None, Some(b)) => st = b,
+                    (None, None) if suspend => st.phase = StagePhase::Pending,
+                    (None, None) => {
+                        d.start = Some(ps.clone());
+                        st.phase = StagePhase::Running;
+                        st.attempts = 1;
+                    }
+                },
+            }
+        }
+        if matches!(st.phase, StagePhase::Succeeded | StagePhase::Failed) {
+            st.completion_time = before
+                .filter(|b| same && b.phase == st.phase)
+                .and_then(|b| b.completion_time.clone())
+                .or(Some(now.clone()));
+        }
+        match st.phase {
+            StagePhase::Succeeded => {}
+            StagePhase::Failed => {
+                failed = Some((ps.name, st.message.clone().unwrap_or_default()));
+                current = Some(ps.name);
+                blocked = true;
+            }
+            _ => {
+                current = Some(ps.name);
+                blocked = true;
+            }
+        }
+        stages.push(st);
+    }
+    // Stages the spec does not run are listed as Skipped so `kubectl describe` shows the plan.
+    let mut all: Vec<StageStatus> = StageName::ALL
+        .into_iter()
+        .map(|n| {
+            stages.iter().find(|s| s.name == n).cloned().unwrap_or(StageStatus {
+                name: n,
+                phase: StagePhase::Skipped,
+                job_name: None,
+                attempts: 0,
+                start_time: None,
+                completion_time: None,
+                settings_digest: None,
+                message: None,
+            })
+        })
+        .collect();
+    all.retain(|s| s.phase != StagePhase::Skipped || !plan.iter().any(|p| p.name == s.name));
+
+    // Jobs of superseded settings: their outputs are about to be overwritten, so they must not
+    // run on (or be adopted later).
+    let wanted: Vec<&str> = plan.iter().map(|p| p.child.as_str()).collect();
+    d.delete_jobs = obs.jobs.keys().filter(|n| !wanted.contains(&n.as_str())).cloned().collect();
+
+    let trained = plan
+        .iter()
+        .filter(|p| p.name != StageName::Evaluation)
+        .all(|p| all.iter().any(|s| s.name == p.name && s.phase == StagePhase::Succeeded));
+    if !trained {
+        artifacts.model_version = None;
+    }
+    let all_done = failed.is_none() && current.is_none();
+    let phase = if failed.is_some() {
+        RunPhase::Failed
+    } else if all_done {
+        RunPhase::Succeeded
+    } else if suspend {
+        RunPhase::Suspended
+    } else if all.iter().any(|s| s.phase == StagePhase::Running) {
+        RunPhase::Running
+    } else {
+        RunPhase::Pending
+    };
+    d.running = phase == RunPhase::Running;
+
+    let mut status = TrainingRunStatus {
+        phase: Some(phase),
+        current_stage: current.filter(|_| phase != RunPhase::Succeeded),
+        stages: all,
+        progress: None,
+        artifacts: (artifacts != Artifacts::default()).then_some(artifacts),
+        evaluation: prev.evaluation.clone(),
+        verdict: prev.verdict,
+        conditions: prev.conditions.clone(),
+        observed_generation: generation,
+    };
+    if phase == RunPhase::Running {
+        status.progress = match (&obs.progress, &prev.progress) {
+            (Some(p), _) if p.stage.is_none() || p.stage == current => Some(p.clone()),
+            (_, Some(p)) if p.stage == current && current.is_some() => Some(p.clone()),
+            _ => None,
+        };
+    }
+    if let Some(ev) = evaluation {
+        status.evaluation = ev.metadata.name.clone();
+        status.verdict = ev.status.as_ref().and_then(|s| s.verdict);
+    } else if rerun_from.is_some() || !trained {
+        status.evaluation = None;
+        status.verdict = None;
+    }
+
+    let g = generation;
+    let c = &mut status.conditions;
+    let stage_s = |s: Option<StageName>| s.map(|s| s.as_str()).unwrap_or("-");
+    match phase {
+        RunPhase::Failed => {
+            let (s, m) = failed.clone().unwrap_or((StageName::DataPrep, String::new()));
+            let attempts = status.stages.iter().find(|x| x.name == s).map(|x| x.attempts).unwrap_or(0);
+            let msg = format!("stage {} failed after {attempts} attempt(s): {m}", s.as_str());
+            set_condition(c, "Failed", true, "StageFailed", msg, g, now.clone());
+            set_condition(
+                c,
+                "Running",
+                false,
+                "StageFailed",
+                format!("stage {} failed", s.as_str()),
+                g,
+                now.clone(),
+            );
+            set_condition(
+                c,
+                "Succeeded",
+                false,
+                "StageFailed",
+                format!("stage {} failed", s.as_str()),
+                g,
+                now.clone(),
+            );
+        }
+        RunPhase::Succeeded => {
+            set_condition(
+                c,
+                "Succeeded",
+                true,
+                "AllStagesSucceeded",
+                "every stage completed",
+                g,
+                now.clone(),
+            );
+            set_condition(c, "Running", false, "AllStagesSucceeded", "every stage completed", g, now.clone());
+            set_condition(c, "Failed", false, "AllStagesSucceeded", "every stage completed", g, now.clone());
+        }
+        RunPhase::Running | RunPhase::Pending | RunPhase::Suspended => {
+            let running = phase == RunPhase::Running;
+            let reason = if rerun_from.is_some() { "SpecChanged" } else { "StageRunning" };
+            let msg =
+                format!("stage {} {}", stage_s(current), if running { "is running" } else { "is pending" });
+            set_condition(c, "Running", running, reason, msg.clone(), g, now.clone());
+            set_condition(c, "Succeeded", false, reason, msg.clone(), g, now.clone());
+            set_condition(c, "Failed", false, reason, msg, g, now.clone());
+        }
+    }
+    let (sus_reason, sus_msg) = if suspend {
+        ("Suspended", "spec.suspend is true: no new stage starts and running Jobs are suspended")
+    } else {
+        ("NotSuspended", "spec.suspend is false")
+    };
+    set_condition(c, "Suspended", suspend, sus_reason, sus_msg, g, now.clone());
+    match status.verdict {
+        Some(Verdict::Passed) => {
+            let m = format!("{} passed every gate", status.evaluation.clone().unwrap_or_default());
+            set_condition(c, "GatesPassed", true, "GatesPassed", m, g, now.clone());
+        }
+        Some(v) => {
+            let failing = evaluation
+                .and_then(|e| e.status.as_ref())
+                .map(|s| {
+                    s.gates
+                        .iter()
+                        .filter(|x| !x.passed)
+                        .map(|x| {
+                            format!(
+                                "{} {} {} {}",
+                                x.name,
+                                x.value,
+                                if x.comparator == "<" { ">=" } else { "<" },
+                                x.threshold
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            let reason = if v == Verdict::Error { "EvaluationError" } else { "GatesFailed" };
+            let m = format!("{}: {failing}", status.evaluation.clone().unwrap_or_default());
+            set_condition(c, "GatesPassed", false, reason, m, g, now.clone());
+        }
+        None => c.retain(|x| x.type_ != "GatesPassed"),
+    }
+
+    d.transitions =
+        transitions(&prev, &status, rerun_from.filter(|_| prev.observed_generation != generation));
+    d.status = status;
+    d
+}
+
+fn merge_artifacts(into: &mut Artifacts, from: &Artifacts) {
+    let set = |dst: &mut Option<String>, src: &Option<String>| {
+        if src.is_some() {
+            dst.clone_from(src);
+        }
+    };
+    set(&mut into.dataset, &from.dataset);
+    set(&mut into.base_model, &from.base_model);
+    set(&mut into.sft_adapter, &from.sft_adapter);
+    set(&mut into.ppo_adapter, &from.ppo_adapter);
+    set(&mut into.model_version, &from.model_version);
+}
+
+/// Events for stage and run transitions.
+fn transitions(
+    prev: &TrainingRunStatus,
+    now: &TrainingRunStatus,
+    rerun: Option<StageName>,
+) -> Vec<Transition> {
+    let mut t = Vec::new();
+    if let Some(s) = rerun {
+        t.push(Transition::normal(
+            "SpecChanged",
+            format!("settings changed: re-running from stage {}", s.as_str()),
+        ));
+    }
+    for s in &now.stages {
+        let before = prev.stages.iter().find(|b| b.name == s.name);
+        let changed = before.is_none_or(|b| b.phase != s.phase || b.settings_digest != s.settings_digest);
+        if !changed {
+            continue;
+        }
+        let job = s.job_name.clone().unwrap_or_default();
+        match s.phase {
+            StagePhase::Running => t.push(Transition::normal(
+                "StageStarted",
+                format!("stage {} started ({job})", s.name.as_str()),
+            )),
+            StagePhase::Succeeded => t.push(Transition::normal(
+                "StageSucceeded",
+                format!("stage {} succeeded ({job})", s.name.as_str()),
+            )),
+            StagePhase::Failed => t.push(Transition::warning(
+                "StageFailed",
+                format!("stage {} failed: {}", s.name.as_str(), s.message.clone().unwrap_or_default()),
+            )),
+            _ => {}
+        }
+    }
+    if prev.phase != now.phase {
+        let p = format!("{:?}", now.phase.unwrap_or(RunPhase::Pending));
+        match now.phase {
+            Some(RunPhase::Failed) => t.push(Transition::warning("RunFailed", "the run failed")),
+            Some(RunPhase::Succeeded) => t.push(Transition::normal("RunSucceeded", "every stage completed")),
+            _ => t.push(Transition::normal("PhaseChanged", format!("phase is now {p}"))),
+        }
+    }
+    if prev.verdict != now.verdict
+        && let Some(v) = now.verdict
+    {
+        let ev = now.evaluation.clone().unwrap_or_default();
+        match v {
+            Verdict::Passed => t.push(Transition::normal("GatesPassed", format!("{ev} passed every gate"))),
+            _ => t.push(Transition::warning("GatesFailed", format!("{ev}: verdict {v:?}"))),
+        }
+    }
+    t
+}
