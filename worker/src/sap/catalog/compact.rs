@@ -22,7 +22,7 @@ pub fn compact_schema(api: &ApiSpec) -> CompactSchema {
     let schema = match &api.create {
         Some(e) => {
             let mut s = String::with_capacity(512);
-            render_entity(e, None, &mut s);
+            render_entity(e, None, None, &mut s);
             s
         }
         None => "read-only: no creatable entity set".to_string(),
@@ -36,13 +36,19 @@ pub fn compact_schema(api: &ApiSpec) -> CompactSchema {
     }
 }
 
-fn render_entity(e: &EntitySpec, numbering: Option<&str>, out: &mut String) {
+fn render_entity(
+    e: &EntitySpec,
+    numbering: Option<&str>,
+    ancestor_keys: Option<&[String]>,
+    out: &mut String,
+) {
     out.push_str(&e.entity_set);
     out.push('{');
     let mut first = true;
     for f in e.fields.iter().filter(|f| f.creatable) {
-        // Header keys are server-assigned numbers; only item-number keys are sent.
-        if f.key && numbering != Some(f.name.as_str()) {
+        // Root keys are server-assigned numbers and a child's copies of its parent's keys are
+        // filled by SAP; other keys (item numbers, a tax line's TaxCode) are sent.
+        if f.key && numbering != Some(f.name.as_str()) && ancestor_keys.is_none_or(|k| k.contains(&f.name)) {
             continue;
         }
         if !first {
@@ -51,6 +57,8 @@ fn render_entity(e: &EntitySpec, numbering: Option<&str>, out: &mut String) {
         first = false;
         render_field(f, numbering == Some(f.name.as_str()), out);
     }
+    let mut keys: Vec<String> = ancestor_keys.unwrap_or_default().to_vec();
+    keys.extend(e.fields.iter().filter(|f| f.key).map(|f| f.name.clone()));
     for n in &e.navigations {
         if !first {
             out.push_str(", ");
@@ -62,7 +70,7 @@ fn render_entity(e: &EntitySpec, numbering: Option<&str>, out: &mut String) {
             out.push('*');
         }
         out.push(':');
-        render_entity(&n.entity, n.item_numbering.as_ref().map(|i| i.field.as_str()), out);
+        render_entity(&n.entity, n.item_numbering.as_ref().map(|i| i.field.as_str()), Some(&keys), out);
     }
     out.push('}');
 }

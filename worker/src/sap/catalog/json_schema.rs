@@ -10,19 +10,21 @@ use super::{ApiSpec, EdmType, EntitySpec, FieldSpec};
 /// The JSON Schema of a create request body for `api`; `None` for a read-only API.
 pub fn create_payload_schema(api: &ApiSpec) -> Option<Value> {
     let entity = api.create.as_ref()?;
-    let mut schema = entity_schema(entity, None);
+    let mut schema = entity_schema(entity, None, None);
     let obj = schema.as_object_mut().expect("entity schema is an object");
     obj.insert("$schema".into(), json!("https://json-schema.org/draft/2020-12/schema"));
     obj.insert("title".into(), json!(format!("{} create payload ({})", api.name, entity.entity_set)));
     Some(schema)
 }
 
-fn entity_schema(e: &EntitySpec, numbering: Option<&str>) -> Value {
+/// `ancestor_keys`: `None` at the root (its keys are server-assigned document numbers), else the
+/// key names of the enclosing entities (a child repeats them; SAP fills them from the parent).
+fn entity_schema(e: &EntitySpec, numbering: Option<&str>, ancestor_keys: Option<&[String]>) -> Value {
     let mut props = Map::new();
     let mut required = Vec::new();
     for f in e.fields.iter().filter(|f| f.creatable) {
         let is_item_number = numbering == Some(f.name.as_str());
-        if f.key && !is_item_number {
+        if f.key && !is_item_number && ancestor_keys.is_none_or(|k| k.contains(&f.name)) {
             continue;
         }
         props.insert(f.name.clone(), field_schema(f, is_item_number));
@@ -30,8 +32,11 @@ fn entity_schema(e: &EntitySpec, numbering: Option<&str>) -> Value {
             required.push(json!(f.name));
         }
     }
+    let mut keys: Vec<String> = ancestor_keys.unwrap_or_default().to_vec();
+    keys.extend(e.fields.iter().filter(|f| f.key).map(|f| f.name.clone()));
     for n in &e.navigations {
-        let inner = entity_schema(&n.entity, n.item_numbering.as_ref().map(|i| i.field.as_str()));
+        let inner =
+            entity_schema(&n.entity, n.item_numbering.as_ref().map(|i| i.field.as_str()), Some(&keys));
         let nav = if n.many {
             let mut arr = json!({"type": "array", "items": inner});
             if n.required {

@@ -148,7 +148,7 @@ fn invoice(p: &Value, ctx: &RuleContext, out: &mut Vec<RuleOutcome>) {
 }
 
 /// Compares an invoice line with the PO price (tolerance PP) and the quantity received (DQ).
-/// Outside both the absolute and the percentage limit SAP posts the invoice blocked for payment.
+/// Beyond either the absolute or the percentage limit SAP posts the invoice blocked for payment.
 fn three_way_match(i: usize, it: &Value, ctx: &RuleContext, out: &mut Vec<RuleOutcome>) {
     let (Some(po), Some(item)) = (text(it, "PurchaseOrder"), text(it, "PurchaseOrderItem")) else { return };
     let Ok(item) = item.parse::<u32>() else { return };
@@ -163,7 +163,7 @@ fn three_way_match(i: usize, it: &Value, ctx: &RuleContext, out: &mut Vec<RuleOu
         let price = amount / qty;
         let var = (price - r.unit_price) * qty;
         let pct = if r.unit_price > 0.0 { (price - r.unit_price) / r.unit_price * 100.0 } else { 0.0 };
-        let ok = var <= t.price_abs || pct <= t.price_pct;
+        let ok = var <= t.price_abs && pct <= t.price_pct;
         out.push(RuleOutcome::new(
             "three_way_match_price",
             Severity::Warning,
@@ -180,7 +180,7 @@ fn three_way_match(i: usize, it: &Value, ctx: &RuleContext, out: &mut Vec<RuleOu
     }
     let over = qty - r.received_quantity;
     let pct = if r.received_quantity > 0.0 { over / r.received_quantity * 100.0 } else { f64::INFINITY };
-    let ok = over <= t.quantity_abs || pct <= t.quantity_pct;
+    let ok = over <= t.quantity_abs && pct <= t.quantity_pct;
     out.push(RuleOutcome::new(
         "three_way_match_quantity",
         Severity::Warning,

@@ -65,7 +65,7 @@ impl RuleOutcome {
 
 /// SAP tolerance keys for invoice verification: PP (price variance), DQ (quantity over goods
 /// received), BD (small differences, the invoice balance). Each has an absolute and a percentage
-/// limit; a variance passes when it is within either... SAP blocks when it exceeds both.
+/// limit; a variance passes only within both (SAP blocks the invoice when either is exceeded).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Tolerances {
     pub price_pct: f64,
