@@ -1,0 +1,186 @@
+//! RoutingEndpoint: selection by gates, the rollout state machine and the serving children.
+
+mod support;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use sapllm_crds::common::Verdict;
+use sapllm_crds::endpoint::{PinnedModel, RoutingEndpoint};
+use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, EvaluationStatus, GateResult, ModelArtifacts};
+use sapllm_operator::config::OperatorConfig;
+use sapllm_operator::endpoint::{self, DeploymentObs};
+use support::{assert_fixture, at, input};
+
+fn version(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+fn ev(name: &str, n: u8, passed: bool, completed_at: i64) -> Evaluation {
+    let mut e: Evaluation = input("ev-artifacts");
+    e.metadata.name = Some(name.into());
+    e.metadata.labels = Some([("sapllm.io/lineage".to_string(), "routing-tiny".to_string())].into());
+    e.status = Some(EvaluationStatus {
+        phase: Some(EvaluationPhase::Completed),
+        model_version: Some(version(n)),
+        artifacts: Some(ModelArtifacts {
+            base_model: format!("runs/v{n}/pretrain/model"),
+            adapter: Some(format!("runs/v{n}/ppo/adapter")),
+            version: Some(version(n)),
+        }),
+        gates: vec![GateResult {
+            name: "routingAccuracy".into(),
+            comparator: ">=".into(),
+            threshold: 0.97,
+            value: if passed { 0.98 } else { 0.9 },
+            passed,
+        }],
+        verdict: Some(if passed { Verdict::Passed } else { Verdict::Failed }),
+        completion_time: Some(at(completed_at)),
+        ..Default::default()
+    });
+    e
+}
+
+fn rep() -> RoutingEndpoint {
+    input("rep-latest")
+}
+
+fn ready_on(v: &str) -> DeploymentObs {
+    DeploymentObs { version: Some(v.into()), rolled_out: true, ready_replicas: 2 }
+}
+
+#[test]
+fn latest_passing_follows_the_newest_passing_version_and_reports_a_failing_newer_one() {
+    let evs = vec![ev("a", 1, true, 10), ev("b", 2, true, 20), ev("c", 3, false, 30)];
+    let s = endpoint::select(&rep(), &evs);
+    assert_eq!(s.serve.as_ref().unwrap().version, version(2));
+    let (reason, msg) = s.blocked.unwrap();
+    assert_eq!(reason, "GatesFailed");
+    assert!(msg.contains("Evaluation c") && msg.contains("routingAccuracy 0.9 < 0.97"), "{msg}");
+    let none = endpoint::select(&rep(), &[ev("c", 3, false, 30)]);
+    assert!(none.serve.is_none());
+    assert_eq!(none.blocked.unwrap().0, "GatesFailed");
+    assert_eq!(endpoint::select(&rep(), &[]).blocked.unwrap().0, "NoPassingVersion");
+}
+
+#[test]
+fn a_pinned_version_is_served_only_when_it_passed() {
+    let mut r = rep();
+    r.spec.model.latest_passing = None;
+    r.spec.model.pinned = Some(PinnedModel { version: version(3) });
+    let evs = vec![ev("a", 1, true, 10), ev("c", 3, false, 30)];
+    let s = endpoint::select(&r, &evs);
+    assert!(s.serve.is_none());
+    assert_eq!(s.blocked.as_ref().unwrap().0, "GatesFailed");
+    r.spec.model.pinned = Some(PinnedModel { version: version(9) });
+    assert_eq!(endpoint::select(&r, &evs).blocked.unwrap().0, "NoVerdict");
+    r.spec.model.pinned = Some(PinnedModel { version: version(1) });
+    assert_eq!(endpoint::select(&r, &evs).serve.unwrap().evaluation, "a");
+}
+
+#[test]
+fn rollout_promotes_when_ready_then_rolls_back_a_version_that_misses_its_deadline() {
+    let mut r = rep();
+    let evs = vec![ev("a", 1, true, 10)];
+    // First rollout.
+    let sel = endpoint::select(&r, &evs);
+    let d = endpoint::decide(&r, &sel, None, None, at(0));
+    assert_eq!(d.status.rollout_version, Some(version(1)));
+    assert_eq!(d.serve.as_ref().unwrap().version, version(1));
+    assert_eq!(d.requeue_after.map(|x| x.as_secs()), Some(300));
+    r.status = Some(d.status);
+    let d = endpoint::decide(&r, &sel, None, Some(&ready_on(&version(1))), at(30));
+    assert!(d.promoted);
+    assert_eq!(d.status.active_version, Some(version(1)));
+    assert!(d.transitions.iter().any(|t| t.reason == "Promoted"));
+    r.status = Some(d.status);
+
+    // A new passing version is rolled out but never becomes ready.
+    let evs = vec![ev("a", 1, true, 10), ev("b", 2, true, 100)];
+    let sel = endpoint::select(&r, &evs);
+    let active = endpoint::find_passing(&version(1), &evs);
+    let d = endpoint::decide(&r, &sel, active.as_ref(), Some(&ready_on(&version(1))), at(100));
+    assert_eq!(d.status.rollout_version, Some(version(2)));
+    assert_eq!(d.serve.as_ref().unwrap().version, version(2));
+    r.status = Some(d.status);
+    let stuck = DeploymentObs { version: Some(version(2)), rolled_out: false, ready_replicas: 2 };
+    let d = endpoint::decide(&r, &sel, active.as_ref(), Some(&stuck), at(399));
+    assert!(!d.rolled_back && d.status.rollout_version.is_some());
+    let d = endpoint::decide(&r, &sel, active.as_ref(), Some(&stuck), at(400));
+    assert!(d.rolled_back);
+    assert_eq!(
+        d.serve.as_ref().unwrap().version,
+        version(1),
+        "the Deployment goes back to the previous version"
+    );
+    assert_fixture("rep-status-rolled-back", &d.status);
+    r.status = Some(d.status);
+    // The rolled-back version is not tried again by itself.
+    let d = endpoint::decide(&r, &sel, active.as_ref(), Some(&ready_on(&version(1))), at(500));
+    assert!(d.status.rollout_version.is_none());
+    assert_eq!(d.serve.as_ref().unwrap().version, version(1));
+    // A newer passing version is.
+    let evs = vec![ev("a", 1, true, 10), ev("b", 2, true, 100), ev("d", 4, true, 600)];
+    let d = endpoint::decide(
+        &r,
+        &endpoint::select(&r, &evs),
+        active.as_ref(),
+        Some(&ready_on(&version(1))),
+        at(600),
+    );
+    assert_eq!(d.status.rollout_version, Some(version(4)));
+}
+
+#[test]
+fn a_gate_blocked_version_keeps_the_current_one_serving() {
+    let mut r = rep();
+    r.spec.model.latest_passing = None;
+    r.spec.model.pinned = Some(PinnedModel { version: version(1) });
+    let evs = vec![ev("a", 1, true, 10), ev("c", 3, false, 30)];
+    let d = endpoint::decide(&r, &endpoint::select(&r, &evs), None, None, at(0));
+    r.status = Some(d.status);
+    let d = endpoint::decide(&r, &endpoint::select(&r, &evs), None, Some(&ready_on(&version(1))), at(10));
+    r.status = Some(d.status);
+    let before = r.spec.clone();
+    r.spec.model.pinned = Some(PinnedModel { version: version(3) });
+    r.metadata.generation = Some(2);
+    let active = endpoint::find_passing(&version(1), &evs);
+    let d = endpoint::decide(
+        &r,
+        &endpoint::select(&r, &evs),
+        active.as_ref(),
+        Some(&ready_on(&version(1))),
+        at(20),
+    );
+    assert_eq!(d.serve.as_ref().unwrap().version, version(1));
+    assert!(d.status.rollout_version.is_none());
+    assert_fixture("rep-status-gate-blocked", &d.status);
+    assert!(d.transitions.iter().any(|t| t.reason == "GateBlocked" && t.warning));
+    assert_ne!(before, r.spec, "only the test edits the spec; decide never returns one");
+}
+
+#[test]
+fn serving_children_are_exact() {
+    let r = rep();
+    let c = endpoint::select(&r, &[ev("a", 1, true, 10)]).serve.unwrap();
+    let dep: Deployment = endpoint::deployment(&r, &c, "sapllm-artifacts", &OperatorConfig::default());
+    assert_fixture("rep-deployment", &dep);
+    assert_fixture("rep-service", &endpoint::service(&r));
+    assert_fixture("rep-hpa", &endpoint::autoscaler(&r));
+    assert_fixture("rep-pdb", &endpoint::disruption_budget(&r));
+    let c0 = &dep.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    let args = c0.args.clone().unwrap();
+    assert!(args.windows(2).any(|w| w == ["--auth-token-file", "/etc/sapllm-auth/token"]));
+    assert!(args.windows(2).any(|w| w == ["--precision", "int8"]));
+    assert_eq!(
+        c0.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c0.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+        Some("/healthz")
+    );
+    assert!(dep.spec.as_ref().unwrap().replicas.is_none(), "replicas belong to the autoscaler");
+    let hpa = endpoint::autoscaler(&r);
+    let metrics = hpa.spec.unwrap().metrics.unwrap();
+    assert_eq!(metrics[1].pods.as_ref().unwrap().metric.name, "sapllm_inflight_requests");
+}

@@ -1,0 +1,430 @@
+//! TrainingRun: plan, children and the state machine, from YAML fixtures.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use sapllm_crds::common::Verdict;
+use sapllm_crds::contract::StageResult;
+use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, EvaluationStatus, GateResult};
+use sapllm_crds::training_run::{Artifacts, RunPhase, StageName, StagePhase, TrainingRun};
+use sapllm_operator::config::OperatorConfig;
+use sapllm_operator::observe::{JobObservation, JobState};
+use sapllm_operator::training::{self, Observed, PlannedStage};
+use support::{assert_fixture, at, input};
+
+fn tiny() -> TrainingRun {
+    input("tr-tiny")
+}
+
+fn stage<'a>(plan: &'a [PlannedStage], s: StageName) -> &'a PlannedStage {
+    plan.iter().find(|p| p.name == s).unwrap()
+}
+
+fn job(
+    name: &str,
+    state: JobState,
+    attempts: u32,
+    result: Option<StageResult>,
+    message: Option<&str>,
+) -> JobObservation {
+    JobObservation {
+        name: name.into(),
+        state,
+        attempts,
+        suspended: false,
+        result,
+        message: message.map(String::from),
+    }
+}
+
+fn done(stage: StageName, artifacts: Artifacts) -> Option<StageResult> {
+    Some(StageResult {
+        stage: Some(stage),
+        succeeded: true,
+        artifacts: Some(artifacts),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn plan_runs_pretrain_for_presets_only_and_names_children_deterministically() {
+    let plan = training::plan(&tiny());
+    let names: Vec<_> = plan.iter().map(|p| p.name).collect();
+    assert_eq!(names, StageName::ALL.to_vec());
+    assert_eq!(plan, training::plan(&tiny()), "same spec, same plan");
+    for p in &plan {
+        assert!(p.child.len() <= 63);
+        assert!(p.digest.starts_with("sha256:"));
+    }
+    assert!(stage(&plan, StageName::Sft).child.starts_with("routing-tiny-sft-"));
+    assert!(stage(&plan, StageName::Evaluation).child.starts_with("routing-tiny-eval-"));
+    let mixtral: TrainingRun = input("tr-mixtral");
+    let names: Vec<_> = training::plan(&mixtral).iter().map(|p| p.name).collect();
+    assert_eq!(names, vec![StageName::DataPrep, StageName::Sft, StageName::Ppo, StageName::Evaluation]);
+}
+
+#[test]
+fn digests_change_from_the_first_edited_stage_on_and_ignore_retry_and_pod_settings() {
+    let base = training::plan(&tiny());
+    let mut edited = tiny();
+    edited.spec.stages.sft.learning_rate = 0.002;
+    let after = training::plan(&edited);
+    let changed: Vec<StageName> =
+        base.iter().zip(&after).filter(|(a, b)| a.digest != b.digest).map(|(a, _)| a.name).collect();
+    assert_eq!(changed, vec![StageName::Sft, StageName::Ppo, StageName::Evaluation]);
+
+    let mut ops = tiny();
+    ops.spec.stages.sft.control.retry_limit = 7;
+    ops.spec.stages.sft.control.deadline_seconds = Some(60);
+    ops.spec.worker.image = Some("other:1".into());
+    ops.spec.worker.cpu = None;
+    assert_eq!(training::plan(&ops), base, "retries, deadlines and pod settings do not re-run stages");
+
+    let mut data = tiny();
+    data.spec.stages.data_prep.seed = 7;
+    let after = training::plan(&data);
+    assert!(base.iter().zip(&after).all(|(a, b)| a.digest != b.digest), "new data re-runs everything");
+}
+
+#[test]
+fn stage_job_of_the_tiny_run_is_exact() {
+    let run = tiny();
+    let plan = training::plan(&run);
+    let job = training::stage_job(&run, stage(&plan, StageName::Sft), &OperatorConfig::default());
+    assert_fixture("tr-tiny-sft-job", &job);
+    let c = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        c.args.clone().unwrap(),
+        [
+            "stage",
+            "sft",
+            "-f",
+            "/etc/sapllm/trainingrun.yaml",
+            "--run-dir",
+            "/artifacts/routing-tiny",
+            "--progress",
+            "json"
+        ]
+    );
+    assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(2), "the stage's retry limit");
+    assert_eq!(spec.suspend, Some(false));
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("TrainingRun", "0b6c1f0e-1111-4a1a-9a55-000000000001", Some(true))
+    );
+}
+
+#[test]
+fn stage_job_carries_gpus_scheduling_kueue_and_extra_claims() {
+    let run: TrainingRun = input("tr-mixtral");
+    let plan = training::plan(&run);
+    let cfg = OperatorConfig {
+        default_node_selector: BTreeMap::from([("pool".to_string(), "gpu".to_string())]),
+        ..OperatorConfig::default()
+    };
+    let job = training::stage_job(&run, stage(&plan, StageName::Sft), &cfg);
+    assert_fixture("tr-mixtral-sft-job", &job);
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.suspend, Some(true), "Kueue admits suspended Jobs");
+    assert_eq!(spec.active_deadline_seconds, Some(172800));
+    assert_eq!(job.metadata.labels.as_ref().unwrap()["kueue.x-k8s.io/queue-name"], "gpu-training");
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.node_selector.as_ref().unwrap().len(), 2, "operator default + the run's selector");
+    let limits = pod.containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
+    assert_eq!(limits["nvidia.com/gpu"].0, "1");
+    let mounts: Vec<String> =
+        pod.containers[0].volume_mounts.clone().unwrap().into_iter().map(|m| m.mount_path).collect();
+    for m in ["/artifacts", "/etc/sapllm", "/etc/sapllm-catalog", "/mnt/models", "/mnt/sap-logs", "/tmp"] {
+        assert!(mounts.contains(&m.to_string()), "{m} in {mounts:?}");
+    }
+    let data_prep = training::stage_job(&run, stage(&plan, StageName::DataPrep), &cfg);
+    let dp = data_prep.spec.unwrap().template.spec.unwrap().containers[0]
+        .resources
+        .clone()
+        .unwrap()
+        .limits
+        .unwrap();
+    assert_eq!(dp["nvidia.com/gpu"].0, "1", "the run asks for 1 GPU explicitly, so data-prep gets it too");
+}
+
+#[test]
+fn manifest_is_the_whole_run_and_the_claim_is_created_unowned() {
+    let run = tiny();
+    let cm = training::manifest_config_map(&run).unwrap();
+    let yaml = &cm.data.as_ref().unwrap()["trainingrun.yaml"];
+    let back: TrainingRun = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(back.spec, run.spec);
+    assert_eq!(back.metadata.name.as_deref(), Some("routing-tiny"));
+    assert_eq!(cm.metadata.name.as_deref(), Some("routing-tiny-manifest"));
+    let pvc = training::storage_claim(
+        &run,
+        &OperatorConfig { storage_class: Some("fast".into()), ..Default::default() },
+    )
+    .unwrap();
+    assert_fixture("tr-tiny-pvc", &pvc);
+    assert!(pvc.metadata.owner_references.is_none(), "artifacts outlive the run");
+    assert!(training::storage_claim(&input("tr-mixtral"), &OperatorConfig::default()).is_none());
+}
+
+#[test]
+fn invalid_specs_name_the_field() {
+    let mut run = tiny();
+    run.spec.storage.sub_path = Some("../escape".into());
+    assert_eq!(training::validate(&run).unwrap_err().field, "spec.storage.subPath");
+    let mut run = tiny();
+    run.spec.base_model.hugging_face = Some(Default::default());
+    assert_eq!(training::validate(&run).unwrap_err().field, "spec.baseModel");
+    let mut run: TrainingRun = input("tr-mixtral");
+    run.spec.base_model.hugging_face.as_mut().unwrap().path = "/abs".into();
+    assert_eq!(training::validate(&run).unwrap_err().field, "spec.baseModel.huggingFace.path");
+    let mut run = tiny();
+    run.spec.worker.gpu_resource_name = Some("gpu".into());
+    assert_eq!(training::validate(&run).unwrap_err().field, "spec.worker.gpuResourceName");
+    let (status, events) = training::invalid_status(&run, &training::validate(&run).unwrap_err(), at(0));
+    assert_eq!(status.phase, Some(RunPhase::Failed));
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("True", "InvalidSpec"));
+    assert!(failed.message.starts_with("spec.worker.gpuResourceName:"), "{}", failed.message);
+    assert_eq!(events.len(), 1);
+    assert!(training::validate(&tiny()).is_ok());
+    assert!(training::validate(&input::<TrainingRun>("tr-mixtral")).is_ok());
+}
+
+#[test]
+fn a_new_run_starts_data_prep() {
+    let run = tiny();
+    let plan = training::plan(&run);
+    let d = training::decide(&run, &plan, &Observed::default(), at(0));
+    assert_eq!(d.start.as_ref().map(|s| s.name), Some(StageName::DataPrep));
+    assert!(d.running);
+    assert_fixture("tr-tiny-status-start", &d.status);
+    let reasons: Vec<&str> = d.transitions.iter().map(|t| t.reason.as_str()).collect();
+    assert_eq!(reasons, ["StageStarted", "PhaseChanged"]);
+}
+
+/// Drives the state machine like the controller does: the status written by one step is the
+/// input of the next.
+fn step(run: &mut TrainingRun, obs: &Observed, secs: i64) -> training::Decision {
+    let plan = training::plan(run);
+    let d = training::decide(run, &plan, obs, at(secs));
+    run.status = Some(d.status.clone());
+    d
+}
+
+fn full_pipeline(run: &mut TrainingRun) -> Observed {
+    let plan = training::plan(run);
+    let mut obs = Observed::default();
+    let arts = [
+        (StageName::DataPrep, Artifacts { dataset: Some("routing-tiny/data".into()), ..Default::default() }),
+        (
+            StageName::Pretrain,
+            Artifacts { base_model: Some("routing-tiny/pretrain/model".into()), ..Default::default() },
+        ),
+        (
+            StageName::Sft,
+            Artifacts { sft_adapter: Some("routing-tiny/sft/adapter".into()), ..Default::default() },
+        ),
+        (
+            StageName::Ppo,
+            Artifacts {
+                ppo_adapter: Some("routing-tiny/ppo/adapter".into()),
+                model_version: Some(format!("sha256:{}", "ab".repeat(32))),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (i, (s, a)) in arts.into_iter().enumerate() {
+        let d = step(run, &obs, i as i64 * 100);
+        assert_eq!(d.start.as_ref().map(|p| p.name), Some(s), "stage {s:?} starts next");
+        let name = stage(&plan, s).child.clone();
+        obs.jobs.insert(name.clone(), job(&name, JobState::Succeeded, 1, done(s, a), None));
+    }
+    let d = step(run, &obs, 500);
+    assert_eq!(d.start.as_ref().map(|p| p.name), Some(StageName::Evaluation));
+    obs
+}
+
+fn evaluation(name: &str, phase: EvaluationPhase, verdict: Option<Verdict>) -> Evaluation {
+    let mut ev = training::run_evaluation(&tiny(), stage(&training::plan(&tiny()), StageName::Evaluation));
+    ev.metadata.name = Some(name.into());
+    ev.status = Some(EvaluationStatus {
+        phase: Some(phase),
+        model_version: Some(format!("sha256:{}", "ab".repeat(32))),
+        verdict,
+        gates: vec![GateResult {
+            name: "routingAccuracy".into(),
+            comparator: ">=".into(),
+            threshold: 0.97,
+            value: if verdict == Some(Verdict::Passed) { 0.98 } else { 0.91 },
+            passed: verdict == Some(Verdict::Passed),
+        }],
+        ..Default::default()
+    });
+    ev
+}
+
+#[test]
+fn a_run_goes_through_every_stage_and_records_the_verdict() {
+    let mut run = tiny();
+    let mut obs = full_pipeline(&mut run);
+    let ev_name = stage(&training::plan(&run), StageName::Evaluation).child.clone();
+    obs.evaluations.insert(ev_name.clone(), evaluation(&ev_name, EvaluationPhase::Running, None));
+    let d = step(&mut run, &obs, 600);
+    assert_eq!(d.status.phase, Some(RunPhase::Running));
+    assert_eq!(d.status.current_stage, Some(StageName::Evaluation));
+    assert!(d.start.is_none());
+    obs.evaluations
+        .insert(ev_name.clone(), evaluation(&ev_name, EvaluationPhase::Completed, Some(Verdict::Passed)));
+    let d = step(&mut run, &obs, 700);
+    assert_fixture("tr-tiny-status-succeeded", &d.status);
+    let reasons: Vec<&str> = d.transitions.iter().map(|t| t.reason.as_str()).collect();
+    assert_eq!(reasons, ["StageSucceeded", "RunSucceeded", "GatesPassed"]);
+    // Level-triggered: the same observation again changes nothing and says nothing.
+    let again = step(&mut run, &obs, 800);
+    assert_eq!(again.status, d.status);
+    assert!(again.transitions.is_empty() && again.start.is_none() && again.delete_jobs.is_empty());
+}
+
+#[test]
+fn failing_gates_finish_the_run_with_gates_passed_false() {
+    let mut run = tiny();
+    let mut obs = full_pipeline(&mut run);
+    let ev_name = stage(&training::plan(&run), StageName::Evaluation).child.clone();
+    obs.evaluations
+        .insert(ev_name.clone(), evaluation(&ev_name, EvaluationPhase::Completed, Some(Verdict::Failed)));
+    let d = step(&mut run, &obs, 600);
+    assert_eq!(d.status.phase, Some(RunPhase::Succeeded));
+    assert_eq!(d.status.verdict, Some(Verdict::Failed));
+    let g = d.status.conditions.iter().find(|c| c.type_ == "GatesPassed").unwrap();
+    assert_eq!((g.status.as_str(), g.reason.as_str()), ("False", "GatesFailed"));
+    assert!(g.message.contains("routingAccuracy 0.91 < 0.97"), "{}", g.message);
+    assert!(d.transitions.iter().any(|t| t.reason == "GatesFailed" && t.warning));
+}
+
+#[test]
+fn a_stage_that_exhausts_its_retries_fails_the_run_with_the_termination_message() {
+    let mut run = tiny();
+    let plan = training::plan(&run);
+    let mut obs = Observed::default();
+    let dp = stage(&plan, StageName::DataPrep).child.clone();
+    step(&mut run, &obs, 0);
+    obs.jobs.insert(
+        dp.clone(),
+        job(&dp, JobState::Failed, 3, None, Some("BackoffLimitExceeded: Job has reached the specified backoff limit; termination message: exit code 2: catalog.json: missing field `apis`")),
+    );
+    let d = step(&mut run, &obs, 100);
+    assert!(d.start.is_none());
+    assert_fixture("tr-tiny-status-failed", &d.status);
+    let failed = d.status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert!(failed.message.contains("after 3 attempt(s)") && failed.message.contains("missing field `apis`"));
+    assert!(d.transitions.iter().any(|t| t.reason == "StageFailed" && t.warning));
+    // The failure is not retried behind the user's back, even if the Job disappears.
+    obs.jobs.clear();
+    let d = step(&mut run, &obs, 200);
+    assert!(d.start.is_none());
+    assert_eq!(d.status.phase, Some(RunPhase::Failed));
+}
+
+#[test]
+fn editing_a_finished_run_reruns_from_the_first_changed_stage() {
+    let mut run = tiny();
+    let mut obs = full_pipeline(&mut run);
+    let old_plan = training::plan(&run);
+    let ev_name = stage(&old_plan, StageName::Evaluation).child.clone();
+    obs.evaluations
+        .insert(ev_name.clone(), evaluation(&ev_name, EvaluationPhase::Completed, Some(Verdict::Passed)));
+    step(&mut run, &obs, 600);
+    assert_eq!(run.status.as_ref().unwrap().phase, Some(RunPhase::Succeeded));
+
+    run.spec.stages.sft.learning_rate = 0.0005;
+    run.metadata.generation = Some(2);
+    let new_plan = training::plan(&run);
+    let d = step(&mut run, &obs, 700);
+    assert_eq!(d.start.as_ref().map(|s| s.name), Some(StageName::Sft));
+    assert_eq!(d.start.as_ref().unwrap().child, stage(&new_plan, StageName::Sft).child);
+    let mut deleted = d.delete_jobs.clone();
+    deleted.sort();
+    let mut expect =
+        vec![stage(&old_plan, StageName::Sft).child.clone(), stage(&old_plan, StageName::Ppo).child.clone()];
+    expect.sort();
+    assert_eq!(deleted, expect, "the superseded sft and ppo Jobs go; data-prep and pretrain stay");
+    assert_fixture("tr-tiny-status-rerun", &d.status);
+    assert_eq!(d.transitions[0].reason, "SpecChanged");
+    assert!(d.transitions[0].note.contains("from stage sft"));
+}
+
+#[test]
+fn suspend_holds_new_stages_and_suspends_running_jobs() {
+    let mut run = tiny();
+    let plan = training::plan(&run);
+    let mut obs = Observed::default();
+    step(&mut run, &obs, 0);
+    let dp = stage(&plan, StageName::DataPrep).child.clone();
+    obs.jobs.insert(dp.clone(), job(&dp, JobState::Active, 1, None, None));
+    run.spec.suspend = true;
+    let d = step(&mut run, &obs, 10);
+    assert_eq!(d.suspend_jobs, vec![(dp.clone(), true)]);
+    assert_eq!(d.status.phase, Some(RunPhase::Suspended));
+    assert!(d.status.conditions.iter().any(|c| c.type_ == "Suspended" && c.status == "True"));
+    obs.jobs.get_mut(&dp).unwrap().state = JobState::Succeeded;
+    obs.jobs.get_mut(&dp).unwrap().suspended = true;
+    let d = step(&mut run, &obs, 20);
+    assert!(d.start.is_none(), "no new stage while suspended");
+    run.spec.suspend = false;
+    let d = step(&mut run, &obs, 30);
+    assert_eq!(d.start.as_ref().map(|s| s.name), Some(StageName::Pretrain));
+}
+
+#[test]
+fn progress_of_the_running_stage_reaches_status() {
+    let mut run = tiny();
+    let plan = training::plan(&run);
+    let mut obs = Observed::default();
+    step(&mut run, &obs, 0);
+    let dp = stage(&plan, StageName::DataPrep).child.clone();
+    obs.jobs.insert(dp.clone(), job(&dp, JobState::Active, 1, None, None));
+    obs.progress = sapllm_operator::progress::parse_latest(
+        "{\"event\":\"progress\",\"stage\":\"data-prep\",\"step\":1500,\"total\":3000,\"eta_s\":30}",
+        at(5),
+    );
+    let d = step(&mut run, &obs, 5);
+    let p = d.status.progress.unwrap();
+    assert_eq!(p.summary.as_deref(), Some("data-prep 1500/3000 (50%)"));
+    assert_eq!(p.eta.as_deref(), Some("30s"));
+    assert_eq!(d.status.stages[0].attempts, 1);
+}
+
+#[test]
+fn a_job_removed_after_success_is_not_run_again() {
+    let mut run = tiny();
+    let plan = training::plan(&run);
+    let mut obs = Observed::default();
+    step(&mut run, &obs, 0);
+    let dp = stage(&plan, StageName::DataPrep).child.clone();
+    obs.jobs.insert(
+        dp.clone(),
+        job(&dp, JobState::Succeeded, 1, done(StageName::DataPrep, Artifacts::default()), None),
+    );
+    step(&mut run, &obs, 10);
+    obs.jobs.remove(&dp);
+    let d = step(&mut run, &obs, 20);
+    assert_eq!(d.start.as_ref().map(|s| s.name), Some(StageName::Pretrain));
+    assert_eq!(d.status.stages[0].phase, StagePhase::Succeeded);
+}
+
+#[test]
+fn the_final_stage_produces_an_owned_evaluation_in_the_runs_lineage() {
+    let run = tiny();
+    let plan = training::plan(&run);
+    let ev = training::run_evaluation(&run, stage(&plan, StageName::Evaluation));
+    assert_fixture("tr-tiny-evaluation", &ev);
+    assert_eq!(ev.spec.model.training_run.as_deref(), Some("routing-tiny"));
+    assert_eq!(ev.metadata.labels.as_ref().unwrap()["sapllm.io/lineage"], "routing-tiny");
+    assert_eq!(ev.spec.samples, 200);
+    let _: Option<Job> = None;
+}
