@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod dataprep;
+pub mod inference;
 pub mod model;
 pub mod progress;
 pub mod sap;

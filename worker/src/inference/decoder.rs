@@ -1,0 +1,380 @@
+//! Batched, grammar-constrained decoding of "choose an option, then fill in the rest".
+//!
+//! For every row (one request) the decoder
+//! 1. prefills prompt + the answer prefix every option shares (`{"endpoint":"`), left-padded;
+//! 2. scores every allowed option by teacher forcing its tokens from a snapshot of the KV
+//!    cache: `log p(option | prompt)` is the sum of its token log-probabilities (one forward per
+//!    option index for the whole batch, never re-running the prompt);
+//! 3. picks the most probable option, builds that option's grammar (llguidance) and lets it
+//!    consume the prefix;
+//! 4. generates the rest under the grammar mask. After each sampled token the grammar's forced
+//!    tokens (`compute_ff_tokens`: keys, punctuation, enum tails...) are appended WITHOUT
+//!    sampling, and all pending tokens go through the model in one forward call, so a run of k
+//!    forced tokens costs one step instead of k.
+//!
+//! Rows finish independently; a finished row rides along masked out until the batch is done.
+
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use llguidance::Matcher;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use super::forward::{Step, forward_select};
+use super::grammar::GrammarCache;
+use super::logits::{log_prob, pick_allowed, softmax};
+use super::types::DecodeStats;
+use crate::model::kv_cache::KvCache;
+use crate::model::mixtral::Mixtral;
+
+/// Decoding settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeOptions {
+    /// Response tokens allowed per row (prefix included); a row that needs more fails.
+    pub max_new_tokens: usize,
+    /// Feed grammar-forced tokens without sampling (off only to measure what it saves).
+    pub use_forced_tokens: bool,
+    /// 0 = greedy.
+    pub temperature: f64,
+    pub seed: u64,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions { max_new_tokens: 1024, use_forced_tokens: true, temperature: 0.0, seed: 0 }
+    }
+}
+
+/// One allowed option of a row: its label, its tokens after the shared prefix, and the schema
+/// the whole answer must match once it is chosen.
+#[derive(Debug, Clone)]
+pub struct OptionSpec {
+    pub label: String,
+    pub suffix: Vec<u32>,
+    pub schema: Value,
+}
+
+/// One row to decode.
+#[derive(Debug, Clone)]
+pub struct RowSpec {
+    /// BOS + prompt tokens.
+    pub prompt: Vec<u32>,
+    /// Answer tokens every option starts with.
+    pub prefix: Vec<u32>,
+    pub options: Vec<OptionSpec>,
+    /// Bytes that end the "body" of the answer (e.g. `,"reasoning":`): free tokens sampled
+    /// before it count towards the body certainty.
+    pub body_end: String,
+}
+
+/// What one row produced.
+#[derive(Debug, Clone)]
+pub struct RowOutput {
+    pub choice: usize,
+    /// Renormalised probability of each option (same order as `RowSpec::options`).
+    pub option_probs: Vec<f64>,
+    /// The complete answer text (grammar-valid).
+    pub text: String,
+    /// Constrained log-probabilities of the freely sampled body tokens.
+    pub body_logprobs: Vec<f64>,
+    pub stats: DecodeStats,
+}
+
+/// Timing of a batch (for benchmarks and metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchTiming {
+    pub prefill_s: f64,
+    pub scoring_s: f64,
+    pub generate_s: f64,
+    pub mask_s: f64,
+    pub forward_calls: usize,
+}
+
+struct Live {
+    matcher: Matcher,
+    tokens: Vec<u32>,
+    pending: Vec<u32>,
+    last_logits: Vec<f32>,
+    body_logprobs: Vec<f64>,
+    in_body: bool,
+    sampled: usize,
+    forced: usize,
+    done: bool,
+    error: Option<String>,
+    /// Answer tokens allowed: `max_new_tokens`, capped by the context left after the prompt.
+    budget: usize,
+}
+
+/// Decodes every row of the batch. The outer `Result` fails only when the model itself fails;
+/// a row-level problem (grammar error, token budget exhausted) is that row's `Err`.
+pub fn decode_batch(
+    model: &Mixtral,
+    grammars: &GrammarCache,
+    eos: u32,
+    pad: u32,
+    rows: &[RowSpec],
+    opts: &DecodeOptions,
+) -> Result<(Vec<Result<RowOutput>>, BatchTiming)> {
+    if rows.is_empty() {
+        return Ok((Vec::new(), BatchTiming::default()));
+    }
+    for r in rows {
+        if r.options.is_empty() || r.options.iter().any(|o| o.suffix.is_empty()) {
+            bail!("every row needs at least one option with a non-empty token suffix");
+        }
+    }
+    let b = rows.len();
+    let mut timing = BatchTiming::default();
+    let trie = grammars.factory().tok_env().tok_trie().clone();
+
+    // 1. Prefill.
+    let t0 = Instant::now();
+    let seqs: Vec<Vec<u32>> =
+        rows.iter().map(|r| [r.prompt.as_slice(), r.prefix.as_slice()].concat()).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let step = Step::left_padded(&refs, pad);
+    let mut snapshot = KvCache::new(model, b);
+    let last_col = step.len - 1;
+    let select: Vec<(usize, usize)> = (0..b).map(|r| (r, last_col)).collect();
+    let first_logits = forward_select(model, &step, &mut snapshot, &select)?;
+    timing.prefill_s = t0.elapsed().as_secs_f64();
+
+    // 2. Score the options: one forward per option index, from the snapshot.
+    let t1 = Instant::now();
+    let max_opts = rows.iter().map(|r| r.options.len()).max().unwrap_or(0);
+    let mut scores: Vec<Vec<f64>> = rows.iter().map(|r| vec![0.0; r.options.len()]).collect();
+    let mut branches: Vec<(KvCache, Vec<Vec<f32>>)> = Vec::with_capacity(max_opts);
+    for j in 0..max_opts {
+        let feeds: Vec<&[u32]> =
+            rows.iter().map(|r| r.options.get(j).map_or(&[][..], |o| o.suffix.as_slice())).collect();
+        let step = Step::right_padded(&feeds, pad);
+        let mut select = Vec::new();
+        for (r, f) in feeds.iter().enumerate() {
+            for c in 0..f.len() {
+                select.push((r, c));
+            }
+        }
+        let mut cache = snapshot.clone();
+        let logits = forward_select(model, &step, &mut cache, &select)?;
+        timing.forward_calls += 1;
+        let mut it = logits.into_iter();
+        let mut last_per_row = vec![Vec::new(); b];
+        for (r, f) in feeds.iter().enumerate() {
+            if f.is_empty() {
+                continue;
+            }
+            let mut s = log_prob(&first_logits[r], f[0]);
+            let mut prev = Vec::new();
+            for (c, _) in f.iter().enumerate() {
+                let row_logits = it.next().ok_or_else(|| anyhow!("missing logits"))?;
+                if c + 1 < f.len() {
+                    s += log_prob(&row_logits, f[c + 1]);
+                }
+                prev = row_logits;
+            }
+            scores[r][j] = s;
+            last_per_row[r] = prev;
+        }
+        branches.push((cache, last_per_row));
+    }
+    let probs: Vec<Vec<f64>> = scores.iter().map(|s| softmax(s)).collect();
+    let choice: Vec<usize> = probs
+        .iter()
+        .map(|p| p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best }))
+        .collect();
+
+    // 3. Continue from the chosen options: reuse a scoring branch when every row chose the same
+    //    index, else feed the chosen suffixes from the snapshot once more.
+    let (mut cache, last) = if choice.iter().all(|&c| c == choice[0])
+        && rows.iter().all(|r| r.options.len() > choice[0])
+    {
+        let (c, l) = branches.swap_remove(choice[0]);
+        (c, l)
+    } else {
+        let feeds: Vec<&[u32]> =
+            rows.iter().zip(&choice).map(|(r, &c)| r.options[c].suffix.as_slice()).collect();
+        let step = Step::right_padded(&feeds, pad);
+        let select: Vec<(usize, usize)> = feeds.iter().enumerate().map(|(r, f)| (r, f.len() - 1)).collect();
+        let mut cache = snapshot.clone();
+        let l = forward_select(model, &step, &mut cache, &select)?;
+        timing.forward_calls += 1;
+        (cache, l)
+    };
+    drop(branches);
+    timing.scoring_s = t1.elapsed().as_secs_f64();
+
+    // 4. Constrained generation.
+    let t2 = Instant::now();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    let mut live: Vec<Live> = Vec::with_capacity(b);
+    for ((r, &c), last_logits) in rows.iter().zip(&choice).zip(last) {
+        let answer_prefix: Vec<u32> = [r.prefix.as_slice(), r.options[c].suffix.as_slice()].concat();
+        let mut l = Live {
+            matcher: grammars.matcher(&r.options[c].schema)?,
+            tokens: answer_prefix.clone(),
+            pending: Vec::new(),
+            last_logits,
+            body_logprobs: Vec::new(),
+            in_body: true,
+            sampled: 0,
+            forced: 0,
+            done: false,
+            error: None,
+            budget: opts.max_new_tokens.min(model.cfg.max_position_embeddings.saturating_sub(r.prompt.len())),
+        };
+        if let Err(e) = l.matcher.consume_tokens(&answer_prefix) {
+            l.error = Some(format!("the grammar rejected the answer prefix: {e}"));
+            l.done = true;
+        } else if opts.use_forced_tokens {
+            take_forced(&mut l, eos);
+        }
+        live.push(l);
+    }
+    loop {
+        let tm = Instant::now();
+        for (l, r) in live.iter_mut().zip(rows) {
+            if l.done || !l.pending.is_empty() {
+                continue;
+            }
+            sample_one(l, r, &trie, eos, opts, &mut rng);
+            if !l.done && opts.use_forced_tokens {
+                take_forced(l, eos);
+            }
+            if l.tokens.len() > l.budget {
+                l.error = Some(format!(
+                    "answer exceeded its budget of {} tokens (max_new_tokens or the context)",
+                    l.budget
+                ));
+                l.done = true;
+            }
+        }
+        timing.mask_s += tm.elapsed().as_secs_f64();
+        if live.iter().all(|l| l.done || l.pending.is_empty()) {
+            break;
+        }
+        let feeds: Vec<&[u32]> =
+            live.iter().map(|l| if l.done { &[][..] } else { l.pending.as_slice() }).collect();
+        let step = Step::right_padded(&feeds, pad);
+        let select: Vec<(usize, usize)> =
+            feeds.iter().enumerate().filter(|(_, f)| !f.is_empty()).map(|(r, f)| (r, f.len() - 1)).collect();
+        let logits = forward_select(model, &step, &mut cache, &select)?;
+        timing.forward_calls += 1;
+        for (&(r, _), lg) in select.iter().zip(logits) {
+            live[r].last_logits = lg;
+            live[r].pending.clear();
+        }
+    }
+    timing.generate_s = t2.elapsed().as_secs_f64();
+
+    let outputs = live
+        .into_iter()
+        .zip(rows)
+        .zip(choice.iter().zip(probs))
+        .map(|((l, r), (&c, p))| {
+            if let Some(e) = l.error {
+                let text = String::from_utf8_lossy(&trie.decode_raw(&l.tokens)).into_owned();
+                let tail: String =
+                    text.chars().rev().take(160).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!("{e}; answer so far ends with {tail:?}");
+            }
+            let text = String::from_utf8(trie.decode_raw(&l.tokens))
+                .map_err(|e| anyhow!("answer is not UTF-8: {e}"))?;
+            Ok(RowOutput {
+                choice: c,
+                option_probs: p,
+                text,
+                body_logprobs: l.body_logprobs,
+                stats: DecodeStats {
+                    prompt_tokens: r.prompt.len(),
+                    response_tokens: l.tokens.len(),
+                    sampled_tokens: l.sampled,
+                    forced_tokens: l.forced,
+                    forward_calls: timing.forward_calls,
+                },
+            })
+        })
+        .collect();
+    Ok((outputs, timing))
+}
+
+/// Samples one token for `l` under its grammar mask and consumes it.
+fn sample_one(
+    l: &mut Live,
+    r: &RowSpec,
+    trie: &toktrie::TokTrie,
+    eos: u32,
+    opts: &DecodeOptions,
+    rng: &mut rand::rngs::StdRng,
+) {
+    if l.matcher.is_stopped() {
+        l.done = true;
+        return;
+    }
+    let mask = match l.matcher.compute_mask() {
+        Ok(m) => m,
+        Err(e) => {
+            l.error = Some(format!("grammar: {e}"));
+            l.done = true;
+            return;
+        }
+    };
+    let Some((tok, lp)) = pick_allowed(&l.last_logits, &mask, opts.temperature, rng.random::<f64>()) else {
+        l.error = Some("the grammar allows no token of the model's vocabulary".into());
+        l.done = true;
+        return;
+    };
+    if tok == eos {
+        l.done = true;
+        return;
+    }
+    if let Err(e) = l.matcher.consume_token(tok) {
+        l.error = Some(format!("grammar rejected token {tok}: {e}"));
+        l.done = true;
+        return;
+    }
+    l.sampled += 1;
+    l.tokens.push(tok);
+    l.pending.push(tok);
+    if l.in_body {
+        l.body_logprobs.push(lp);
+        let text = trie.decode_raw(&l.tokens);
+        l.in_body = !contains(&text, r.body_end.as_bytes());
+    }
+    if l.matcher.is_stopped() {
+        // Complete: the last token needs no forward pass.
+        l.done = true;
+        l.pending.clear();
+    }
+}
+
+/// Appends the grammar's forced tokens to `l.pending` (and consumes them).
+fn take_forced(l: &mut Live, eos: u32) {
+    if l.matcher.is_stopped() {
+        l.done = true;
+        return;
+    }
+    let mut forced = l.matcher.compute_ff_tokens();
+    if let Some(p) = forced.iter().position(|&t| t == eos) {
+        forced.truncate(p);
+    }
+    if forced.is_empty() {
+        return;
+    }
+    if let Err(e) = l.matcher.consume_tokens(&forced) {
+        l.error = Some(format!("grammar rejected its own forced tokens: {e}"));
+        l.done = true;
+        return;
+    }
+    l.forced += forced.len();
+    l.tokens.extend_from_slice(&forced);
+    l.pending.extend_from_slice(&forced);
+    if l.matcher.is_stopped() {
+        l.done = true;
+        l.pending.clear();
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,360 @@
+//! The inference API: [`Engine::decide_routing`], [`Engine::handle_exception`] and their batch
+//! forms. An engine owns a loaded model, its tokenizer, the llguidance grammars and the API
+//! catalog the payload schemas come from.
+
+use std::str::FromStr;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use llguidance::ParserFactory;
+use serde_json::Value;
+
+use super::confidence::{ConfidenceWeights, body_certainty, combine};
+use super::decoder::{BatchTiming, DecodeOptions, OptionSpec, RowOutput, RowSpec, decode_batch};
+use super::format::{self, ExceptionAnswer, RoutingAnswer};
+use super::grammar::{GrammarCache, GrammarLimits, exception_answer_schema, routing_answer_schema};
+use super::tok_env::ModelTokEnv;
+use super::types::{
+    ConfidenceParts, ExceptionDecision, ExceptionQuery, RoutingDecision, RoutingQuery, SimilarException,
+};
+use crate::dataprep::examples::SimilarCase;
+use crate::model::mixtral::Mixtral;
+use crate::model::template;
+use crate::model::tokenizer::Tokenizer;
+use crate::sap::catalog::create_payload_schema;
+use crate::sap::catalog::{Catalog, CompactSchema};
+use crate::sap::documents::DocType;
+use crate::sap::exceptions::ExceptionAction;
+use crate::sap::routing::EXCEPTION_ENDPOINT;
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Decisions with confidence below this abstain (go to human review).
+    pub abstain_threshold: f64,
+    pub decode: DecodeOptions,
+    pub weights: ConfidenceWeights,
+    /// Rows decoded together at most (larger batch calls are split).
+    pub max_batch: usize,
+    pub limits: GrammarLimits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            abstain_threshold: 0.5,
+            decode: DecodeOptions::default(),
+            weights: ConfidenceWeights::default(),
+            max_batch: 8,
+            limits: GrammarLimits::default(),
+        }
+    }
+}
+
+/// Context that must remain after the prompt.
+const MIN_ANSWER_TOKENS: usize = 64;
+
+/// A model ready to decide.
+pub struct Engine {
+    model: Mixtral,
+    tokenizer: Tokenizer,
+    grammars: GrammarCache,
+    catalog: Catalog,
+    pub config: EngineConfig,
+}
+
+/// The JSON string literal of `s` (escaped as serde writes it).
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// Splits per-option token sequences into (shared prefix, non-empty suffixes).
+fn split_prefix(seqs: &[Vec<u32>]) -> (Vec<u32>, Vec<Vec<u32>>) {
+    let min_len = seqs.iter().map(Vec::len).min().unwrap_or(0);
+    let mut n = 0;
+    while n + 1 < min_len && seqs.iter().all(|s| s[n] == seqs[0][n]) {
+        n += 1;
+    }
+    (seqs[0][..n].to_vec(), seqs.iter().map(|s| s[n..].to_vec()).collect())
+}
+
+impl Engine {
+    /// Builds an engine around a loaded model and tokenizer.
+    pub fn new(model: Mixtral, tokenizer: Tokenizer, catalog: Catalog, config: EngineConfig) -> Result<Self> {
+        ensure!(
+            tokenizer.vocab_size() <= model.cfg.vocab_size,
+            "tokenizer has {} tokens but the model only {}",
+            tokenizer.vocab_size(),
+            model.cfg.vocab_size
+        );
+        ensure!((0.0..=1.0).contains(&config.abstain_threshold), "abstain threshold must be in [0, 1]");
+        let env = ModelTokEnv::new(&tokenizer)?.into_env();
+        let mut factory =
+            ParserFactory::new_simple(&env).context("creating the llguidance parser factory")?;
+        factory.quiet();
+        Ok(Engine { model, tokenizer, grammars: GrammarCache::new(factory), catalog, config })
+    }
+
+    pub fn model(&self) -> &Mixtral {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Routes one document.
+    pub fn decide_routing(
+        &self,
+        adc_json: &Value,
+        doc_type: &str,
+        api_schemas: &[CompactSchema],
+        similar_cases: &[SimilarCase],
+    ) -> Result<RoutingDecision> {
+        let q = RoutingQuery {
+            adc_json: adc_json.clone(),
+            doc_type: doc_type.to_string(),
+            api_schemas: api_schemas.to_vec(),
+            similar_cases: similar_cases.to_vec(),
+        };
+        self.decide_routing_batch(std::slice::from_ref(&q))?.pop().ok_or_else(|| anyhow!("no decision"))?
+    }
+
+    /// Routes many documents, decoding up to `max_batch` together. A bad query gets its own
+    /// `Err`; the outer error is a model failure.
+    pub fn decide_routing_batch(&self, queries: &[RoutingQuery]) -> Result<Vec<Result<RoutingDecision>>> {
+        Ok(self.decide_routing_batch_timed(queries)?.0)
+    }
+
+    /// As [`Engine::decide_routing_batch`], with the decoder's timings.
+    pub fn decide_routing_batch_timed(
+        &self,
+        queries: &[RoutingQuery],
+    ) -> Result<(Vec<Result<RoutingDecision>>, BatchTiming)> {
+        self.run_batches(queries, |q| self.routing_row(q), |q, row, out| self.routing_decision(q, row, out))
+    }
+
+    /// Decides how to handle one failure.
+    pub fn handle_exception(
+        &self,
+        exception: &ExceptionQuery,
+        similar_exceptions: &[SimilarException],
+    ) -> Result<ExceptionDecision> {
+        let item = (exception.clone(), similar_exceptions.to_vec());
+        self.handle_exception_batch(std::slice::from_ref(&item))?
+            .pop()
+            .ok_or_else(|| anyhow!("no decision"))?
+    }
+
+    /// Decides many failures, batched as [`Engine::decide_routing_batch`].
+    pub fn handle_exception_batch(
+        &self,
+        items: &[(ExceptionQuery, Vec<SimilarException>)],
+    ) -> Result<Vec<Result<ExceptionDecision>>> {
+        Ok(self
+            .run_batches(
+                items,
+                |(q, s)| self.exception_row(q, s),
+                |_, row, out| self.exception_decision(row, out),
+            )?
+            .0)
+    }
+
+    fn run_batches<Q, D>(
+        &self,
+        items: &[Q],
+        to_row: impl Fn(&Q) -> Result<RowSpec>,
+        to_decision: impl Fn(&Q, &RowSpec, RowOutput) -> Result<D>,
+    ) -> Result<(Vec<Result<D>>, BatchTiming)> {
+        let mut out: Vec<Option<Result<D>>> = (0..items.len()).map(|_| None).collect();
+        let mut ready: Vec<(usize, RowSpec)> = Vec::new();
+        for (i, q) in items.iter().enumerate() {
+            match to_row(q) {
+                Ok(r) => ready.push((i, r)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let mut total = BatchTiming::default();
+        for chunk in ready.chunks(self.config.max_batch.max(1)) {
+            let rows: Vec<RowSpec> = chunk.iter().map(|(_, r)| r.clone()).collect();
+            let (outputs, t) = decode_batch(
+                &self.model,
+                &self.grammars,
+                self.tokenizer.eos_id,
+                self.tokenizer.pad_id,
+                &rows,
+                &self.config.decode,
+            )?;
+            total.prefill_s += t.prefill_s;
+            total.scoring_s += t.scoring_s;
+            total.generate_s += t.generate_s;
+            total.mask_s += t.mask_s;
+            total.forward_calls += t.forward_calls;
+            for ((i, row), o) in chunk.iter().zip(outputs) {
+                out[*i] = Some(o.and_then(|o| to_decision(&items[*i], row, o)));
+            }
+        }
+        Ok((out.into_iter().map(|o| o.unwrap_or_else(|| Err(anyhow!("not decoded")))).collect(), total))
+    }
+
+    fn encode_options(&self, texts: &[String]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+        let seqs: Vec<Vec<u32>> = texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<_>>()?;
+        Ok(split_prefix(&seqs))
+    }
+
+    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let ids = template::encode_prompt(&self.tokenizer, prompt)?;
+        let max = self.model.cfg.max_position_embeddings;
+        ensure!(
+            ids.len() + MIN_ANSWER_TOKENS <= max,
+            "prompt is {} tokens; the model's context of {max} leaves no room for an answer",
+            ids.len()
+        );
+        Ok(ids)
+    }
+
+    /// The allowed endpoints of a query: its candidates (deduplicated) + exception handling.
+    pub fn allowed_endpoints(q: &RoutingQuery) -> Vec<String> {
+        let mut eps: Vec<String> = Vec::new();
+        for c in &q.api_schemas {
+            if !c.endpoint.is_empty() && c.endpoint != EXCEPTION_ENDPOINT && !eps.contains(&c.endpoint) {
+                eps.push(c.endpoint.clone());
+            }
+        }
+        eps.push(EXCEPTION_ENDPOINT.to_string());
+        eps
+    }
+
+    fn payload_schema(&self, endpoint: &str) -> Option<Value> {
+        if endpoint == EXCEPTION_ENDPOINT {
+            return None;
+        }
+        match self.catalog.api_for_endpoint(endpoint) {
+            Some(api) => create_payload_schema(api),
+            // An API the catalog does not know: any JSON object.
+            None => Some(serde_json::json!({"type": "object"})),
+        }
+    }
+
+    fn routing_row(&self, q: &RoutingQuery) -> Result<RowSpec> {
+        DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
+        ensure!(q.adc_json.is_object(), "adc_json: must be a JSON object");
+        let endpoints = Self::allowed_endpoints(q);
+        let texts: Vec<String> =
+            endpoints.iter().map(|e| format!("{{\"endpoint\":{},\"payload", json_str(e))).collect();
+        let (prefix, suffixes) = self.encode_options(&texts)?;
+        let options = endpoints
+            .iter()
+            .zip(suffixes)
+            .map(|(e, suffix)| OptionSpec {
+                label: e.clone(),
+                suffix,
+                schema: routing_answer_schema(e, self.payload_schema(e).as_ref(), &self.config.limits),
+            })
+            .collect();
+        Ok(RowSpec {
+            prompt: self.prompt_ids(&format::routing_prompt(q)?)?,
+            prefix,
+            options,
+            body_end: ",\"reasoning\":".into(),
+        })
+    }
+
+    fn alternatives(row: &RowSpec, out: &RowOutput) -> Vec<(String, f64)> {
+        let mut alts: Vec<(String, f64)> =
+            row.options.iter().map(|o| o.label.clone()).zip(out.option_probs.iter().copied()).collect();
+        alts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        alts
+    }
+
+    fn routing_decision(&self, _q: &RoutingQuery, row: &RowSpec, out: RowOutput) -> Result<RoutingDecision> {
+        let answer: RoutingAnswer = template::parse_response(&out.text)?;
+        let chosen = &row.options[out.choice].label;
+        if &answer.endpoint != chosen {
+            bail!("decoder produced endpoint {:?} for chosen option {chosen:?}", answer.endpoint);
+        }
+        let parts = ConfidenceParts {
+            choice_probability: out.option_probs[out.choice],
+            body_certainty: body_certainty(&out.body_logprobs),
+            generated: Some(answer.confidence),
+        };
+        let confidence = combine(&parts, &self.config.weights);
+        let api =
+            self.catalog.api_for_endpoint(chosen).filter(|a| !answer.payload.is_null() && a.create.is_some());
+        Ok(RoutingDecision {
+            endpoint: answer.endpoint,
+            method: api.map(|_| "POST".to_string()),
+            entity_set: api.and_then(|a| a.create.as_ref()).map(|e| e.entity_set.clone()),
+            payload: answer.payload,
+            confidence,
+            confidence_parts: parts,
+            reasoning: answer.reasoning,
+            abstained: confidence < self.config.abstain_threshold,
+            alternatives: Self::alternatives(row, &out),
+            stats: out.stats,
+        })
+    }
+
+    fn exception_row(&self, q: &ExceptionQuery, similar: &[SimilarException]) -> Result<RowSpec> {
+        DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
+        let labels: Vec<&str> = ExceptionAction::ALL.iter().map(|a| a.as_str()).collect();
+        let texts: Vec<String> =
+            labels.iter().map(|a| format!("{{\"action\":{},\"correction", json_str(a))).collect();
+        let (prefix, suffixes) = self.encode_options(&texts)?;
+        let options = labels
+            .iter()
+            .zip(suffixes)
+            .map(|(a, suffix)| OptionSpec {
+                label: a.to_string(),
+                suffix,
+                schema: exception_answer_schema(a, &self.config.limits),
+            })
+            .collect();
+        Ok(RowSpec {
+            prompt: self.prompt_ids(&format::exception_prompt(q, similar)?)?,
+            prefix,
+            options,
+            body_end: ",\"reasoning\":".into(),
+        })
+    }
+
+    fn exception_decision(&self, row: &RowSpec, out: RowOutput) -> Result<ExceptionDecision> {
+        let answer: ExceptionAnswer = template::parse_response(&out.text)?;
+        let parts = ConfidenceParts {
+            choice_probability: out.option_probs[out.choice],
+            body_certainty: body_certainty(&out.body_logprobs),
+            generated: None,
+        };
+        let confidence = combine(&parts, &self.config.weights);
+        Ok(ExceptionDecision {
+            action: answer.action,
+            correction: answer.correction,
+            retry: answer.retry,
+            rule: answer.rule,
+            reasoning: answer.reasoning,
+            confidence,
+            confidence_parts: parts,
+            abstained: confidence < self.config.abstain_threshold,
+            alternatives: Self::alternatives(row, &out),
+            stats: out.stats,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_prefix;
+
+    #[test]
+    fn split_keeps_every_suffix_non_empty() {
+        let (p, s) = split_prefix(&[vec![1, 2, 3], vec![1, 2, 4, 5]]);
+        assert_eq!(p, vec![1, 2]);
+        assert_eq!(s, vec![vec![3], vec![4, 5]]);
+        let (p, s) = split_prefix(&[vec![1, 2], vec![1, 2, 3]]);
+        assert_eq!(p, vec![1], "a suffix may not be empty even when one option is a prefix of another");
+        assert_eq!(s, vec![vec![2], vec![2, 3]]);
+    }
+}

@@ -1,0 +1,259 @@
+//! What the model reads and writes: the JSON inside the shared template's `### Request` /
+//! `### Exception` sections and the `### Response` JSON. SFT builds its targets with
+//! [`routing_training_pair`] / [`exception_training_pair`] and serving builds prompts with
+//! [`routing_prompt`] / [`exception_prompt`], so both sides see byte-identical text.
+//!
+//! The answer puts the choice FIRST (`endpoint` / `action`), then the body, then the reasoning:
+//! the decoder scores every allowed option at that first position (the calibrated part of the
+//! confidence, see `confidence.rs`), and the grammar for the rest depends on the choice.
+//! Payload keys are written in the API schema's property order ([`canonical_payload`]) because
+//! the constrained decoder emits properties in that order.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::types::{ExceptionQuery, RoutingQuery, SimilarException};
+use crate::dataprep::examples::{ExceptionExample, RoutingExample};
+use crate::model::template;
+use crate::sap::catalog::Catalog;
+use crate::sap::catalog::create_payload_schema;
+use crate::sap::exceptions::{ExceptionAction, PatchOp, RetryPolicy, SapFailure};
+use crate::sap::routing::EXCEPTION_ENDPOINT;
+
+/// Reasoning steps kept in an answer (longer traces are cut: they cost decode time and the
+/// first steps carry the decision's grounds).
+pub const MAX_REASONING_STEPS: usize = 4;
+/// Characters kept per reasoning step.
+pub const MAX_REASONING_CHARS: usize = 160;
+
+/// One candidate API as the prompt shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptCandidate {
+    pub endpoint: String,
+    pub doc_types: Vec<String>,
+    pub schema: String,
+}
+
+/// One similar case as the prompt shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptCase {
+    pub endpoint: String,
+    pub success: bool,
+    pub summary: String,
+}
+
+/// The `### Request` JSON of a routing prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutingPrompt {
+    pub doc_type: String,
+    pub document: Value,
+    pub candidates: Vec<PromptCandidate>,
+    pub similar: Vec<PromptCase>,
+}
+
+/// The `### Response` JSON of a routing decision. Field order is the generation order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutingAnswer {
+    pub endpoint: String,
+    /// `null` for exception handling and read-only APIs.
+    pub payload: Value,
+    pub reasoning: Vec<String>,
+    pub confidence: f64,
+}
+
+/// The `### Request` JSON of an exception prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExceptionRequestPart {
+    pub doc_type: String,
+    pub endpoint: String,
+    pub document: Value,
+    pub payload: Value,
+}
+
+/// A failed rule as the prompt shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptRule {
+    pub rule_id: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// The `### Exception` JSON of an exception prompt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExceptionPart {
+    pub sap_error: Option<SapFailure>,
+    pub rule_failures: Vec<PromptRule>,
+    pub similar: Vec<SimilarException>,
+}
+
+/// The `### Response` JSON of an exception decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExceptionAnswer {
+    pub action: ExceptionAction,
+    pub correction: Vec<PatchOp>,
+    pub retry: Option<RetryPolicy>,
+    pub rule: Option<String>,
+    pub reasoning: Vec<String>,
+}
+
+/// The routing prompt text (shared template) for a query.
+pub fn routing_prompt(q: &RoutingQuery) -> Result<String> {
+    let prompt = RoutingPrompt {
+        doc_type: q.doc_type.clone(),
+        document: q.adc_json.clone(),
+        candidates: q
+            .api_schemas
+            .iter()
+            .map(|c| PromptCandidate {
+                endpoint: c.endpoint.clone(),
+                doc_types: c.doc_types.clone(),
+                schema: c.schema.clone(),
+            })
+            .collect(),
+        similar: q
+            .similar_cases
+            .iter()
+            .map(|c| PromptCase {
+                endpoint: c.endpoint.clone(),
+                success: c.success,
+                summary: c.summary.clone(),
+            })
+            .collect(),
+    };
+    template::routing_prompt(&prompt)
+}
+
+/// The exception prompt text (shared template) for a query.
+pub fn exception_prompt(q: &ExceptionQuery, similar: &[SimilarException]) -> Result<String> {
+    let request = ExceptionRequestPart {
+        doc_type: q.doc_type.clone(),
+        endpoint: q.endpoint.clone(),
+        document: q.adc_json.clone(),
+        payload: q.request_payload.clone(),
+    };
+    let exception = ExceptionPart {
+        sap_error: q.sap_error.clone(),
+        rule_failures: q
+            .rule_failures
+            .iter()
+            .filter(|r| !r.passed)
+            .map(|r| PromptRule {
+                rule_id: r.rule_id.clone(),
+                field: r.field.clone(),
+                message: r.message.clone(),
+            })
+            .collect(),
+        similar: similar.to_vec(),
+    };
+    template::exception_prompt(&request, &exception)
+}
+
+/// Reasoning cut to what the grammar allows (and char-boundary safe).
+pub fn clip_reasoning(steps: &[String]) -> Vec<String> {
+    steps.iter().take(MAX_REASONING_STEPS).map(|s| s.chars().take(MAX_REASONING_CHARS).collect()).collect()
+}
+
+/// Rounds a confidence to two decimals (what the model learns to write: fewer digit tokens).
+pub fn round_confidence(c: f64) -> f64 {
+    (c.clamp(0.0, 1.0) * 100.0).round() / 100.0
+}
+
+/// Re-orders every object of `payload` to the property order of `schema` (recursively through
+/// nested objects and `{"results": [...]}` arrays); keys the schema lacks keep their place at
+/// the end.
+pub fn canonical_payload(payload: &Value, schema: &Value) -> Value {
+    match payload {
+        Value::Object(obj) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let mut out = Map::new();
+            if let Some(props) = props {
+                for (k, sub) in props {
+                    if let Some(v) = obj.get(k) {
+                        out.insert(k.clone(), canonical_payload(v, sub));
+                    }
+                }
+            }
+            for (k, v) in obj {
+                if !out.contains_key(k) {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => {
+            let item_schema = schema.get("items").cloned().unwrap_or(Value::Null);
+            Value::Array(items.iter().map(|v| canonical_payload(v, &item_schema)).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// The answer's payload for `endpoint`: `null` unless the endpoint is a creatable API, else
+/// the payload in canonical order.
+pub fn answer_payload(catalog: &Catalog, endpoint: &str, payload: &Value) -> Value {
+    if endpoint == EXCEPTION_ENDPOINT || payload.is_null() {
+        return Value::Null;
+    }
+    match catalog.api_for_endpoint(endpoint).and_then(create_payload_schema) {
+        Some(schema) => canonical_payload(payload, &schema),
+        None => Value::Null,
+    }
+}
+
+/// The query part of a routing example.
+pub fn routing_query(ex: &RoutingExample) -> RoutingQuery {
+    RoutingQuery {
+        adc_json: ex.adc_json.clone(),
+        doc_type: ex.doc_type.clone(),
+        api_schemas: ex.api_schemas.clone(),
+        similar_cases: ex.similar_cases.clone(),
+    }
+}
+
+/// The query part of an exception example.
+pub fn exception_query(ex: &ExceptionExample) -> ExceptionQuery {
+    ExceptionQuery {
+        doc_type: ex.doc_type.clone(),
+        adc_json: ex.adc_json.clone(),
+        endpoint: ex.endpoint.clone(),
+        request_payload: ex.request_payload.clone(),
+        sap_error: ex.sap_error.clone(),
+        rule_failures: ex.rule_failures.clone(),
+    }
+}
+
+/// The target answer of a routing example.
+pub fn routing_answer(catalog: &Catalog, ex: &RoutingExample) -> RoutingAnswer {
+    RoutingAnswer {
+        endpoint: ex.target_endpoint.clone(),
+        payload: answer_payload(catalog, &ex.target_endpoint, &ex.target_payload),
+        reasoning: clip_reasoning(&ex.reasoning_trace),
+        confidence: round_confidence(ex.confidence),
+    }
+}
+
+/// The target answer of an exception example.
+pub fn exception_answer(ex: &ExceptionExample) -> ExceptionAnswer {
+    ExceptionAnswer {
+        action: ex.action,
+        correction: ex.correction.clone(),
+        retry: ex.retry.clone(),
+        rule: ex.rule.clone(),
+        reasoning: clip_reasoning(&ex.reasoning_trace),
+    }
+}
+
+/// (prompt text, response text) of a routing example, exactly as serving prompts and parses.
+/// SFT tokenizes them with `template::encode_example`.
+pub fn routing_training_pair(catalog: &Catalog, ex: &RoutingExample) -> Result<(String, String)> {
+    let prompt = routing_prompt(&routing_query(ex))?;
+    Ok((prompt, template::response_text(&routing_answer(catalog, ex))?))
+}
+
+/// (prompt text, response text) of an exception example (no similar exceptions: the dataset
+/// has none; serving may pass some).
+pub fn exception_training_pair(ex: &ExceptionExample) -> Result<(String, String)> {
+    let prompt = exception_prompt(&exception_query(ex), &[])?;
+    Ok((prompt, template::response_text(&exception_answer(ex))?))
+}

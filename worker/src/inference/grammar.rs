@@ -1,0 +1,192 @@
+//! The JSON Schemas the decoder is constrained by, one per (format, option): once the decoder
+//! has chosen the endpoint (or action), the rest of the answer must match that option's schema.
+//! Every schema is compact (no whitespace, `,` and `:` separators, properties in declared
+//! order) so the grammar admits exactly the text SFT trained on, and every repetition is
+//! bounded so a decode always terminates.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, anyhow};
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
+use serde_json::{Value, json};
+
+use super::format::{MAX_REASONING_CHARS, MAX_REASONING_STEPS};
+
+/// Bounds the grammar puts on repetition, so that every decode terminates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrammarLimits {
+    /// Items allowed in an array whose schema sets no `maxItems` (order items).
+    pub max_array_items: usize,
+    pub max_reasoning_steps: usize,
+    pub max_reasoning_chars: usize,
+}
+
+impl Default for GrammarLimits {
+    /// The training format's bounds ([`super::format`]): the grammar admits every answer SFT
+    /// trained on.
+    fn default() -> Self {
+        GrammarLimits {
+            max_array_items: 64,
+            max_reasoning_steps: MAX_REASONING_STEPS,
+            max_reasoning_chars: MAX_REASONING_CHARS,
+        }
+    }
+}
+
+fn compact_options() -> Value {
+    json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":", "lenient": true})
+}
+
+/// The reasoning field: a bounded list of bounded strings.
+pub fn reasoning_schema(l: &GrammarLimits) -> Value {
+    json!({"type": "array", "items": {"type": "string", "maxLength": l.max_reasoning_chars}, "minItems": 1, "maxItems": l.max_reasoning_steps})
+}
+
+/// Copies `schema` without annotations llguidance does not need and with a `maxItems` on every
+/// unbounded array.
+pub fn bounded(schema: &Value, l: &GrammarLimits) -> Value {
+    match schema {
+        Value::Object(obj) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in obj {
+                if matches!(k.as_str(), "$schema" | "title" | "description") {
+                    continue;
+                }
+                out.insert(k.clone(), bounded(v, l));
+            }
+            match out.get("type").and_then(Value::as_str) {
+                Some("array") if !out.contains_key("maxItems") => {
+                    out.insert("maxItems".into(), json!(l.max_array_items));
+                }
+                // Unbounded numbers would let a decode write digits forever: bound integers to
+                // the 32-bit range and numbers to 15 significant digits' worth.
+                Some("integer") => {
+                    out.entry("minimum").or_insert(json!(i32::MIN));
+                    out.entry("maximum").or_insert(json!(i32::MAX));
+                }
+                Some("number") => {
+                    out.entry("minimum").or_insert(json!(-1e9));
+                    out.entry("maximum").or_insert(json!(1e9));
+                    out.entry("multipleOf").or_insert(json!(0.000001));
+                }
+                Some("string") => {
+                    if let Some(Value::String(p)) = out.get("pattern") {
+                        let p = bound_pattern(p);
+                        out.insert("pattern".into(), Value::String(p));
+                    }
+                }
+                _ => {}
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| bounded(v, l)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Rewrites unbounded repetitions of a character class (`[0-9]+`, `[A-Z]*`) in a pattern to
+/// at most [`MAX_PATTERN_REPEAT`] characters.
+pub fn bound_pattern(p: &str) -> String {
+    p.replace("]+", &format!("]{{1,{MAX_PATTERN_REPEAT}}}"))
+        .replace("]*", &format!("]{{0,{MAX_PATTERN_REPEAT}}}"))
+}
+
+/// Longest run a bounded pattern repetition may match.
+pub const MAX_PATTERN_REPEAT: usize = 20;
+
+/// The answer schema of a routing decision whose endpoint is `endpoint` and whose payload must
+/// match `payload` (`None`: the payload is `null`).
+pub fn routing_answer_schema(endpoint: &str, payload: Option<&Value>, l: &GrammarLimits) -> Value {
+    let payload = payload.map(|p| bounded(p, l)).unwrap_or_else(|| json!({"type": "null"}));
+    json!({
+        "x-guidance": compact_options(),
+        "type": "object",
+        "properties": {
+            "endpoint": {"const": endpoint},
+            "payload": payload,
+            "reasoning": reasoning_schema(l),
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01},
+        },
+        "required": ["endpoint", "payload", "reasoning", "confidence"],
+        "additionalProperties": false,
+    })
+}
+
+/// The answer schema of an exception decision with action `action` (`AUTO_CORRECT`, ...).
+pub fn exception_answer_schema(action: &str, l: &GrammarLimits) -> Value {
+    let scalar = json!({"anyOf": [
+        {"type": "string", "maxLength": 120}, {"type": "number", "minimum": -1e9, "maximum": 1e9, "multipleOf": 0.000001}, {"type": "boolean"}, {"type": "null"}
+    ]});
+    let patch = json!({
+        "type": "object",
+        "properties": {
+            "op": {"enum": ["add", "remove"]},
+            "path": {"type": "string", "maxLength": 200},
+            "value": scalar,
+        },
+        "required": ["op", "path"],
+        "additionalProperties": false,
+    });
+    let retry = json!({
+        "type": "object",
+        "properties": {
+            "max_attempts": {"type": "integer", "minimum": 0, "maximum": 100},
+            "initial_backoff_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000},
+            "multiplier": {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01},
+            "refresh_csrf_token": {"type": "boolean"},
+        },
+        "required": ["max_attempts", "initial_backoff_ms", "multiplier", "refresh_csrf_token"],
+        "additionalProperties": false,
+    });
+    json!({
+        "x-guidance": compact_options(),
+        "type": "object",
+        "properties": {
+            "action": {"const": action},
+            "correction": {"type": "array", "items": patch, "maxItems": l.max_array_items.min(8)},
+            "retry": {"anyOf": [{"type": "null"}, retry]},
+            "rule": {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 80}]},
+            "reasoning": reasoning_schema(l),
+        },
+        "required": ["action", "correction", "retry", "rule", "reasoning"],
+        "additionalProperties": false,
+    })
+}
+
+/// Compiled grammars by schema text: compiling a payload schema costs milliseconds, cloning a
+/// compiled matcher microseconds.
+pub struct GrammarCache {
+    factory: ParserFactory,
+    compiled: Mutex<HashMap<String, Matcher>>,
+}
+
+impl GrammarCache {
+    pub fn new(factory: ParserFactory) -> Self {
+        GrammarCache { factory, compiled: Mutex::new(HashMap::new()) }
+    }
+
+    /// A fresh matcher (at the start of the answer) for `schema`.
+    pub fn matcher(&self, schema: &Value) -> Result<Matcher> {
+        let key = serde_json::to_string(schema)?;
+        let mut compiled = self.compiled.lock().map_err(|_| anyhow!("grammar cache poisoned"))?;
+        if let Some(m) = compiled.get(&key) {
+            return Ok(m.deep_clone());
+        }
+        let parser = self
+            .factory
+            .create_parser(TopLevelGrammar::from_json_schema(schema.clone()))
+            .with_context(|| format!("compiling the answer grammar {key:.200}"))?;
+        let m = Matcher::new(Ok(parser));
+        if let Some(err) = m.get_error() {
+            anyhow::bail!("grammar error: {err}");
+        }
+        compiled.insert(key, m.deep_clone());
+        Ok(m)
+    }
+
+    pub fn factory(&self) -> &ParserFactory {
+        &self.factory
+    }
+}

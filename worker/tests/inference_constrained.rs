@@ -1,0 +1,139 @@
+//! The decoder's guarantees on a random tiny model (they must hold for ANY weights): answers
+//! parse and validate against the chosen API's JSON Schema, endpoints come from the candidate
+//! list (or exception handling), option probabilities are a distribution over exactly the
+//! allowed set, abstention follows the threshold, forced tokens save forward calls.
+
+use std::sync::OnceLock;
+
+use sapllm_worker::inference::decoder::DecodeOptions;
+use sapllm_worker::inference::engine::{Engine, EngineConfig};
+use sapllm_worker::inference::grammar::GrammarLimits;
+use sapllm_worker::inference::testkit::{sample_exception, tiny_engine};
+use sapllm_worker::inference::types::RoutingQuery;
+use sapllm_worker::sap::catalog::{Catalog, create_payload_schema};
+use sapllm_worker::sap::exceptions::ExceptionAction;
+use sapllm_worker::sap::routing::EXCEPTION_ENDPOINT;
+
+fn config() -> EngineConfig {
+    // Tight repetition bounds: a random model fills every string and array to its bound.
+    EngineConfig {
+        abstain_threshold: 0.0,
+        decode: DecodeOptions { max_new_tokens: 1500, ..DecodeOptions::default() },
+        limits: GrammarLimits { max_array_items: 2, max_reasoning_steps: 1, max_reasoning_chars: 24 },
+        ..EngineConfig::default()
+    }
+}
+
+fn engine() -> &'static (Engine, Vec<RoutingQuery>) {
+    static E: OnceLock<(Engine, Vec<RoutingQuery>)> = OnceLock::new();
+    E.get_or_init(|| tiny_engine(config(), 7).expect("tiny engine"))
+}
+
+fn check_routing(catalog: &Catalog, q: &RoutingQuery, d: &sapllm_worker::inference::RoutingDecision) {
+    let allowed = Engine::allowed_endpoints(q);
+    assert!(allowed.contains(&d.endpoint), "endpoint {} not among {allowed:?}", d.endpoint);
+    let mut alts: Vec<&str> = d.alternatives.iter().map(|(e, _)| e.as_str()).collect();
+    alts.sort();
+    let mut want: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(alts, want, "probabilities over exactly the allowed endpoints");
+    let total: f64 = d.alternatives.iter().map(|(_, p)| p).sum();
+    assert!((total - 1.0).abs() < 1e-6, "renormalised probabilities sum to {total}");
+    assert_eq!(d.alternatives[0].0, d.endpoint, "the most probable endpoint is chosen");
+    assert!((0.0..=1.0).contains(&d.confidence));
+    let schema = if d.endpoint == EXCEPTION_ENDPOINT {
+        None
+    } else {
+        catalog.api_for_endpoint(&d.endpoint).and_then(create_payload_schema)
+    };
+    match schema {
+        Some(schema) => {
+            let v = jsonschema::validator_for(&schema).expect("schema compiles");
+            let errors: Vec<String> = v.iter_errors(&d.payload).map(|e| e.to_string()).collect();
+            assert!(
+                errors.is_empty(),
+                "payload for {} violates its schema: {errors:?}\n{}",
+                d.endpoint,
+                d.payload
+            );
+            assert_eq!(d.method.as_deref(), Some("POST"));
+            assert!(d.entity_set.is_some());
+        }
+        None => assert!(d.payload.is_null(), "no payload for {}", d.endpoint),
+    }
+    assert!(!d.reasoning.is_empty());
+    assert!(d.stats.forced_tokens > 0, "JSON keys are forced by the grammar");
+}
+
+#[test]
+fn routing_answers_are_schema_valid_and_use_only_candidates() {
+    let (engine, queries) = engine();
+    let batch: Vec<RoutingQuery> = queries.iter().take(4).cloned().collect();
+    let decisions = engine.decide_routing_batch(&batch).expect("decode");
+    for (q, d) in batch.iter().zip(&decisions) {
+        let d = d.as_ref().expect("decision");
+        check_routing(engine.catalog(), q, d);
+    }
+}
+
+#[test]
+fn a_single_candidate_still_allows_exception_handling_and_nothing_else() {
+    let (engine, queries) = engine();
+    let mut q = queries[0].clone();
+    q.api_schemas.truncate(1);
+    let d =
+        engine.decide_routing(&q.adc_json, &q.doc_type, &q.api_schemas, &q.similar_cases).expect("decision");
+    check_routing(engine.catalog(), &q, &d);
+    assert_eq!(d.alternatives.len(), 2);
+}
+
+#[test]
+fn batch_and_single_calls_agree() {
+    let (engine, queries) = engine();
+    let q = &queries[1];
+    let single =
+        engine.decide_routing(&q.adc_json, &q.doc_type, &q.api_schemas, &q.similar_cases).expect("single");
+    let batch = engine.decide_routing_batch(&[queries[2].clone(), q.clone()]).expect("batch");
+    let b = batch[1].as_ref().expect("decision");
+    assert_eq!(single.endpoint, b.endpoint);
+    for ((e1, p1), (e2, p2)) in single.alternatives.iter().zip(&b.alternatives) {
+        assert_eq!(e1, e2);
+        assert!(
+            (p1 - p2).abs() < 1e-3,
+            "{e1}: {p1} alone vs {p2} in a batch (left padding must not change scores)"
+        );
+    }
+}
+
+#[test]
+fn abstention_follows_the_threshold() {
+    let (engine, queries) = engine();
+    let q = &queries[3];
+    let d =
+        engine.decide_routing(&q.adc_json, &q.doc_type, &q.api_schemas, &q.similar_cases).expect("decision");
+    assert!(!d.abstained, "threshold 0 never abstains");
+    assert_eq!(d.abstained, d.confidence < engine.config.abstain_threshold);
+    let strict = sapllm_worker::inference::confidence::combine(&d.confidence_parts, &engine.config.weights);
+    assert!((strict - d.confidence).abs() < 1e-12, "confidence is the documented formula of its parts");
+}
+
+#[test]
+fn unknown_doc_type_is_a_per_item_error() {
+    let (engine, queries) = engine();
+    let mut bad = queries[0].clone();
+    bad.doc_type = "love_letter".into();
+    let out = engine.decide_routing_batch(&[bad]).expect("model ran");
+    let err = out[0].as_ref().expect_err("unknown type").to_string();
+    assert!(err.contains("doc_type"), "{err}");
+}
+
+#[test]
+fn exception_decisions_pick_one_of_the_five_actions() {
+    let (engine, queries) = engine();
+    let d = engine.handle_exception(&sample_exception(&queries[0]), &[]).expect("decision");
+    assert!(ExceptionAction::ALL.contains(&d.action));
+    assert_eq!(d.alternatives.len(), 5);
+    assert_eq!(d.alternatives[0].0, d.action.as_str());
+    assert!(d.correction.len() <= 8);
+    assert!((0.0..=1.0).contains(&d.confidence));
+}
