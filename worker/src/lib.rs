@@ -3,7 +3,11 @@
 
 pub mod cli;
 pub mod dataprep;
+pub mod evaluate;
 pub mod inference;
 pub mod model;
+pub mod pipeline;
+pub mod plot;
 pub mod progress;
 pub mod sap;
+pub mod train;

@@ -38,7 +38,8 @@ pub struct Series<'a> {
 /// Draws line series (e.g. loss per step) to a PNG.
 pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
     ensure_font();
-    let finite = || series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let finite =
+        || series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
     if finite().next().is_none() {
         return Err(anyhow!("{title}: nothing to plot"));
     }
@@ -64,7 +65,8 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
     chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style((FAMILY, 14)).draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let pts: Vec<(f64, f64)> =
+            s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))?
             .label(s.name)
@@ -114,7 +116,11 @@ pub fn bar_chart(
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
             // Label only the centre of each group.
-            if (x - i as f64 - 0.5).abs() < 1e-6 { labels.get(i).cloned().unwrap_or_default() } else { String::new() }
+            if (x - i as f64 - 0.5).abs() < 1e-6 {
+                labels.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .x_label_style((FAMILY, 13).into_font().transform(FontTransform::Rotate90))
         .label_style((FAMILY, 14))
@@ -137,7 +143,10 @@ pub fn bar_chart(
             let a = i as f64 / 10.0;
             PathElement::new(vec![(a, t), (a + 0.1, t)], BLACK.stroke_width(2))
         });
-        chart.draw_series(dashes)?.label(name).legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+        chart
+            .draw_series(dashes)?
+            .label(name)
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
     }
     chart
         .configure_series_labels()
@@ -171,8 +180,15 @@ mod tests {
         assert_eq!(png_dims(&loss), (900, 540));
         let bars = dir.path().join("acc.png");
         let cats = vec!["purchase_order".to_string(), "supplier_invoice".to_string()];
-        bar_chart(&bars, "accuracy", &cats, &[("api", vec![0.9, 1.0]), ("payload", vec![0.5, 0.7])], 1.0, Some(("gate", 0.97)))
-            .unwrap();
+        bar_chart(
+            &bars,
+            "accuracy",
+            &cats,
+            &[("api", vec![0.9, 1.0]), ("payload", vec![0.5, 0.7])],
+            1.0,
+            Some(("gate", 0.97)),
+        )
+        .unwrap();
         assert!(png_dims(&bars).0 >= 700);
     }
 
@@ -180,7 +196,8 @@ mod tests {
     fn empty_or_non_finite_input_is_an_error_not_a_blank_png() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.png");
-        let err = line_chart(&p, "loss", "step", "loss", &[Series { name: "nan", points: vec![(0.0, f64::NAN)] }]);
+        let err =
+            line_chart(&p, "loss", "step", "loss", &[Series { name: "nan", points: vec![(0.0, f64::NAN)] }]);
         assert!(err.is_err());
         assert!(bar_chart(&p, "acc", &[], &[], 1.0, None).is_err());
     }

@@ -99,7 +99,8 @@ impl Progress {
             ProgressMode::Bar => {
                 if let Some(bar) = &self.bar {
                     bar.set_position(step);
-                    let msg: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={}", fmt_metric(*v))).collect();
+                    let msg: Vec<String> =
+                        metrics.iter().map(|(k, v)| format!("{k}={}", fmt_metric(*v))).collect();
                     bar.set_message(msg.join(" "));
                 }
             }

@@ -7,7 +7,10 @@ use crate::progress::ProgressMode;
 
 pub mod catalog;
 pub mod data_prep;
+pub mod evaluate;
 pub mod pretrain;
+pub mod run;
+pub mod sft;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +36,14 @@ pub enum Command {
     Catalog(catalog::CatalogArgs),
     /// Pretrain a from-scratch model preset (full parameters) on a text corpus.
     Pretrain(pretrain::PretrainArgs),
+    /// QLoRA supervised fine-tuning of a base model on prepared examples.
+    Sft(sft::SftArgs),
+    /// Score a model version against the gates and write the report.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Run every stage of a TrainingRun manifest on this machine (the embedded default).
+    Run(run::RunArgs),
+    /// Run one stage of a TrainingRun (what each operator Job runs).
+    Stage(run::StageArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps failures to an exit code.
@@ -54,6 +65,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DataPrep(args) => data_prep::run(args, progress),
         Command::Catalog(args) => catalog::run(args),
         Command::Pretrain(args) => pretrain::execute(args, progress),
+        Command::Sft(args) => sft::execute(args, progress),
+        Command::Evaluate(args) => evaluate::run(args, progress),
+        Command::Run(args) => run::run(args, progress),
+        Command::Stage(args) => run::stage(args, progress),
     }
 }
 

@@ -9,8 +9,8 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 
 /// Batches (indices into the example list) of one epoch.
 pub fn epoch_batches(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
@@ -108,7 +108,10 @@ mod tests {
         let batch = collate(&[a, b], 0, &Device::Cpu).unwrap();
         assert_eq!(batch.input_ids.to_vec2::<u32>().unwrap(), vec![vec![1, 5, 6, 2], vec![1, 7, 0, 0]]);
         assert_eq!(batch.attention_mask.to_vec2::<u32>().unwrap(), vec![vec![1, 1, 1, 1], vec![1, 1, 0, 0]]);
-        assert_eq!(batch.loss_mask.to_vec2::<f32>().unwrap(), vec![vec![0., 0., 1., 1.], vec![0., 1., 0., 0.]]);
+        assert_eq!(
+            batch.loss_mask.to_vec2::<f32>().unwrap(),
+            vec![vec![0., 0., 1., 1.], vec![0., 1., 0., 0.]]
+        );
         assert_eq!((batch.loss_tokens, batch.tokens), (3, 6));
     }
 }

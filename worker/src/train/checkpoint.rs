@@ -36,7 +36,14 @@ const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const ADAPTER_DIR: &str = "adapter";
 
 /// Saves a checkpoint of `model`'s adapters, the optimizer and `state` under `dir`.
-pub fn save(dir: &Path, model: &Mixtral, opt: &AdamW, state: &TrainState, base_name: &str, keep: usize) -> Result<PathBuf> {
+pub fn save(
+    dir: &Path,
+    model: &Mixtral,
+    opt: &AdamW,
+    state: &TrainState,
+    base_name: &str,
+    keep: usize,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let final_dir = dir.join(format!("checkpoint-{:08}", state.step));
     let tmp = dir.join(format!(".tmp-checkpoint-{:08}", state.step));
@@ -63,8 +70,9 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let complete = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint-"))
-            && path.join(STATE_FILE).exists();
+        let complete =
+            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("checkpoint-"))
+                && path.join(STATE_FILE).exists();
         if complete {
             found.push(path);
         }

@@ -43,7 +43,8 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
             continue;
         }
         out.push(
-            serde_json::from_str(&line).with_context(|| format!("{}: line {} is not a valid record", path.display(), i + 1))?,
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}: line {} is not a valid record", path.display(), i + 1))?,
         );
     }
     Ok(out)
@@ -74,7 +75,13 @@ pub fn routing_sequence(
 }
 
 /// Loads the training split (routing + exception examples of `split`) from a data-prep folder.
-pub fn load(data_dir: &Path, split: &str, catalog: &Catalog, tok: &Tokenizer, max_len: usize) -> Result<SftData> {
+pub fn load(
+    data_dir: &Path,
+    split: &str,
+    catalog: &Catalog,
+    tok: &Tokenizer,
+    max_len: usize,
+) -> Result<SftData> {
     let mut data = SftData::default();
     let routing: Vec<RoutingExample> = read_jsonl(&data_dir.join(format!("{split}_routing_examples.jsonl")))?;
     for ex in &routing {

@@ -203,8 +203,10 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
             }
             let idx = &batches[state.batch_in_epoch];
             state.batch_in_epoch += 1;
-            let seqs: Vec<(&[u32], &[u8])> =
-                idx.iter().map(|&i| (data.sequences[i].ids.as_slice(), data.sequences[i].loss_mask.as_slice())).collect();
+            let seqs: Vec<(&[u32], &[u8])> = idx
+                .iter()
+                .map(|&i| (data.sequences[i].ids.as_slice(), data.sequences[i].loss_mask.as_slice()))
+                .collect();
             window.push(collate(&seqs, tok.pad_id, &device)?);
         }
         let window_tokens: usize = window.iter().map(|b| b.loss_tokens).sum();
@@ -213,16 +215,13 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
         let mut loss_sum = 0.0;
         for batch in &window {
             let denom = window_tokens as f64;
-            let (loss, grads) = model.forward_backward(
-                &batch.input_ids,
-                Some(&batch.attention_mask),
-                &mut |out| {
+            let (loss, grads) =
+                model.forward_backward(&batch.input_ids, Some(&batch.attention_mask), &mut |out| {
                     let lp = shifted_logprobs(&out.logits, &batch.input_ids)?;
                     let t = lp.dim(1)?;
                     let mask = batch.loss_mask.narrow(1, 1, t)?;
                     Ok((lp * mask)?.sum_all()?.affine(-1.0 / denom, 0.0)?)
-                },
-            )?;
+                })?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             tokens_seen += batch.tokens;
             acc = Some(match acc {
@@ -233,14 +232,21 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
                 }
             });
         }
-        ensure!(loss_sum.is_finite(), "loss became {loss_sum} at step {}: lower sft.learningRate", state.step);
+        ensure!(
+            loss_sum.is_finite(),
+            "loss became {loss_sum} at step {}: lower sft.learningRate",
+            state.step
+        );
         let stats = opt.step(acc.as_ref().expect("window is never empty"))?;
         state.step += 1;
         steps_here += 1;
         state.losses.push((state.step, loss_sum));
         state.dropout_counter = model.control.dropout_counter();
         let tps = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        progress.update(state.step, &[("loss", loss_sum), ("lr", stats.lr), ("grad_norm", stats.grad_norm), ("tokens_per_s", tps)]);
+        progress.update(
+            state.step,
+            &[("loss", loss_sum), ("lr", stats.lr), ("grad_norm", stats.grad_norm), ("tokens_per_s", tps)],
+        );
         let at_end = state.step == total_steps;
         if state.step % cfg.checkpoint_interval == 0 || at_end {
             checkpoint::save(&ckpt_dir, &model, &opt, &state, &base_name, 2)?;
@@ -307,9 +313,12 @@ fn write_outputs(out_dir: &Path, state: &TrainState, s: &SftSummary) -> Result<(
     }
     std::fs::write(out_dir.join("loss_history.jsonl"), log)?;
     let points: Vec<(f64, f64)> = state.losses.iter().map(|(s, l)| (*s as f64, *l)).collect();
-    line_chart(&out_dir.join("loss_curve.png"), "SFT loss (response tokens)", "optimizer step", "loss", &[Series {
-        name: "train",
-        points,
-    }])?;
+    line_chart(
+        &out_dir.join("loss_curve.png"),
+        "SFT loss (response tokens)",
+        "optimizer step",
+        "loss",
+        &[Series { name: "train", points }],
+    )?;
     Ok(())
 }

@@ -1,0 +1,74 @@
+//! The stage result in the container's termination message, where the operator reads it from
+//! the pod status (Kubernetes keeps at most 4 KiB).
+
+use std::path::PathBuf;
+
+use sapllm_crds::contract::{DEFAULT_TERMINATION_LOG, StageResult, TERMINATION_LOG_ENV};
+
+/// Kubernetes truncates termination messages beyond this.
+const MAX_BYTES: usize = 4096;
+
+/// The termination-message file, when running in a container (or when the env var names one).
+fn path() -> Option<PathBuf> {
+    match std::env::var(TERMINATION_LOG_ENV) {
+        Ok(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            let p = PathBuf::from(DEFAULT_TERMINATION_LOG);
+            p.exists().then_some(p)
+        }
+    }
+}
+
+/// The JSON of a result, shortened to fit: per-type detail goes first, then the message.
+pub fn encode(result: &StageResult) -> String {
+    let mut r = result.clone();
+    let mut text = serde_json::to_string(&r).expect("a stage result serializes");
+    if text.len() > MAX_BYTES {
+        r.gates.clear();
+        text = serde_json::to_string(&r).expect("serializes");
+    }
+    if text.len() > MAX_BYTES
+        && let Some(m) = &mut r.message
+    {
+        m.truncate(512);
+        text = serde_json::to_string(&r).expect("serializes");
+    }
+    text
+}
+
+/// Writes the result where the kubelet picks it up; a no-op outside a container.
+pub fn write(result: &StageResult) {
+    if let Some(p) = path()
+        && let Err(e) = std::fs::write(&p, encode(result))
+    {
+        tracing::warn!("could not write the termination message to {}: {e}", p.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sapllm_crds::GateResult;
+
+    #[test]
+    fn oversized_results_are_shortened_to_fit() {
+        let gate = GateResult {
+            name: "x".repeat(100),
+            comparator: ">=".into(),
+            threshold: 1.0,
+            value: 0.5,
+            passed: false,
+        };
+        let r = StageResult {
+            succeeded: false,
+            message: Some("m".repeat(6000)),
+            gates: vec![gate; 50],
+            ..Default::default()
+        };
+        let text = encode(&r);
+        assert!(text.len() <= MAX_BYTES, "{} bytes", text.len());
+        let back: StageResult = serde_json::from_str(&text).unwrap();
+        assert!(!back.succeeded);
+        assert!(back.message.unwrap().len() == 512);
+    }
+}
