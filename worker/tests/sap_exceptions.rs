@@ -47,7 +47,10 @@ fn invoice() -> Value {
 
 fn rules_failed(api: &str, p: &Value, rule: &str) -> usize {
     let cat = Catalog::builtin();
-    validate(cat.api(api).unwrap(), p, &RuleContext::default()).iter().filter(|o| o.rule_id == rule && !o.passed).count()
+    validate(cat.api(api).unwrap(), p, &RuleContext::default())
+        .iter()
+        .filter(|o| o.rule_id == rule && !o.passed)
+        .count()
 }
 
 #[test]
@@ -57,7 +60,12 @@ fn envelope_has_the_odata_v2_shape() {
     let v = serde_json::to_value(&g.failure).unwrap();
     assert_eq!(v["http_status"], 400);
     assert_eq!(v["error"]["code"], "M7/053");
-    assert!(v["error"]["message"]["value"].as_str().unwrap().contains("Posting only possible in periods 2025/06 and 2025/05"));
+    assert!(
+        v["error"]["message"]["value"]
+            .as_str()
+            .unwrap()
+            .contains("Posting only possible in periods 2025/06 and 2025/05")
+    );
     let d = &v["error"]["innererror"]["errordetails"][0];
     assert_eq!(d["propertyref"], "PostingDate");
     assert_eq!(d["severity"], "error");
