@@ -115,6 +115,7 @@ pub type Decoder<'a> = &'a dyn Fn(&[u32]) -> Result<String>;
 impl Mixtral {
     /// Generates a continuation of every prompt (token ids) as one batch. `decode` turns token
     /// ids into text; it is required for `stop_sequences` and fills `Generation::text`.
+    /// LoRA dropout is off while generating (training mode is restored afterwards).
     pub fn generate(
         &self,
         prompts: &[Vec<u32>],
@@ -133,6 +134,19 @@ impl Mixtral {
                 bail!("prompt token id {bad} is outside the vocabulary ({vocab})");
             }
         }
+        let was_training = self.control.training();
+        self.control.set_training(false);
+        let result = self.generate_inner(prompts, cfg, decode);
+        self.control.set_training(was_training);
+        result
+    }
+
+    fn generate_inner(
+        &self,
+        prompts: &[Vec<u32>],
+        cfg: &GenerationConfig,
+        decode: Option<Decoder<'_>>,
+    ) -> Result<Vec<Generation>> {
         let b = prompts.len();
         let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(b * max_len);

@@ -264,6 +264,10 @@ pub struct ModelOutput {
 }
 
 /// `MixtralForCausalLM`.
+///
+/// `Clone` is shallow: the clone shares parameters (Vars) and the adapter switches
+/// ([`LoraControl`]) with the original; only replacing a layer (merge, add_lora) diverges them.
+/// The switches are model-wide, so toggle them between passes, not during concurrent ones.
 #[derive(Debug, Clone)]
 pub struct Mixtral {
     pub cfg: MixtralConfig,

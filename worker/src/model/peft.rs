@@ -77,7 +77,7 @@ pub fn read_adapter_config(dir: &Path) -> Result<(LoraConfig, bool)> {
         .with_context(|| format!("{}: field `r` missing", path.display()))? as usize;
     let alpha = v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
     let dropout = v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
-    let targets = match v.get("target_modules") {
+    let mut targets = match v.get("target_modules") {
         Some(Value::Array(a)) => a
             .iter()
             .map(|t| t.as_str().map(String::from).context("target_modules entry is not a string"))
@@ -87,6 +87,20 @@ pub fn read_adapter_config(dir: &Path) -> Result<(LoraConfig, bool)> {
         }
         _ => bail!("{}: field `target_modules` missing", path.display()),
     };
+    // transformers 5's router is a parameter, not a Linear: PEFT then lists it under
+    // `target_parameters` as "gate.weight" (same A/B shapes and math as a Linear adapter).
+    if let Some(Value::Array(params)) = v.get("target_parameters") {
+        for p in params {
+            match p.as_str() {
+                Some("gate.weight") => targets.push("gate".to_string()),
+                other => bail!(
+                    "{}: target_parameters entry {other:?} is not supported (fused-expert adapters; \
+                     target the per-expert w1/w2/w3 modules instead)",
+                    path.display()
+                ),
+            }
+        }
+    }
     if v.get("use_dora").and_then(Value::as_bool).unwrap_or(false) {
         bail!("{}: DoRA adapters are not supported", path.display());
     }
@@ -103,12 +117,14 @@ pub fn load_adapter(model: &mut Mixtral, dir: &Path) -> Result<()> {
     let device = model.device().clone();
     let mut tensors = candle_core::safetensors::load(&path, &device)
         .with_context(|| format!("reading {}", path.display()))?;
-    // Some writers keep the adapter name ("default") in the key.
+    // Some writers keep the adapter name ("default") in the key; transformers 5 names the MoE
+    // block `mlp` where the Hub layout says `block_sparse_moe`.
     let keys: Vec<String> = tensors.keys().cloned().collect();
     for k in keys {
-        if k.contains(".default.") {
+        let norm = k.replace(".default.", ".").replace(".mlp.gate.", ".block_sparse_moe.gate.");
+        if norm != k {
             let t = tensors.remove(&k).expect("listed");
-            tensors.insert(k.replace(".default.", "."), t);
+            tensors.insert(norm, t);
         }
     }
     let scaling = if rslora { cfg.alpha / (cfg.r as f64).sqrt() } else { cfg.scaling() };

@@ -1,0 +1,229 @@
+//! Model benchmarks on this machine (CPU): prints tables, asserts nothing.
+//!
+//! - forward+backward tokens/s for `tiny` and `small` at a few sequence lengths, full-parameter
+//!   (pretrain) and QLoRA (NF4 base + LoRA r=16 on every target);
+//! - generation tokens/s (KV cache, greedy) at batch 1 and 4;
+//! - peak RSS of a training step with and without gradient checkpointing (VmHWM, reset
+//!   between measurements through /proc/self/clear_refs);
+//! - load time of a multi-shard checkpoint (f32 and quantizing to NF4 while loading);
+//! - NF4 bits per parameter of the quantized linears.
+//!
+//! `--threads 1,2` re-runs the whole bench in child processes with CANDLE_NUM_THREADS and
+//! RAYON_NUM_THREADS set to each value. `--quick` uses fewer/shorter runs.
+//! Run with `cargo run --release -p sapllm-worker --bin bench_model -- --threads 1,2`.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use sapllm_worker::model::checkpoint::{SaveOptions, load_model, save_model};
+use sapllm_worker::model::config::{MixtralConfig, Preset};
+use sapllm_worker::model::generation::GenerationConfig;
+use sapllm_worker::model::linear::{LoraConfig, Precision};
+use sapllm_worker::model::loss::causal_lm_loss;
+use sapllm_worker::model::mixtral::{Mixtral, ModelOptions};
+
+const VOCAB: usize = 2048;
+
+fn proc_status(key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Resets the peak-RSS counter (Linux >= 4.0); returns false when not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn ids(b: usize, t: usize) -> Result<Tensor> {
+    let v: Vec<u32> = (0..b * t).map(|i| ((i as u64 * 2654435761) % VOCAB as u64) as u32).collect();
+    Ok(Tensor::from_vec(v, (b, t), &Device::Cpu)?)
+}
+
+fn build(preset: Preset, qlora: bool, ckpt: bool) -> Result<Mixtral> {
+    let cfg = MixtralConfig::preset(preset, VOCAB);
+    let opts = if qlora {
+        ModelOptions {
+            precision: Precision::Nf4,
+            lora: Some(LoraConfig { dropout: 0.0, ..LoraConfig::default() }),
+            grad_checkpoint: ckpt,
+            ..Default::default()
+        }
+    } else {
+        ModelOptions { train_base: true, grad_checkpoint: ckpt, ..Default::default() }
+    };
+    Mixtral::new_random(&cfg, &opts, &Device::Cpu)
+}
+
+/// Median seconds of `reps` training steps (forward + backward) after one warm-up.
+fn time_step(m: &Mixtral, b: usize, t: usize, reps: usize) -> Result<f64> {
+    let input = ids(b, t)?;
+    let step = || -> Result<f64> {
+        let start = Instant::now();
+        let (_, grads) =
+            m.forward_backward(&input, None, &mut |o| causal_lm_loss(&o.logits, &input, None))?;
+        drop(grads);
+        Ok(start.elapsed().as_secs_f64())
+    };
+    step()?;
+    let mut times: Vec<f64> = (0..reps).map(|_| step()).collect::<Result<_>>()?;
+    times.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    Ok(times[times.len() / 2])
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(pos) = args.iter().position(|a| a == "--threads")
+        && std::env::var("BENCH_MODEL_CHILD").is_err()
+    {
+        let list = args.get(pos + 1).context("--threads needs a list, e.g. 1,2")?;
+        let exe = std::env::current_exe()?;
+        for n in list.split(',') {
+            println!("\n######## {n} thread(s) ########");
+            let rest: Vec<&String> = args[1..].iter().filter(|a| *a != "--threads" && *a != list).collect();
+            let status = std::process::Command::new(&exe)
+                .args(rest)
+                .env("BENCH_MODEL_CHILD", "1")
+                .env("CANDLE_NUM_THREADS", n)
+                .env("RAYON_NUM_THREADS", n)
+                .status()?;
+            anyhow::ensure!(status.success(), "bench child with {n} threads failed");
+        }
+        return Ok(());
+    }
+    let reps = if quick { 1 } else { 3 };
+    // `--json PATH`: also write the measurements (bench/compare_torch.py reads them).
+    let json_path = args.iter().position(|a| a == "--json").and_then(|p| args.get(p + 1)).cloned();
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    println!(
+        "threads: CANDLE_NUM_THREADS={:?} RAYON_NUM_THREADS={:?}; candle sees {}",
+        std::env::var("CANDLE_NUM_THREADS").ok(),
+        std::env::var("RAYON_NUM_THREADS").ok(),
+        candle_core::utils::get_num_threads()
+    );
+
+    println!("\n## forward+backward (f32 compute, CPU), median of {reps}");
+    println!("| preset | mode | params | batch x seq | s/step | tokens/s |");
+    println!("|---|---|---|---|---|---|");
+    let cases: Vec<(Preset, usize, usize)> = if quick {
+        vec![(Preset::Tiny, 4, 128), (Preset::Small, 1, 128)]
+    } else {
+        vec![
+            (Preset::Tiny, 4, 64),
+            (Preset::Tiny, 4, 256),
+            (Preset::Tiny, 2, 1024),
+            (Preset::Small, 1, 128),
+            (Preset::Small, 1, 512),
+        ]
+    };
+    for qlora in [false, true] {
+        let mut last: Option<(Preset, Mixtral)> = None;
+        for &(preset, b, t) in &cases {
+            let m = match last.take() {
+                Some((p, m)) if p == preset => m,
+                _ => build(preset, qlora, false)?,
+            };
+            let s = time_step(&m, b, t, reps)?;
+            let mode = if qlora { "QLoRA nf4 r16" } else { "full f32" };
+            let params = MixtralConfig::preset(preset, VOCAB).num_parameters() as f64 / 1e6;
+            println!(
+                "| {preset:?} | {mode} | {params:.1}M | {b} x {t} | {s:.3} | {:.0} |",
+                (b * t) as f64 / s
+            );
+            records.push(serde_json::json!({
+                "kind": "train", "preset": format!("{preset:?}").to_lowercase(), "qlora": qlora,
+                "batch": b, "seq": t, "seconds": s, "tokens_per_s": (b * t) as f64 / s,
+                "threads": candle_core::utils::get_num_threads(),
+            }));
+            last = Some((preset, m));
+        }
+    }
+
+    println!("\n## generation (KV cache, greedy, 64 new tokens after a 32-token prompt)");
+    println!("| preset | precision | batch | new tokens/s |");
+    println!("|---|---|---|---|");
+    for preset in [Preset::Tiny, Preset::Small] {
+        for prec in [Precision::F32, Precision::Nf4] {
+            let m = Mixtral::new_random(
+                &MixtralConfig::preset(preset, VOCAB),
+                &ModelOptions { precision: prec, ..Default::default() },
+                &Device::Cpu,
+            )?;
+            for b in [1usize, 4] {
+                let prompts: Vec<Vec<u32>> = (0..b)
+                    .map(|i| (0..32u32).map(|j| (j * 31 + i as u32 * 7) % VOCAB as u32).collect())
+                    .collect();
+                let cfg = GenerationConfig { max_new_tokens: 64, ..Default::default() };
+                let start = Instant::now();
+                let out = m.generate(&prompts, &cfg, None)?;
+                let s = start.elapsed().as_secs_f64();
+                let n: usize = out.iter().map(|g| g.tokens.len()).sum();
+                println!("| {preset:?} | {prec:?} | {b} | {:.1} |", n as f64 / s);
+                records.push(serde_json::json!({
+                    "kind": "generate", "preset": format!("{preset:?}").to_lowercase(),
+                    "precision": format!("{prec:?}").to_lowercase(), "batch": b, "tokens_per_s": n as f64 / s,
+                    "threads": candle_core::utils::get_num_threads(),
+                }));
+            }
+        }
+    }
+
+    println!("\n## peak RSS of one training step (small, batch 2 x 512), MiB");
+    println!("| mode | grad checkpointing | peak RSS | RSS before step | step s |");
+    println!("|---|---|---|---|---|");
+    for qlora in [false, true] {
+        for ckpt in [false, true] {
+            let m = build(Preset::Small, qlora, ckpt)?;
+            let before = proc_status("VmRSS:").unwrap_or(f64::NAN);
+            let ok = reset_peak_rss();
+            let s = time_step(&m, 2, 512, 1)?;
+            let peak = if ok { proc_status("VmHWM:").unwrap_or(f64::NAN) } else { f64::NAN };
+            let mode = if qlora { "QLoRA nf4" } else { "full f32" };
+            println!("| {mode} | {ckpt} | {peak:.0} | {before:.0} | {s:.2} |");
+            drop(m);
+        }
+    }
+
+    println!("\n## multi-shard checkpoint load (small, f32 on disk, 100 MB shards)");
+    let dir = tempfile_dir()?;
+    let m = Mixtral::new_random(
+        &MixtralConfig::preset(Preset::Small, VOCAB),
+        &ModelOptions::default(),
+        &Device::Cpu,
+    )?;
+    save_model(&m, &dir, &SaveOptions { max_shard_bytes: 100 << 20, ..Default::default() })?;
+    drop(m);
+    let shards = std::fs::read_dir(&dir)?
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("model-")))
+        .count();
+    println!("| load as | shards | seconds | linear bits/param |");
+    println!("|---|---|---|---|");
+    for (prec, dtype) in [
+        (Precision::F32, DType::F32),
+        (Precision::Bf16, DType::BF16),
+        (Precision::Int8, DType::F32),
+        (Precision::Nf4, DType::F32),
+    ] {
+        let start = Instant::now();
+        let m =
+            load_model(&dir, &ModelOptions { precision: prec, dtype, ..Default::default() }, &Device::Cpu)?;
+        let s = start.elapsed().as_secs_f64();
+        let (bytes, params) = m.linear_storage();
+        println!("| {prec:?} | {shards} | {s:.2} | {:.3} |", bytes as f64 * 8.0 / params as f64);
+    }
+    std::fs::remove_dir_all(&dir)?;
+    if let Some(p) = json_path {
+        std::fs::write(&p, serde_json::to_string_pretty(&records)?)
+            .with_context(|| format!("writing {p}"))?;
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("bench_model_{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
