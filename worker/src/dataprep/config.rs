@@ -110,7 +110,7 @@ impl DataPrepConfig {
                 return Err(format!("{name} = {v} must be between 0 and 1"));
             }
         }
-        if self.doc_mix.iter().any(|(_, w)| !(*w >= 0.0))
+        if self.doc_mix.iter().any(|(_, w)| w.is_nan() || *w < 0.0)
             || (!self.doc_mix.is_empty() && self.doc_mix.iter().all(|(_, w)| *w == 0.0))
         {
             return Err(

@@ -90,10 +90,11 @@ pub fn validate(line: u64, log: TransactionLog) -> Result<ValidRecord, LogError>
             "is missing but success is true: a successful case must say where it went".into(),
         ));
     }
-    if let Some(p) = &log.sap_payload {
-        if !p.is_object() && !p.is_null() {
-            return Err(err("sap_payload", format!("must be the JSON object that was sent, got {p}")));
-        }
+    if let Some(p) = &log.sap_payload
+        && !p.is_object()
+        && !p.is_null()
+    {
+        return Err(err("sap_payload", format!("must be the JSON object that was sent, got {p}")));
     }
     let processed_at = match &log.processed_at {
         None => None,

@@ -70,6 +70,9 @@ impl Input {
     }
 }
 
+/// Pass 1's result for one record: summary, terms, id key, fingerprint.
+type Pass1Row = (Meta, Vec<String>, u64, Option<u64>);
+
 /// What pass 1 keeps per valid record.
 struct Meta {
     id: String,
@@ -117,9 +120,8 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
     let mut terms: Vec<u32> = Vec::new();
     let mut groups = Groups::default();
     let mut id_keys: Vec<u64> = Vec::new();
-    let mut step = 0u64;
     input.chunks(|chunk| {
-        let prepared: Vec<Result<(Meta, Vec<String>, u64, Option<u64>), LogError>> = chunk
+        let prepared: Vec<Result<Pass1Row, LogError>> = chunk
             .into_par_iter()
             .map(|r| {
                 r.map(|rec| {
@@ -160,7 +162,6 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
                 Err(e) => bail!("invalid transaction log record: {e}; fix the record, or pass --skip-invalid to skip malformed lines (they are counted in the dataset card)"),
             }
         }
-        step += metas.len() as u64 - step.min(metas.len() as u64);
         progress.update(card.records_read, &[("pass", 1.0)]);
         Ok(())
     })?;

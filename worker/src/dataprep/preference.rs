@@ -86,7 +86,7 @@ fn rejected(p: &PairInput) -> Option<(String, Value, &'static str)> {
         negate_amounts(&mut v);
         return Some((p.target_endpoint.into(), v, "missing_credit_memo_flag"));
     }
-    if pl.get("to_SuplrInvcItemPurOrdRef").is_some() && p.variant_seed % 2 == 0 {
+    if pl.get("to_SuplrInvcItemPurOrdRef").is_some() && p.variant_seed.is_multiple_of(2) {
         let mut v = pl.clone();
         let items = v.as_object_mut()?.remove("to_SuplrInvcItemPurOrdRef")?;
         let gl: Vec<Value> = items["results"]
@@ -97,7 +97,7 @@ fn rejected(p: &PairInput) -> Option<(String, Value, &'static str)> {
         v["to_SupplierInvoiceItemGLAcct"] = json!({"results": gl});
         return Some((p.target_endpoint.into(), v, "ignored_po_reference"));
     }
-    if p.variant_seed % 3 == 0 {
+    if p.variant_seed.is_multiple_of(3) {
         let mut v = pl.clone();
         break_odata_formats(&mut v);
         if v != *pl {

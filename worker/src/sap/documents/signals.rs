@@ -126,15 +126,15 @@ pub fn detect(v: &Value) -> Detection {
     }
     // Negative totals on an "invoice" are money back: the strongest credit-memo hint when the
     // title says invoice.
-    if let Some(g) = v.get("gross_amount").and_then(amount) {
-        if g < 0.0 {
-            signals.push(Signal {
-                field: "gross_amount".into(),
-                evidence: format!("gross amount {g} is negative (money back)"),
-                points_to: DocType::SupplierCreditMemo,
-                weight: 2.5,
-            });
-        }
+    if let Some(g) = v.get("gross_amount").and_then(amount)
+        && g < 0.0
+    {
+        signals.push(Signal {
+            field: "gross_amount".into(),
+            evidence: format!("gross amount {g} is negative (money back)"),
+            points_to: DocType::SupplierCreditMemo,
+            weight: 2.5,
+        });
     }
     let mut scores = [0f32; DocType::ALL.len()];
     for s in &signals {

@@ -64,10 +64,10 @@ pub fn apply_overlay(imported: &mut ApiSpec, known: &ApiSpec) {
         imported.domain = known.domain.clone();
     }
     imported.title = known.title.clone();
-    if let (Some(i), Some(k)) = (imported.create.as_mut(), known.create.as_ref()) {
-        if i.entity_set == k.entity_set {
-            overlay_entity(i, k);
-        }
+    if let (Some(i), Some(k)) = (imported.create.as_mut(), known.create.as_ref())
+        && i.entity_set == k.entity_set
+    {
+        overlay_entity(i, k);
     }
 }
 

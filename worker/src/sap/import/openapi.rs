@@ -85,17 +85,18 @@ fn service_name(doc: &Value) -> Option<String> {
 fn key_names(paths: &serde_json::Map<String, Value>, set: &str) -> Vec<String> {
     let prefix = format!("/{set}(");
     for p in paths.keys() {
-        if let Some(rest) = p.strip_prefix(&prefix) {
-            if rest.ends_with(')') && !rest.contains('/') {
-                return rest
-                    .trim_end_matches(')')
-                    .split(',')
-                    .filter_map(|kv| {
-                        let inner = kv.split_once('{')?.1.split_once('}')?.0;
-                        Some(inner.to_string())
-                    })
-                    .collect();
-            }
+        if let Some(rest) = p.strip_prefix(&prefix)
+            && rest.ends_with(')')
+            && !rest.contains('/')
+        {
+            return rest
+                .trim_end_matches(')')
+                .split(',')
+                .filter_map(|kv| {
+                    let inner = kv.split_once('{')?.1.split_once('}')?.0;
+                    Some(inner.to_string())
+                })
+                .collect();
         }
     }
     Vec::new()

@@ -86,11 +86,11 @@ impl<'a> EntityWriter<'a> {
         let mut results = Vec::with_capacity(elems.len());
         for (i, e) in elems.iter().enumerate() {
             let mut w = EntityWriter::new(&n.entity);
-            if let Some(num) = &n.item_numbering {
-                if let Some(f) = n.entity.field(&num.field) {
-                    let width = f.max_length.unwrap_or(5) as usize;
-                    w.out.insert(num.field.clone(), json!(odata::item_number(i, num.step, width)));
-                }
+            if let Some(num) = &n.item_numbering
+                && let Some(f) = n.entity.field(&num.field)
+            {
+                let width = f.max_length.unwrap_or(5) as usize;
+                w.out.insert(num.field.clone(), json!(odata::item_number(i, num.step, width)));
             }
             fill(&mut w, e);
             results.push(w.finish());
@@ -111,10 +111,11 @@ impl<'a> EntityWriter<'a> {
     /// The entity, with overlay defaults for fields the document did not fill.
     pub fn finish(mut self) -> Value {
         for f in &self.spec.fields {
-            if let Some(d) = &f.default {
-                if f.creatable && !self.out.contains_key(&f.name) {
-                    self.out.insert(f.name.clone(), json!(d));
-                }
+            if let Some(d) = &f.default
+                && f.creatable
+                && !self.out.contains_key(&f.name)
+            {
+                self.out.insert(f.name.clone(), json!(d));
             }
         }
         Value::Object(self.out)

@@ -123,11 +123,12 @@ fn invoice(p: &Value, ctx: &RuleContext, out: &mut Vec<RuleOutcome>) {
         ));
         three_way_match(i, it, ctx, out);
     }
-    if let Some(posted) = ctx.posted_invoices {
-        if !credit_memo {
-            if let Some(key) = duplicate_key(p) {
-                let dup = posted.contains(&key);
-                out.push(RuleOutcome::new(
+    if let Some(posted) = ctx.posted_invoices
+        && !credit_memo
+        && let Some(key) = duplicate_key(p)
+    {
+        let dup = posted.contains(&key);
+        out.push(RuleOutcome::new(
                     "duplicate_invoice",
                     Severity::Error,
                     !dup,
@@ -142,8 +143,6 @@ fn invoice(p: &Value, ctx: &RuleContext, out: &mut Vec<RuleOutcome>) {
                         "no earlier invoice with the same supplier, reference, amount and date".into()
                     },
                 ));
-            }
-        }
     }
 }
 
@@ -240,12 +239,13 @@ fn dates(api: &ApiSpec, p: &Value, ctx: &RuleContext, out: &mut Vec<RuleOutcome>
         ["DocumentDate", "PurchaseOrderDate", "SalesQuotationDate", "CustomerPurchaseOrderDate"]
             .into_iter()
             .find(|f| p.get(*f).is_some());
-    if let Some(field) = doc_date_field {
-        if let Some(d) = get(field) {
-            let future = d > today;
-            let stale = d < today - Duration::days(2 * 366);
-            let ok = !future && !stale;
-            out.push(RuleOutcome::new(
+    if let Some(field) = doc_date_field
+        && let Some(d) = get(field)
+    {
+        let future = d > today;
+        let stale = d < today - Duration::days(2 * 366);
+        let ok = !future && !stale;
+        out.push(RuleOutcome::new(
                 "date_sanity",
                 Severity::Error,
                 ok,
@@ -258,7 +258,6 @@ fn dates(api: &ApiSpec, p: &Value, ctx: &RuleContext, out: &mut Vec<RuleOutcome>
                     format!("{field} {d} is plausible")
                 },
             ));
-        }
     }
     if let (Some(doc), Some(post)) = (get("DocumentDate"), get("PostingDate")) {
         let ok = post >= doc;

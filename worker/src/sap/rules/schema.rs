@@ -209,14 +209,12 @@ fn check_value(
                 );
             }
         }
-        EdmType::DateTime | EdmType::DateTimeOffset => {
-            if v.as_str().and_then(odata::parse_date).is_none() {
-                fail(
-                    out,
-                    "date_format",
-                    format!("{} must be an OData V2 date \"/Date(<ms since epoch>)/\", got {v}", f.name),
-                );
-            }
+        EdmType::DateTime | EdmType::DateTimeOffset if v.as_str().and_then(odata::parse_date).is_none() => {
+            fail(
+                out,
+                "date_format",
+                format!("{} must be an OData V2 date \"/Date(<ms since epoch>)/\", got {v}", f.name),
+            );
         }
         EdmType::Boolean if !v.is_boolean() => {
             fail(out, "field_format", format!("{} must be true or false, got {v}", f.name))
