@@ -18,7 +18,7 @@ fn tiny() -> TrainingRun {
     input("tr-tiny")
 }
 
-fn stage<'a>(plan: &'a [PlannedStage], s: StageName) -> &'a PlannedStage {
+fn stage(plan: &[PlannedStage], s: StageName) -> &PlannedStage {
     plan.iter().find(|p| p.name == s).unwrap()
 }
 

@@ -1,0 +1,395 @@
+//! End to end: the real controller loop against the in-process fake API server drives a
+//! TrainingRun through every stage (the test completes each Job and writes the worker's
+//! termination message), the run's Evaluation passes, a RoutingEndpoint rolls the version out;
+//! then an edited spec re-runs from the changed stage, its Evaluation fails its gates and the
+//! endpoint stays on the passing version, gate-blocked.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sapllm_crds::contract::StageResult;
+use sapllm_crds::evaluation::EvaluationMetrics;
+use sapllm_crds::training_run::{Artifacts, StageName};
+use sapllm_operator::config::OperatorConfig;
+use sapllm_operator::controller::{self, Context};
+use sapllm_operator::metrics::Metrics;
+use serde_json::{Value, json};
+use support::fake_api::*;
+
+const NS: &str = "ml";
+
+fn tiny_run() -> Value {
+    let mut v: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/trainingrun-tiny.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    v["metadata"]["namespace"] = json!(NS);
+    v
+}
+
+fn endpoint() -> Value {
+    let mut v: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/routingendpoint.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    v["metadata"]["namespace"] = json!(NS);
+    v
+}
+
+fn version(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+/// Starts the three controllers; returns the task and a handle to stop it.
+fn start_operator(
+    api: &FakeApi,
+    metrics: Arc<Metrics>,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>) {
+    let cfg = OperatorConfig {
+        progress_interval: Duration::from_millis(100),
+        resync_interval: Duration::from_secs(2),
+        ..OperatorConfig::default()
+    };
+    let ctx = Arc::new(Context::new(api.client(), cfg, metrics, Some("test".into())));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(controller::run_all(ctx, Some(NS.into()), async {
+        let _ = rx.await;
+    }));
+    (task, tx)
+}
+
+/// The Job whose name starts with `prefix`.
+fn job_named(api: &FakeApi, prefix: &str) -> Option<Value> {
+    api.list(JOBS, NS).into_iter().find(|j| j["metadata"]["name"].as_str().unwrap().starts_with(prefix))
+}
+
+/// What the kubelet and the Job controller would do when the worker exits.
+fn finish_job(api: &FakeApi, job: &Value, exit_code: i32, result: &StageResult) {
+    let name = job["metadata"]["name"].as_str().unwrap();
+    let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
+    labels["batch.kubernetes.io/job-name"] = json!(name);
+    let pod = format!("{name}-0");
+    api.put(
+        PODS,
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": pod, "namespace": NS, "labels": labels,
+                "ownerReferences": [{ "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"], "controller": true }] },
+            "spec": { "containers": [{ "name": "worker", "image": "w" }] },
+            "status": { "phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
+                "containerStatuses": [{ "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": { "terminated": { "exitCode": exit_code, "message": serde_json::to_string(result).unwrap() } } }] },
+        }),
+    );
+    let cond = if exit_code == 0 { "Complete" } else { "Failed" };
+    let counts = if exit_code == 0 { json!({ "succeeded": 1 }) } else { json!({ "failed": 1 }) };
+    let mut status = json!({ "conditions": [{ "type": cond, "status": "True", "reason": if exit_code == 0 { "Completed" } else { "PodFailurePolicy" }, "message": "" }] });
+    merge(&mut status, &counts);
+    api.patch(JOBS, NS, name, json!({ "status": status }));
+}
+
+fn run_status(api: &FakeApi) -> Value {
+    api.get(TRAINING_RUNS, NS, "routing-tiny").map(|r| r["status"].clone()).unwrap_or(Value::Null)
+}
+
+async fn run_training(api: &FakeApi, run_dir_version: u8) {
+    let stages = [
+        (
+            StageName::DataPrep,
+            "routing-tiny-data-prep-",
+            Artifacts { dataset: Some("routing-tiny/data".into()), ..Default::default() },
+        ),
+        (
+            StageName::Pretrain,
+            "routing-tiny-pretrain-",
+            Artifacts { base_model: Some("routing-tiny/pretrain/model".into()), ..Default::default() },
+        ),
+        (
+            StageName::Sft,
+            "routing-tiny-sft-",
+            Artifacts { sft_adapter: Some("routing-tiny/sft/adapter".into()), ..Default::default() },
+        ),
+        (
+            StageName::Ppo,
+            "routing-tiny-ppo-",
+            Artifacts {
+                ppo_adapter: Some("routing-tiny/ppo/adapter".into()),
+                model_version: Some(version(run_dir_version)),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (stage, prefix, artifacts) in stages {
+        let job = api
+            .wait_for(10, &format!("the {} Job", stage.as_str()), |a| {
+                job_named(a, prefix).filter(|j| j["status"]["conditions"].is_null())
+            })
+            .await;
+        let result = StageResult {
+            stage: Some(stage),
+            succeeded: true,
+            artifacts: Some(artifacts),
+            ..Default::default()
+        };
+        finish_job(api, &job, 0, &result);
+    }
+}
+
+fn metrics(routing: f64) -> EvaluationMetrics {
+    EvaluationMetrics {
+        samples: 200,
+        routing_accuracy: routing,
+        api_selection_accuracy: 1.0,
+        payload_accuracy: 0.995,
+        latency_p50_ms: 40.0,
+        latency_p95_ms: 90.0,
+        latency_p99_ms: 120.0,
+        ..Default::default()
+    }
+}
+
+/// Completes the evaluate Job of the run's newest Evaluation; returns its name.
+async fn evaluate(api: &FakeApi, exclude: Option<&str>, routing: f64, v: u8) -> String {
+    let ev = api
+        .wait_for(10, "the run's Evaluation", |a| {
+            a.list(EVALUATIONS, NS)
+                .into_iter()
+                .map(|e| e["metadata"]["name"].as_str().unwrap().to_string())
+                .find(|n| Some(n.as_str()) != exclude)
+        })
+        .await;
+    let job = api.wait_for(10, "the evaluate Job", |a| job_named(a, &format!("{ev}-eval-"))).await;
+    let args: Vec<String> =
+        serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone()).unwrap();
+    assert_eq!(
+        &args[..5],
+        [
+            "evaluate",
+            "--base-model",
+            "/artifacts/routing-tiny/pretrain/model",
+            "--adapter",
+            "/artifacts/routing-tiny/ppo/adapter"
+        ]
+    );
+    assert!(args.contains(&"/artifacts/routing-tiny/data/test_routing_examples.jsonl".to_string()));
+    let passed = routing >= 0.97;
+    let result = StageResult {
+        succeeded: true,
+        metrics: Some(metrics(routing)),
+        artifacts: Some(Artifacts { model_version: Some(version(v)), ..Default::default() }),
+        report: Some(format!("routing-tiny/evaluation/{ev}/EVALUATION_REPORT.md")),
+        ..Default::default()
+    };
+    finish_job(api, &job, if passed { 0 } else { 1 }, &result);
+    ev
+}
+
+fn condition(obj: &Value, t: &str) -> Option<(String, String, String)> {
+    obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t).map(|c| {
+        (
+            c["status"].as_str().unwrap().into(),
+            c["reason"].as_str().unwrap().into(),
+            c["message"].as_str().unwrap().into(),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_evaluation_and_gated_rollout_end_to_end() {
+    let api = FakeApi::start().await;
+    let metrics = Arc::new(Metrics::new());
+    let (task, stop) = start_operator(&api, metrics.clone());
+    api.put(TRAINING_RUNS, tiny_run());
+
+    // Data-prep starts; the claim and the rendered manifest exist.
+    let job = api.wait_for(10, "the data-prep Job", |a| job_named(a, "routing-tiny-data-prep-")).await;
+    assert!(api.get(CLAIMS, NS, "sapllm-artifacts").is_some());
+    let cm = api.get(CONFIG_MAPS, NS, "routing-tiny-manifest").unwrap();
+    assert!(cm["data"]["trainingrun.yaml"].as_str().unwrap().contains("kind: TrainingRun"));
+
+    // Live progress: a running pod prints progress lines; the operator reads the log tail.
+    let name = job["metadata"]["name"].as_str().unwrap();
+    let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
+    labels["batch.kubernetes.io/job-name"] = json!(name);
+    api.put(PODS, json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": format!("{name}-run"), "namespace": NS, "labels": labels },
+        "spec": { "containers": [{ "name": "worker", "image": "w" }] }, "status": { "phase": "Running" } }));
+    api.set_log(
+        NS,
+        &format!("{name}-run"),
+        "{\"event\":\"progress\",\"stage\":\"data-prep\",\"step\":1500,\"total\":3000,\"eta_s\":12}\n",
+    );
+    api.patch(JOBS, NS, name, json!({ "status": { "active": 1 } }));
+    api.wait_for(10, "progress in status", |a| {
+        (run_status(a)["progress"]["summary"] == "data-prep 1500/3000 (50%)").then_some(())
+    })
+    .await;
+    api.delete(PODS, NS, &format!("{name}-run"));
+
+    run_training(&api, 1).await;
+    let ev1 = evaluate(&api, None, 0.985, 1).await;
+    let ev = api
+        .wait_for(10, "a passing verdict", |a| {
+            a.get(EVALUATIONS, NS, &ev1).filter(|e| e["status"]["verdict"] == "Passed")
+        })
+        .await;
+    assert_eq!(ev["metadata"]["ownerReferences"][0]["kind"], "TrainingRun");
+    assert_eq!(
+        ev["status"]["report"],
+        format!("pvc://sapllm-artifacts/routing-tiny/evaluation/{ev1}/EVALUATION_REPORT.md")
+    );
+    let st = api
+        .wait_for(10, "the run to succeed", |a| Some(run_status(a)).filter(|s| s["phase"] == "Succeeded"))
+        .await;
+    assert_eq!(st["verdict"], "Passed");
+    assert_eq!(st["artifacts"]["modelVersion"], version(1));
+    assert_eq!(condition(&json!({ "status": st }), "GatesPassed").unwrap().0, "True");
+
+    // The endpoint rolls the passing version out and promotes it once the pods are ready.
+    api.put(ENDPOINTS, endpoint());
+    let dep = api.wait_for(10, "the Deployment", |a| a.get(DEPLOYMENTS, NS, "sap-router")).await;
+    assert_eq!(dep["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"], version(1));
+    for r in [SERVICES, AUTOSCALERS, BUDGETS] {
+        assert!(api.get(r, NS, "sap-router").is_some(), "{r}");
+    }
+    let g = dep["metadata"]["generation"].clone();
+    api.patch(DEPLOYMENTS, NS, "sap-router", json!({ "status": { "observedGeneration": g, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2 } }));
+    let rep = api
+        .wait_for(10, "the endpoint to serve v1", |a| {
+            a.get(ENDPOINTS, NS, "sap-router").filter(|r| r["status"]["activeVersion"] == version(1))
+        })
+        .await;
+    assert_eq!(condition(&rep, "Ready").unwrap().0, "True");
+    assert_eq!(rep["status"]["url"], "http://sap-router.ml.svc:8080");
+
+    // A spec edit re-runs from the first changed stage: data-prep and pretrain are kept.
+    let kept: Vec<String> = ["routing-tiny-data-prep-", "routing-tiny-pretrain-"]
+        .iter()
+        .map(|p| job_named(&api, p).unwrap()["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let old_sft =
+        job_named(&api, "routing-tiny-sft-").unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    let mut edited = api.get(TRAINING_RUNS, NS, "routing-tiny").unwrap();
+    edited["spec"]["stages"]["sft"]["learningRate"] = json!(0.0005);
+    api.put(TRAINING_RUNS, edited);
+    api.wait_for(10, "the old sft Job to be deleted", |a| a.get(JOBS, NS, &old_sft).is_none().then_some(()))
+        .await;
+    let st = api
+        .wait_for(10, "the re-run", |a| {
+            Some(run_status(a)).filter(|s| s["currentStage"] == "sft" && s["observedGeneration"] == 2)
+        })
+        .await;
+    assert_eq!(st["phase"], "Running");
+    for k in &kept {
+        assert!(api.get(JOBS, NS, k).is_some(), "{k} is kept");
+    }
+    // Only sft and ppo run again.
+    for (stage, prefix, a) in [
+        (
+            StageName::Sft,
+            "routing-tiny-sft-",
+            Artifacts { sft_adapter: Some("routing-tiny/sft/adapter".into()), ..Default::default() },
+        ),
+        (
+            StageName::Ppo,
+            "routing-tiny-ppo-",
+            Artifacts {
+                ppo_adapter: Some("routing-tiny/ppo/adapter".into()),
+                model_version: Some(version(2)),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let job = api
+            .wait_for(10, prefix, |a| job_named(a, prefix).filter(|j| j["status"]["conditions"].is_null()))
+            .await;
+        finish_job(
+            &api,
+            &job,
+            0,
+            &StageResult { stage: Some(stage), succeeded: true, artifacts: Some(a), ..Default::default() },
+        );
+    }
+    // The new version fails its gates: the run finishes with GatesPassed=False and the endpoint
+    // keeps serving v1, gate-blocked.
+    let ev2 = evaluate(&api, Some(&ev1), 0.91, 2).await;
+    let st = api
+        .wait_for(10, "the re-run to finish", |a| {
+            Some(run_status(a)).filter(|s| s["phase"] == "Succeeded" && s["verdict"] == "Failed")
+        })
+        .await;
+    assert_eq!(st["evaluation"], ev2);
+    let rep = api
+        .wait_for(10, "GateBlocked", |a| {
+            a.get(ENDPOINTS, NS, "sap-router")
+                .filter(|r| condition(r, "GateBlocked").is_some_and(|c| c.0 == "True"))
+        })
+        .await;
+    let (_, reason, message) = condition(&rep, "GateBlocked").unwrap();
+    assert_eq!(reason, "GatesFailed");
+    assert!(message.contains(&version(2)) && message.contains("routingAccuracy 0.91 < 0.97"), "{message}");
+    assert_eq!(rep["status"]["activeVersion"], version(1));
+    let dep = api.get(DEPLOYMENTS, NS, "sap-router").unwrap();
+    assert_eq!(dep["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"], version(1));
+
+    // A restarted operator adopts what exists: no Job is created twice.
+    let applies_before = job_applies(&api);
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    let (task, stop) = start_operator(&api, metrics.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(job_applies(&api), applies_before, "a restart creates no Job");
+    let mut names: Vec<String> = job_applies(&api).into_iter().collect();
+    let n = names.len();
+    names.dedup();
+    assert_eq!(names.len(), n, "every Job was applied exactly once");
+
+    // One field manager, server-side apply for children and status (Event series are patched by
+    // kube-runtime's recorder).
+    for r in api.requests().iter().filter(|r| r.method == "PATCH" && r.resource != EVENTS) {
+        assert_eq!(r.query.get("fieldManager").map(String::as_str), Some("sapllm-operator"), "{r:?}");
+        if r.content_type.contains("apply-patch") {
+            assert_eq!(r.query.get("force").map(String::as_str), Some("true"), "{r:?}");
+        }
+    }
+    // The spec of the endpoint was never written (GitOps): only its status.
+    assert!(
+        !api.requests().iter().any(|r| r.resource == ENDPOINTS
+            && r.method != "GET"
+            && r.subresource.as_deref() != Some("status"))
+    );
+    let reasons: Vec<String> =
+        api.list(EVENTS, NS).iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect();
+    for want in [
+        "StageStarted",
+        "StageSucceeded",
+        "RunSucceeded",
+        "SpecChanged",
+        "GatesPassed",
+        "GatesFailed",
+        "Promoted",
+        "GateBlocked",
+    ] {
+        assert!(reasons.iter().any(|r| r == want), "Event {want} in {reasons:?}");
+    }
+    let text = metrics.render();
+    assert!(text.contains("sapllm_operator_promotions_total 1"), "{text}");
+    assert!(text.contains("sapllm_operator_gate_verdicts_total{verdict=\"Failed\"} 1"), "{text}");
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}
+
+/// Names of the Jobs the operator applied, in order.
+fn job_applies(api: &FakeApi) -> Vec<String> {
+    let mut v: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource == JOBS && r.method == "PATCH" && r.content_type.contains("apply-patch"))
+        .filter_map(|r| r.name)
+        .collect();
+    v.sort();
+    v
+}
