@@ -9,5 +9,6 @@ pub mod model;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;
+pub mod rl;
 pub mod sap;
 pub mod train;

@@ -8,6 +8,7 @@ use crate::progress::ProgressMode;
 pub mod catalog;
 pub mod data_prep;
 pub mod evaluate;
+pub mod ppo;
 pub mod pretrain;
 pub mod run;
 pub mod sft;
@@ -38,6 +39,8 @@ pub enum Command {
     Pretrain(pretrain::PretrainArgs),
     /// QLoRA supervised fine-tuning of a base model on prepared examples.
     Sft(sft::SftArgs),
+    /// Reinforcement learning of the SFT policy on the verifiable reward (PPO, GRPO or DPO).
+    Ppo(ppo::PpoArgs),
     /// Score a model version against the gates and write the report.
     Evaluate(evaluate::EvaluateArgs),
     /// Run every stage of a TrainingRun manifest on this machine (the embedded default).
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Catalog(args) => catalog::run(args),
         Command::Pretrain(args) => pretrain::execute(args, progress),
         Command::Sft(args) => sft::execute(args, progress),
+        Command::Ppo(args) => ppo::execute(args, progress),
         Command::Evaluate(args) => evaluate::run(args, progress),
         Command::Run(args) => run::run(args, progress),
         Command::Stage(args) => run::stage(args, progress),

@@ -398,8 +398,9 @@ fn sft_stage(ctx: &RunContext) -> Result<StageResult> {
     )))
 }
 
-fn ppo_stage(_ctx: &RunContext) -> Result<StageResult> {
-    bail!("spec.stages.ppo.enabled is true but this worker build has no RL stage yet: set it to false")
+fn ppo_stage(ctx: &RunContext) -> Result<StageResult> {
+    let s = crate::rl::run(&crate::rl::stage::config(ctx))?;
+    Ok(ok(crate::rl::stage::message(&s)))
 }
 
 fn evaluation_stage(ctx: &RunContext) -> Result<StageResult> {

@@ -1,0 +1,489 @@
+//! `sapllm-worker ppo`: reinforcement learning of the SFT policy on the verifiable reward.
+//!
+//! Three algorithms share one stage ([`RlAlgorithm`]): PPO (value head, GAE, per-token KL
+//! penalty, clipped policy and value losses), GRPO (group-relative advantages, no value head)
+//! and DPO (offline, on `preference_pairs.jsonl`).
+//!
+//! # Policy and reference
+//! The policy is the base model with the SFT adapter loaded as its (trainable) LoRA: RL keeps
+//! training the same adapter, so the result is one PEFT adapter that serving and evaluation load
+//! like SFT's. The reference is a shallow clone of the policy (the frozen base weights are
+//! shared, not copied) into which the SFT adapter is loaded again as separate, never-updated
+//! tensors. `set_adapter_enabled(false)` would give the bare base, not the SFT policy, so it is
+//! not the reference here; merging the SFT adapter into the base and training a second adapter
+//! would make the output two adapters (and re-quantize an NF4 base). The clone costs one extra
+//! copy of the adapter only. LoRA dropout stays off throughout (as TRL does for PPO): dropout
+//! would make the policy ratio noisy even before any update.
+//!
+//! # Loop
+//! Every iteration samples problems (seeded by iteration, so a resumed run draws the same
+//! ones), runs the algorithm's update, logs, checks the guard rails (non-finite reward or loss,
+//! KL above `max_kl`) and checkpoints every `checkpoint_interval` iterations. A guard trip stops
+//! the run with an error, leaves the checkpoints as they are and copies the newest one's
+//! adapter (or the SFT adapter) to `last_good_adapter/`.
+
+pub mod checkpoint;
+pub mod dpo;
+pub mod eval;
+pub mod gae;
+pub mod grpo;
+pub mod log;
+pub mod ppo;
+pub mod reward;
+pub mod rollout;
+pub mod score;
+pub mod stage;
+pub mod value_head;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{DType, Device};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use sapllm_crds::RlAlgorithm;
+
+use self::checkpoint::RlState;
+use self::eval::{EvalStats, evaluate};
+use self::log::{IterLog, write_history};
+use self::reward::RewardWeights;
+use self::rollout::{Problem, load_problems};
+use self::value_head::ValueHead;
+use crate::model::checkpoint::load_model;
+use crate::model::linear::Precision;
+use crate::model::mixtral::{Mixtral, ModelOptions};
+use crate::model::optim::{AdamW, AdamWConfig, LrSchedule};
+use crate::model::peft;
+use crate::model::tokenizer::Tokenizer;
+use crate::progress::{Progress, ProgressMode};
+use crate::sap::catalog::Catalog;
+
+/// Settings of one RL run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RlConfig {
+    pub algorithm: RlAlgorithm,
+    /// Base model directory (config.json, safetensors, tokenizer.json).
+    pub base_model: PathBuf,
+    /// The SFT adapter: the starting policy and the frozen reference.
+    pub sft_adapter: PathBuf,
+    /// Data-prep output folder.
+    pub data_dir: PathBuf,
+    /// Where checkpoints, the adapter, the history and the curves go.
+    pub out_dir: PathBuf,
+    pub precision: Precision,
+    pub iterations: u64,
+    pub learning_rate: f64,
+    /// Per-token KL penalty coefficient (PPO), KL loss weight (GRPO), beta (DPO).
+    pub kl_coef: f64,
+    /// Problems per iteration (DPO: preference pairs).
+    pub batch_size: usize,
+    /// Problems per gradient step.
+    pub mini_batch_size: usize,
+    /// Optimisation epochs over each iteration's rollouts.
+    pub ppo_epochs: usize,
+    pub clip_range: f64,
+    pub value_clip_range: f64,
+    pub vf_coef: f64,
+    pub gamma: f64,
+    pub lambda: f64,
+    /// Sampling temperature of rollouts (log-probabilities are taken at the same temperature).
+    pub temperature: f64,
+    pub max_new_tokens: usize,
+    /// Prompt + response budget; prompts are shortened as SFT shortened them.
+    pub max_seq_len: usize,
+    /// GRPO: answers sampled per problem.
+    pub group_size: usize,
+    pub reward_weights: RewardWeights,
+    pub checkpoint_interval: u64,
+    /// Guard rail: stop when the mean KL to the reference (nats per response) exceeds this.
+    pub max_kl: f64,
+    pub max_grad_norm: f64,
+    /// Validation problems scored greedily before and after (0 = skip).
+    pub eval_samples: usize,
+    pub seed: u64,
+    /// Stop (as if killed) after this many iterations in this process; for resume tests.
+    #[serde(skip)]
+    pub stop_after: Option<u64>,
+    #[serde(skip)]
+    pub progress: ProgressMode,
+}
+
+impl RlConfig {
+    /// TRL's defaults and the seed's (5000 iterations, lr 1e-6, KL 0.05, batch 8, mini-batch 2).
+    pub fn new(base_model: PathBuf, sft_adapter: PathBuf, data_dir: PathBuf, out_dir: PathBuf) -> Self {
+        RlConfig {
+            algorithm: RlAlgorithm::Ppo,
+            base_model,
+            sft_adapter,
+            data_dir,
+            out_dir,
+            precision: Precision::Nf4,
+            iterations: 5000,
+            learning_rate: 1e-6,
+            kl_coef: 0.05,
+            batch_size: 8,
+            mini_batch_size: 2,
+            ppo_epochs: 4,
+            clip_range: 0.2,
+            value_clip_range: 0.2,
+            vf_coef: 0.1,
+            gamma: 1.0,
+            lambda: 0.95,
+            temperature: 0.7,
+            max_new_tokens: 384,
+            max_seq_len: 1024,
+            group_size: 8,
+            reward_weights: RewardWeights::default(),
+            checkpoint_interval: 50,
+            max_kl: 25.0,
+            max_grad_norm: 1.0,
+            eval_samples: 32,
+            seed: 42,
+            stop_after: None,
+            progress: ProgressMode::Auto,
+        }
+    }
+
+    /// Rejects settings that cannot train, naming the setting.
+    pub fn check(&self) -> Result<()> {
+        ensure!(self.iterations >= 1, "ppo.iterations must be >= 1");
+        ensure!(
+            self.learning_rate > 0.0 && self.learning_rate.is_finite(),
+            "ppo.learningRate must be > 0, got {}",
+            self.learning_rate
+        );
+        ensure!(self.kl_coef >= 0.0 && self.kl_coef.is_finite(), "ppo.klPenalty must be >= 0");
+        ensure!(self.batch_size >= 1, "ppo.batchSize must be >= 1");
+        ensure!(self.mini_batch_size >= 1, "ppo.miniBatchSize must be >= 1");
+        ensure!(
+            self.batch_size % self.mini_batch_size == 0,
+            "ppo.miniBatchSize ({}) must divide ppo.batchSize ({})",
+            self.mini_batch_size,
+            self.batch_size
+        );
+        ensure!(self.ppo_epochs >= 1, "ppo.ppoEpochs must be >= 1");
+        ensure!(self.clip_range > 0.0 && self.clip_range < 1.0, "ppo.clipRange must be in (0, 1)");
+        ensure!(self.value_clip_range > 0.0, "value clip range must be > 0");
+        ensure!((0.0..=1.0).contains(&self.gamma), "gamma must be in [0, 1]");
+        ensure!((0.0..=1.0).contains(&self.lambda), "lambda must be in [0, 1]");
+        ensure!(self.temperature > 0.0, "rollout temperature must be > 0 (RL needs sampling)");
+        ensure!(self.max_new_tokens >= 1, "max new tokens must be >= 1");
+        ensure!(self.group_size >= 2 || self.algorithm != RlAlgorithm::Grpo, "GRPO needs a group size >= 2");
+        ensure!(self.checkpoint_interval >= 1, "ppo.checkpointInterval must be >= 1");
+        ensure!(self.max_kl > 0.0, "max KL must be > 0");
+        self.reward_weights.check()
+    }
+
+    /// Digest of everything that shapes the result: resume refuses a checkpoint of other settings.
+    pub fn digest(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("out_dir");
+            // More iterations continue a run; they do not change what was learnt so far.
+            o.remove("iterations");
+        }
+        let mut h = Sha256::new();
+        h.update(v.to_string().as_bytes());
+        format!("{:x}", h.finalize())
+    }
+}
+
+/// What an RL run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RlSummary {
+    pub algorithm: RlAlgorithm,
+    pub adapter_dir: PathBuf,
+    pub iterations: u64,
+    pub train_problems: usize,
+    /// Mean rollout reward of the first and last iterations (PPO / GRPO).
+    pub first_reward: Option<f64>,
+    pub final_reward: Option<f64>,
+    pub final_kl: f64,
+    /// Greedy answers on the validation split before and after.
+    pub before: Option<EvalStats>,
+    pub after: Option<EvalStats>,
+    pub resumed_from_iteration: Option<u64>,
+    pub completed: bool,
+}
+
+/// Everything an algorithm's iteration works with.
+pub struct Session<'a> {
+    pub cfg: &'a RlConfig,
+    pub tok: Tokenizer,
+    pub catalog: Catalog,
+    pub problems: Vec<Problem>,
+    pub policy: Mixtral,
+    pub reference: Mixtral,
+    pub value_head: Option<ValueHead>,
+    pub opt: AdamW,
+    /// DPO's training pairs (empty for the others).
+    pub pairs: Vec<dpo::PairSequences>,
+}
+
+impl Session<'_> {
+    /// Indices of the problems of `iteration` (`n` of them, sampled without replacement from
+    /// `len`, seeded by the iteration so a resumed run draws the same).
+    pub fn pick(&self, len: usize, n: usize, iteration: u64) -> Vec<usize> {
+        let mut idx: Vec<usize> = (0..len).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(self.cfg.seed, iteration));
+        idx.shuffle(&mut rng);
+        idx.truncate(n.min(len));
+        idx
+    }
+}
+
+/// A seed for (run seed, iteration, salt).
+pub fn mix(seed: u64, iteration: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ iteration.wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+/// Runs (or resumes) the RL stage.
+pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
+    cfg.check()?;
+    let device = Device::Cpu;
+    let tok = Tokenizer::from_dir(&cfg.base_model)
+        .with_context(|| format!("loading the tokenizer of {}", cfg.base_model.display()))?;
+    let catalog = Catalog::builtin();
+    ensure!(
+        cfg.sft_adapter.join("adapter_config.json").exists(),
+        "the SFT adapter {} does not exist: run the sft stage first",
+        cfg.sft_adapter.display()
+    );
+    let (sft_lora, _) = peft::read_adapter_config(&cfg.sft_adapter)?;
+    let opts = ModelOptions {
+        precision: cfg.precision,
+        dtype: DType::F32,
+        lora: Some(sft_lora),
+        seed: cfg.seed,
+        ..ModelOptions::default()
+    };
+    let mut policy = load_model(&cfg.base_model, &opts, &device)
+        .with_context(|| format!("loading the base model {}", cfg.base_model.display()))?;
+    peft::load_adapter(&mut policy, &cfg.sft_adapter)?;
+    let mut reference = policy.clone();
+    // Fresh tensors for the reference: the optimizer only ever sees the policy's.
+    peft::load_adapter(&mut reference, &cfg.sft_adapter)?;
+    policy.set_training(false);
+
+    let max_pos = policy.config().max_position_embeddings;
+    let (problems, skipped) =
+        load_problems(&cfg.data_dir, "train", &catalog, &tok, cfg.max_seq_len, cfg.max_new_tokens, max_pos)?;
+    let pairs = if cfg.algorithm == RlAlgorithm::Dpo {
+        dpo::load_pairs(&cfg.data_dir, &catalog, &tok, cfg.max_seq_len)?
+    } else {
+        ensure!(
+            !problems.is_empty(),
+            "no training problem fits (prompt + {} new tokens within {} and max sequence length {}): shorten the prompts or raise the limits",
+            cfg.max_new_tokens,
+            max_pos,
+            cfg.max_seq_len
+        );
+        Vec::new()
+    };
+    let (val, _) =
+        load_problems(&cfg.data_dir, "val", &catalog, &tok, cfg.max_seq_len, cfg.max_new_tokens, max_pos)
+            .unwrap_or_default();
+    let val: Vec<Problem> = val.into_iter().take(cfg.eval_samples).collect();
+
+    let value_head = match cfg.algorithm {
+        RlAlgorithm::Ppo => Some(ValueHead::new(policy.config().hidden_size, &device)?),
+        _ => None,
+    };
+    let ckpt_dir = cfg.out_dir.join("checkpoints");
+    let digest = cfg.digest();
+    let latest = checkpoint::list(&ckpt_dir)?.pop();
+    let mut state =
+        RlState { iteration: 0, history: Vec::new(), before: None, settings_digest: digest.clone() };
+    if let Some(ck) = &latest {
+        state = checkpoint::read_state(ck)?;
+        if state.settings_digest != digest {
+            bail!(
+                "{} was written by an RL run with different settings; use another output directory or delete it",
+                ck.display()
+            );
+        }
+        checkpoint::restore_adapter(ck, &mut policy)?;
+        if let Some(vh) = &value_head {
+            checkpoint::restore_value_head(ck, vh)?;
+        }
+    }
+    let mut vars = policy.trainable_vars();
+    ensure!(!vars.is_empty(), "the SFT adapter gave the policy nothing to train");
+    if let Some(vh) = &value_head {
+        vars.extend(vh.vars());
+    }
+    let opt_cfg = AdamWConfig {
+        schedule: LrSchedule::constant(cfg.learning_rate),
+        weight_decay: 0.0,
+        max_grad_norm: Some(cfg.max_grad_norm),
+        ..AdamWConfig::default()
+    };
+    let mut opt = AdamW::new(vars, opt_cfg)?;
+    if let Some(ck) = &latest {
+        checkpoint::restore_optimizer(ck, &mut opt)?;
+    }
+    let resumed_from = latest.as_ref().map(|_| state.iteration);
+    let eval_batch = cfg.batch_size.max(1);
+    if state.before.is_none() && !val.is_empty() {
+        // The reference IS the starting policy.
+        state.before = Some(evaluate(
+            &reference,
+            &tok,
+            &catalog,
+            &cfg.reward_weights,
+            &val,
+            eval_batch,
+            cfg.max_new_tokens,
+        )?);
+    }
+
+    let base_name = cfg.base_model.display().to_string();
+    let mut sess = Session { cfg, tok, catalog, problems, policy, reference, value_head, opt, pairs };
+    let mut progress = Progress::new(cfg.progress, "ppo", cfg.iterations);
+    progress.resume_from(state.iteration);
+    progress.println(&format!(
+        "{:?}: {} training problems ({} skipped as too long), {} validation, {} iterations{}",
+        cfg.algorithm,
+        sess.problems.len(),
+        skipped,
+        val.len(),
+        cfg.iterations,
+        resumed_from.map(|s| format!(", resuming at iteration {s}")).unwrap_or_default()
+    ));
+    let mut here = 0u64;
+    while state.iteration < cfg.iterations {
+        let it = state.iteration;
+        let outcome = match cfg.algorithm {
+            RlAlgorithm::Ppo => ppo::iteration(&mut sess, it),
+            RlAlgorithm::Grpo => grpo::iteration(&mut sess, it),
+            RlAlgorithm::Dpo => dpo::iteration(&mut sess, it),
+        };
+        let log = match outcome.and_then(|l| guard(cfg, l)) {
+            Ok(l) => l,
+            Err(e) => {
+                let kept = keep_last_good(cfg, &ckpt_dir)?;
+                write_history(&cfg.out_dir, &state.history).ok();
+                return Err(e.context(format!(
+                    "RL stopped at iteration {}; the last good adapter is {}",
+                    it + 1,
+                    kept.display()
+                )));
+            }
+        };
+        state.iteration += 1;
+        here += 1;
+        progress.update(state.iteration, &log.metrics());
+        state.history.push(log);
+        let at_end = state.iteration == cfg.iterations;
+        if state.iteration % cfg.checkpoint_interval == 0 || at_end {
+            checkpoint::save(
+                &ckpt_dir,
+                &sess.policy,
+                sess.value_head.as_ref(),
+                &sess.opt,
+                &state,
+                &base_name,
+                2,
+            )?;
+        }
+        if cfg.stop_after.is_some_and(|n| here >= n) && !at_end {
+            return Ok(summary(cfg, &state, sess.problems.len(), None, resumed_from, false));
+        }
+    }
+
+    let adapter_dir = cfg.out_dir.join("adapter");
+    peft::save_adapter(&sess.policy, &adapter_dir, &base_name)?;
+    let after = if val.is_empty() {
+        None
+    } else {
+        Some(evaluate(
+            &sess.policy,
+            &sess.tok,
+            &sess.catalog,
+            &cfg.reward_weights,
+            &val,
+            eval_batch,
+            cfg.max_new_tokens,
+        )?)
+    };
+    let out = summary(cfg, &state, sess.problems.len(), after, resumed_from, true);
+    write_history(&cfg.out_dir, &state.history)?;
+    std::fs::write(cfg.out_dir.join("rl_summary.json"), serde_json::to_vec_pretty(&out)?)?;
+    let mut fin = vec![("kl", out.final_kl)];
+    if let Some(a) = &out.after {
+        fin.push(("val_reward", a.mean_reward));
+        fin.push(("val_api_accuracy", a.api_accuracy));
+    }
+    progress.finish(&fin);
+    Ok(out)
+}
+
+/// Guard rails: a non-finite reward or loss, or a KL beyond `max_kl`, stops the run.
+fn guard(cfg: &RlConfig, log: IterLog) -> Result<IterLog> {
+    if let Some(r) = log.reward
+        && !r.is_finite()
+    {
+        bail!("the mean reward became {r}: check the reward weights and the data");
+    }
+    if !log.policy_loss.is_finite() || log.value_loss.is_some_and(|v| !v.is_finite()) {
+        bail!(
+            "the loss became non-finite (policy {}, value {:?}): lower ppo.learningRate",
+            log.policy_loss,
+            log.value_loss
+        );
+    }
+    if !log.kl.is_finite() || log.kl > cfg.max_kl {
+        bail!(
+            "KL to the reference exploded ({:.3} nats per response > {}): lower ppo.learningRate or raise ppo.klPenalty",
+            log.kl,
+            cfg.max_kl
+        );
+    }
+    Ok(log)
+}
+
+/// Copies the newest checkpoint's adapter (or the SFT adapter) to `last_good_adapter/`.
+fn keep_last_good(cfg: &RlConfig, ckpt_dir: &Path) -> Result<PathBuf> {
+    let src = match checkpoint::list(ckpt_dir)?.pop() {
+        Some(ck) => checkpoint::adapter_dir(&ck),
+        None => cfg.sft_adapter.clone(),
+    };
+    let dst = cfg.out_dir.join("last_good_adapter");
+    if dst.exists() {
+        std::fs::remove_dir_all(&dst)?;
+    }
+    std::fs::create_dir_all(&dst)?;
+    for entry in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+        let p = entry?.path();
+        if p.is_file() {
+            std::fs::copy(&p, dst.join(p.file_name().expect("a file has a name")))?;
+        }
+    }
+    Ok(dst)
+}
+
+fn summary(
+    cfg: &RlConfig,
+    state: &RlState,
+    train_problems: usize,
+    after: Option<EvalStats>,
+    resumed_from: Option<u64>,
+    completed: bool,
+) -> RlSummary {
+    RlSummary {
+        algorithm: cfg.algorithm,
+        adapter_dir: cfg.out_dir.join("adapter"),
+        iterations: state.iteration,
+        train_problems,
+        first_reward: state.history.first().and_then(|h| h.reward),
+        final_reward: state.history.last().and_then(|h| h.reward),
+        final_kl: state.history.last().map_or(0.0, |h| h.kl),
+        before: state.before.clone(),
+        after,
+        resumed_from_iteration: resumed_from,
+        completed,
+    }
+}
