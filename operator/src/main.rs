@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, env = "SAPLLM_PROGRESS_INTERVAL", default_value_t = 15)]
     progress_interval: u64,
     /// Elect a leader on a Lease (run two replicas, one reconciles).
-    #[arg(long, env = "SAPLLM_LEADER_ELECT", default_value_t = false)]
+    #[arg(long, env = "SAPLLM_LEADER_ELECT", default_value_t = false, action = clap::ArgAction::Set)]
     leader_elect: bool,
     /// Name of the leader Lease.
     #[arg(long, env = "SAPLLM_LEASE_NAME", default_value = "sapllm-operator")]
@@ -144,4 +144,38 @@ async fn main() -> anyhow::Result<()> {
     }
     leader::release(&leases, &lease_cfg).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arguments the Helm chart passes (charts/sapllm-operator/templates/deployment.yaml).
+    #[test]
+    fn the_charts_arguments_parse() {
+        let a = Args::try_parse_from([
+            "sapllm-operator",
+            "--http-addr=0.0.0.0:8080",
+            "--leader-elect=true",
+            "--lease-name=sapllm-operator",
+            "--lease-duration=15",
+            "--worker-image=ghcr.io/sapllm/sapllm-worker:0.1.0",
+            "--gpu-resource-name=nvidia.com/gpu",
+            "--worker-service-account=sapllm-worker",
+            r#"--default-node-selector={"pool":"gpu"}"#,
+            r#"--default-tolerations=[{"effect":"NoSchedule","key":"nvidia.com/gpu","operator":"Exists"}]"#,
+            "--progress-interval=15",
+            "--log-json=false",
+            "--storage-class=fast-ssd",
+            "--watch-namespace=ml",
+        ])
+        .unwrap();
+        assert!(a.leader_elect);
+        assert!(!a.log_json);
+        assert_eq!(a.watch_namespace.as_deref(), Some("ml"));
+        let t: Vec<Toleration> = serde_json::from_str(&a.default_tolerations).unwrap();
+        assert_eq!(t[0].key.as_deref(), Some("nvidia.com/gpu"));
+        let off = Args::try_parse_from(["sapllm-operator", "--leader-elect=false"]).unwrap();
+        assert!(!off.leader_elect);
+    }
 }
