@@ -11,4 +11,5 @@ pub mod plot;
 pub mod progress;
 pub mod rl;
 pub mod sap;
+pub mod serve;
 pub mod train;

@@ -10,7 +10,9 @@ pub mod data_prep;
 pub mod evaluate;
 pub mod ppo;
 pub mod pretrain;
+pub mod route;
 pub mod run;
+pub mod serve;
 pub mod sft;
 
 #[derive(Debug, Parser)]
@@ -47,6 +49,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run one stage of a TrainingRun (what each operator Job runs).
     Stage(run::StageArgs),
+    /// Decide routing (or exception handling) for the documents in a file.
+    Route(route::RouteArgs),
+    /// Serve routing decisions over HTTP (what a RoutingEndpoint Deployment runs).
+    Serve(serve::ServeArgs),
 }
 
 /// Parses the command line, runs the subcommand and maps failures to an exit code.
@@ -73,6 +79,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evaluate(args) => evaluate::run(args, progress),
         Command::Run(args) => run::run(args, progress),
         Command::Stage(args) => run::stage(args, progress),
+        Command::Route(args) => route::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -102,6 +102,11 @@ impl Engine {
         &self.tokenizer
     }
 
+    /// The compiled-grammar cache (also used by free-form completion).
+    pub fn grammars(&self) -> &GrammarCache {
+        &self.grammars
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
     }

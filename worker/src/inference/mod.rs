@@ -9,6 +9,7 @@
 //! - [`engine`]: `decide_routing`, `handle_exception` and their batch forms; [`load`]: building
 //!   an engine from a base model directory + adapter at a precision.
 
+pub mod chat;
 pub mod confidence;
 pub mod decoder;
 pub mod engine;
@@ -17,6 +18,7 @@ pub mod forward;
 pub mod grammar;
 pub mod load;
 pub mod logits;
+pub mod request;
 pub mod testkit;
 pub mod tok_env;
 pub mod types;

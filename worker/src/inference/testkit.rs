@@ -96,3 +96,16 @@ pub fn tiny_engine(config: EngineConfig, seed: u64) -> Result<(Engine, Vec<Routi
     let model = Mixtral::new_random(&cfg, &ModelOptions { seed, ..ModelOptions::default() }, &Device::Cpu)?;
     Ok((Engine::new(model, tokenizer, Catalog::builtin(), config)?, queries))
 }
+
+/// Writes a random tiny-preset checkpoint (config, weights, tokenizer) to `dir`, loadable with
+/// [`super::load::load_engine`] like any base model directory.
+pub fn write_tiny_model(dir: &std::path::Path, seed: u64) -> Result<()> {
+    let queries = sample_queries(40, seed);
+    let tokenizer = tiny_tokenizer(&queries, 2048)?;
+    let mut cfg = MixtralConfig::preset(Preset::Tiny, tokenizer.vocab_size());
+    cfg.max_position_embeddings = 4096;
+    let model = Mixtral::new_random(&cfg, &ModelOptions { seed, ..ModelOptions::default() }, &Device::Cpu)?;
+    crate::model::checkpoint::save_model(&model, dir, &crate::model::checkpoint::SaveOptions::default())?;
+    tokenizer.save(dir)?;
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `sapllm-worker serve`: the routing endpoint. Loads base + adapter at the precision, merges,
+//! warms up, serves until SIGTERM/SIGINT, then drains in-flight requests and exits 0. A model
+//! that fails to load ends the process with an error (the pod restarts).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::inference::decoder::DecodeOptions;
+use crate::inference::engine::EngineConfig;
+use crate::inference::load::{load_engine, parse_precision};
+use crate::sap::catalog::Catalog;
+use crate::serve::batcher::BatchConfig;
+use crate::serve::state::Phase;
+use crate::serve::{ServeConfig, start};
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Base model folder (HF layout or a preset checkpoint, with tokenizer.json).
+    #[arg(long)]
+    pub base_model: PathBuf,
+    /// PEFT adapter folder, merged into the base at load.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// int8, int4 (NF4), bf16 or f32.
+    #[arg(long, default_value = "int8")]
+    pub precision: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Decisions decoded together at most.
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// How long the first waiting request waits for others to batch with.
+    #[arg(long, default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Requests waiting for the model at most; beyond, 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Per-request timeout (queueing + decoding); 504 beyond.
+    #[arg(long, default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Decisions with confidence below this abstain (route to review).
+    #[arg(long, default_value_t = 0.5)]
+    pub abstain_threshold: f64,
+    /// File holding the bearer token clients must send (a mounted Secret); none = no auth.
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Request body size limit in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// API catalog JSON (default: the built-in catalog).
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Model name reported by /v1/models and chat completions.
+    #[arg(long, default_value = "sapllm")]
+    pub model_name: String,
+}
+
+/// Reads the token file (trimmed); an empty file is an error, not "no auth".
+fn read_token(path: &PathBuf) -> Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --auth-token-file {}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        bail!("--auth-token-file {} is empty", path.display());
+    }
+    Ok(t)
+}
+
+async fn terminate_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs the server until a signal.
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    let precision = parse_precision(&args.precision)?;
+    if !(0.0..=1.0).contains(&args.abstain_threshold) {
+        bail!("--abstain-threshold must be in [0, 1], got {}", args.abstain_threshold);
+    }
+    if args.max_batch == 0 || args.max_queue == 0 {
+        bail!("--max-batch and --max-queue must be at least 1");
+    }
+    let catalog = match &args.catalog {
+        Some(p) => Catalog::load(p).with_context(|| format!("loading catalog {}", p.display()))?,
+        None => Catalog::builtin(),
+    };
+    let mut cfg = ServeConfig::new(SocketAddr::new(args.host, args.port));
+    cfg.batch = BatchConfig {
+        max_batch: args.max_batch,
+        max_wait: Duration::from_millis(args.max_wait_ms),
+        max_queue: args.max_queue,
+    };
+    cfg.request_timeout = Duration::from_millis(args.request_timeout_ms.max(1));
+    cfg.max_body_bytes = args.max_body_bytes;
+    cfg.auth_token = args.auth_token_file.as_ref().map(read_token).transpose()?;
+    cfg.model_name = args.model_name.clone();
+    cfg.catalog = catalog.clone();
+    let engine_cfg = EngineConfig {
+        abstain_threshold: args.abstain_threshold,
+        max_batch: args.max_batch,
+        decode: DecodeOptions::default(),
+        ..EngineConfig::default()
+    };
+    let (base, adapter) = (args.base_model.clone(), args.adapter.clone());
+    let loader = Box::new(move || load_engine(&base, adapter.as_deref(), precision, catalog, engine_cfg));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let server = start(cfg, loader).await?;
+        let mut phase = server.phase();
+        let failed = async {
+            loop {
+                if let Phase::Failed(e) = &*phase.borrow_and_update() {
+                    return e.clone();
+                }
+                if phase.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = terminate_signal() => {
+                tracing::info!("signal received: draining in-flight requests");
+                server.shutdown().await?;
+                tracing::info!("drained; exiting");
+                Ok(ExitCode::SUCCESS)
+            }
+            e = failed => {
+                server.shutdown().await?;
+                bail!("model failed to load: {e}")
+            }
+        }
+    })
+}

@@ -1,0 +1,230 @@
+//! Dynamic batching: handlers put jobs on a bounded queue; one model thread takes the first
+//! waiting job, gathers more for up to `max_wait` (or until `max_batch` decisions), decodes
+//! them together and answers each job on its own channel.
+//!
+//! The queue is a bounded `sync_channel`: a full queue is an immediate 429 for the handler,
+//! never an unbounded pile-up. Jobs whose client gave up (deadline passed, receiver dropped)
+//! are answered without decoding. The thread ends when every sender is gone (shutdown after
+//! the HTTP server drained).
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use crate::inference::chat::Completion;
+use crate::inference::engine::Engine;
+use crate::inference::types::{
+    ExceptionDecision, ExceptionQuery, RoutingDecision, RoutingQuery, SimilarException,
+};
+
+/// A job's answer: per item, a decision or an error message.
+pub type Answers<T> = Result<Vec<Result<T, String>>, JobError>;
+
+/// Why a job got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobError {
+    /// The deadline passed before the model got to it.
+    Expired,
+    /// The model failed on the whole batch.
+    Model(String),
+}
+
+/// Work for the model thread.
+pub enum Job {
+    Route {
+        queries: Vec<RoutingQuery>,
+        deadline: Instant,
+        reply: oneshot::Sender<Answers<RoutingDecision>>,
+    },
+    Exception {
+        items: Vec<(ExceptionQuery, Vec<SimilarException>)>,
+        deadline: Instant,
+        reply: oneshot::Sender<Answers<ExceptionDecision>>,
+    },
+    Complete {
+        prompt: String,
+        max_tokens: usize,
+        temperature: f64,
+        schema: Option<serde_json::Value>,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Completion, JobError>>,
+    },
+}
+
+impl Job {
+    fn size(&self) -> usize {
+        match self {
+            Job::Route { queries, .. } => queries.len().max(1),
+            Job::Exception { items, .. } => items.len().max(1),
+            Job::Complete { .. } => 1,
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        match self {
+            Job::Route { deadline, .. }
+            | Job::Exception { deadline, .. }
+            | Job::Complete { deadline, .. } => *deadline,
+        }
+    }
+
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::Route { reply, .. } => reply.is_closed(),
+            Job::Exception { reply, .. } => reply.is_closed(),
+            Job::Complete { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    fn expire(self) {
+        match self {
+            Job::Route { reply, .. } => drop(reply.send(Err(JobError::Expired))),
+            Job::Exception { reply, .. } => drop(reply.send(Err(JobError::Expired))),
+            Job::Complete { reply, .. } => drop(reply.send(Err(JobError::Expired))),
+        }
+    }
+}
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub max_queue: usize,
+}
+
+/// The handlers' side of the queue.
+#[derive(Clone)]
+pub struct Queue {
+    tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// Enqueues `job`; `Err(job)` when the queue is full (or the model thread is gone).
+    pub fn submit(&self, job: Job) -> Result<(), Job> {
+        self.metrics.queue_depth.inc();
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => {
+                self.metrics.queue_depth.dec();
+                Err(j)
+            }
+        }
+    }
+}
+
+/// Creates the queue; the receiver goes to [`run_worker`].
+pub fn queue(cfg: &BatchConfig, metrics: Arc<Metrics>) -> (Queue, Receiver<Job>) {
+    let (tx, rx) = sync_channel(cfg.max_queue.max(1));
+    (Queue { tx, metrics }, rx)
+}
+
+/// The model thread's loop: returns when every `Queue` clone is dropped and the queue is empty.
+pub fn run_worker(engine: &Engine, rx: &Receiver<Job>, cfg: &BatchConfig, metrics: &Metrics) {
+    while let Ok(first) = rx.recv() {
+        metrics.queue_depth.dec();
+        let mut batch = vec![first];
+        let mut size = batch[0].size();
+        let until = Instant::now() + cfg.max_wait;
+        while size < cfg.max_batch {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            match rx.recv_timeout(until - now) {
+                Ok(j) => {
+                    metrics.queue_depth.dec();
+                    size += j.size();
+                    batch.push(j);
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        process(engine, batch, metrics);
+    }
+}
+
+fn process(engine: &Engine, batch: Vec<Job>, metrics: &Metrics) {
+    let now = Instant::now();
+    let mut routes = Vec::new();
+    let mut exceptions = Vec::new();
+    for job in batch {
+        if job.abandoned() || job.deadline() <= now {
+            job.expire();
+            continue;
+        }
+        match job {
+            Job::Route { queries, reply, .. } => routes.push((queries, reply)),
+            Job::Exception { items, reply, .. } => exceptions.push((items, reply)),
+            Job::Complete { prompt, max_tokens, temperature, schema, reply, .. } => {
+                metrics.batch_size.observe(1.0);
+                let r = engine.complete(&prompt, max_tokens, temperature, schema.as_ref());
+                if let Ok(c) = &r {
+                    metrics.tokens.with_label_values(&["sampled"]).inc_by(c.completion_tokens as u64);
+                }
+                let _ = reply.send(r.map_err(|e| JobError::Model(format!("{e:#}"))));
+            }
+        }
+    }
+    if !routes.is_empty() {
+        let all: Vec<RoutingQuery> = routes.iter().flat_map(|(q, _)| q.iter().cloned()).collect();
+        metrics.batch_size.observe(all.len() as f64);
+        let result = engine.decide_routing_batch(&all);
+        answer(routes, result, |d: &RoutingDecision| {
+            metrics.decision(
+                "routing",
+                d.confidence,
+                d.abstained,
+                d.stats.sampled_tokens,
+                d.stats.forced_tokens,
+            )
+        });
+    }
+    if !exceptions.is_empty() {
+        let all: Vec<(ExceptionQuery, Vec<SimilarException>)> =
+            exceptions.iter().flat_map(|(q, _)| q.iter().cloned()).collect();
+        metrics.batch_size.observe(all.len() as f64);
+        let result = engine.handle_exception_batch(&all);
+        answer(exceptions, result, |d: &ExceptionDecision| {
+            metrics.decision(
+                "exception",
+                d.confidence,
+                d.abstained,
+                d.stats.sampled_tokens,
+                d.stats.forced_tokens,
+            )
+        });
+    }
+}
+
+/// Splits a batch result back onto the jobs it came from.
+fn answer<Q, D>(
+    jobs: Vec<(Vec<Q>, oneshot::Sender<Answers<D>>)>,
+    result: anyhow::Result<Vec<anyhow::Result<D>>>,
+    record: impl Fn(&D),
+) {
+    match result {
+        Ok(decisions) => {
+            let mut it = decisions.into_iter();
+            for (qs, reply) in jobs {
+                let mine: Vec<Result<D, String>> = it
+                    .by_ref()
+                    .take(qs.len())
+                    .map(|d| d.inspect(&record).map_err(|e| format!("{e:#}")))
+                    .collect();
+                let _ = reply.send(Ok(mine));
+            }
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            tracing::error!(error = %msg, "model failure on a batch");
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(JobError::Model(msg.clone())));
+            }
+        }
+    }
+}

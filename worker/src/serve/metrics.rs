@@ -1,0 +1,123 @@
+//! Prometheus metrics (`/metrics`): requests by route and status, latency, in-flight requests,
+//! queue depth, batch sizes, tokens generated (sampled vs grammar-forced), abstentions and the
+//! confidence distribution.
+
+use anyhow::Result;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// All metrics of one server, in their own registry (tests run several servers per process).
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub inflight: IntGauge,
+    pub queue_depth: IntGauge,
+    pub batch_size: Histogram,
+    pub tokens: IntCounterVec,
+    pub decisions: IntCounterVec,
+    pub abstentions: IntCounterVec,
+    pub confidence: HistogramVec,
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("sapllm_requests_total", "HTTP requests by route and status code"),
+            &["route", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new("sapllm_request_duration_seconds", "HTTP request latency by route")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["route"],
+        )?;
+        let inflight = IntGauge::new("sapllm_inflight_requests", "HTTP requests being served")?;
+        let queue_depth = IntGauge::new("sapllm_queue_depth", "Decision jobs waiting for the model")?;
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("sapllm_batch_size", "Decisions decoded together")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "sapllm_tokens_generated_total",
+                "Answer tokens by origin (sampled by the model, forced by the grammar)",
+            ),
+            &["origin"],
+        )?;
+        let decisions = IntCounterVec::new(
+            Opts::new("sapllm_decisions_total", "Decisions by kind and outcome"),
+            &["kind", "outcome"],
+        )?;
+        let abstentions = IntCounterVec::new(
+            Opts::new(
+                "sapllm_abstentions_total",
+                "Decisions below the confidence threshold (sent to review)",
+            ),
+            &["kind"],
+        )?;
+        let confidence = HistogramVec::new(
+            HistogramOpts::new("sapllm_decision_confidence", "Confidence of decisions")
+                .buckets((1..=20).map(|i| i as f64 * 0.05).collect()),
+            &["kind"],
+        )?;
+        let ready = IntGauge::new("sapllm_ready", "1 once the model is loaded and warmed up")?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(inflight.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(tokens.clone()),
+            Box::new(decisions.clone()),
+            Box::new(abstentions.clone()),
+            Box::new(confidence.clone()),
+            Box::new(ready.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        // Series exist from the start (at 0), so dashboards and alerts see them before traffic.
+        for kind in ["routing", "exception"] {
+            abstentions.with_label_values(&[kind]);
+            for outcome in ["accepted", "abstained"] {
+                decisions.with_label_values(&[kind, outcome]);
+            }
+        }
+        for origin in ["sampled", "forced"] {
+            tokens.with_label_values(&[origin]);
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            latency,
+            inflight,
+            queue_depth,
+            batch_size,
+            tokens,
+            decisions,
+            abstentions,
+            confidence,
+            ready,
+        })
+    }
+
+    /// Records one decision.
+    pub fn decision(&self, kind: &str, confidence: f64, abstained: bool, sampled: usize, forced: usize) {
+        self.decisions.with_label_values(&[kind, if abstained { "abstained" } else { "accepted" }]).inc();
+        if abstained {
+            self.abstentions.with_label_values(&[kind]).inc();
+        }
+        self.confidence.with_label_values(&[kind]).observe(confidence);
+        self.tokens.with_label_values(&["sampled"]).inc_by(sampled as u64);
+        self.tokens.with_label_values(&["forced"]).inc_by(forced as u64);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,113 @@
+//! Shared by the serve tests: a random tiny engine with tight grammar bounds (fast decodes in a
+//! debug build), server start-up on a loopback port, and a small hyper HTTP client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sapllm_worker::inference::decoder::DecodeOptions;
+use sapllm_worker::inference::engine::{Engine, EngineConfig};
+use sapllm_worker::inference::grammar::GrammarLimits;
+use sapllm_worker::inference::load::ModelInfo;
+use sapllm_worker::inference::testkit::tiny_engine;
+use sapllm_worker::serve::ServeConfig;
+use sapllm_worker::serve::batcher::BatchConfig;
+use serde_json::Value;
+
+pub fn engine_config() -> EngineConfig {
+    EngineConfig {
+        abstain_threshold: 0.5,
+        decode: DecodeOptions { max_new_tokens: 1500, ..DecodeOptions::default() },
+        limits: GrammarLimits { max_array_items: 1, max_reasoning_steps: 1, max_reasoning_chars: 12 },
+        ..EngineConfig::default()
+    }
+}
+
+pub fn info() -> ModelInfo {
+    ModelInfo {
+        base: "random-tiny".into(),
+        adapter: None,
+        adapter_version: Some("test-v1".into()),
+        precision: "f32".into(),
+        parameters: 0,
+        vocab_size: 0,
+    }
+}
+
+/// A loader building the random tiny engine.
+pub fn loader() -> sapllm_worker::serve::Loader {
+    Box::new(|| Ok((tiny_engine(engine_config(), 5)?.0, info())))
+}
+
+pub fn engine() -> Engine {
+    tiny_engine(engine_config(), 5).expect("engine").0
+}
+
+pub fn config(max_batch: usize, max_queue: usize, timeout_ms: u64) -> ServeConfig {
+    let mut cfg = ServeConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.batch = BatchConfig { max_batch, max_wait: Duration::from_millis(5), max_queue };
+    cfg.request_timeout = Duration::from_millis(timeout_ms);
+    cfg.max_body_bytes = 64 * 1024;
+    cfg
+}
+
+/// A response: status, headers, body text.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The `error.field` of a JSON error.
+    pub fn error_field(&self) -> String {
+        self.json()["error"]["field"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Resp {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or("").to_string()))).expect("request");
+    let resp = client.request(req).await.expect("HTTP request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    Resp { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    send(addr, Method::GET, path, headers, None).await
+}
+
+pub async fn post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(addr, Method::POST, path, &h, Some(body)).await
+}
+
+/// A routing request body for a sample document.
+pub fn route_body(i: usize) -> String {
+    let q = sapllm_worker::inference::testkit::sample_queries(i + 1, 5).pop().expect("query");
+    serde_json::json!({"doc_type": q.doc_type, "adc_json": q.adc_json}).to_string()
+}
