@@ -140,7 +140,7 @@ fn bad_input_names_the_field_and_a_missing_run_waits() {
     );
 
     let run: TrainingRun = input("tr-tiny");
-    let ev = training::run_evaluation(&run, training::plan(&run).last().unwrap());
+    let ev = training::run_evaluation(&run, training::plan(&run).last().unwrap(), None);
     assert!(
         matches!(evaluation::resolve(&ev, None).unwrap(), Resolution::Waiting(m) if m.contains("does not exist"))
     );
@@ -176,7 +176,7 @@ fn a_run_owned_evaluation_scores_the_runs_final_adapter_on_its_test_split() {
         }),
         ..Default::default()
     });
-    let mut ev = training::run_evaluation(&run, training::plan(&run).last().unwrap());
+    let mut ev = training::run_evaluation(&run, training::plan(&run).last().unwrap(), None);
     ev.metadata.uid = Some("uid-ev".into());
     let Resolution::Ready(r) = evaluation::resolve(&ev, Some(&run)).unwrap() else { panic!() };
     assert_eq!(r.adapter.as_deref(), Some("routing-tiny/ppo/adapter"), "PPO's adapter is the final one");

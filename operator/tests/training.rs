@@ -4,7 +4,6 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::Job;
 use sapllm_crds::common::Verdict;
 use sapllm_crds::contract::StageResult;
 use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, EvaluationStatus, GateResult};
@@ -250,7 +249,8 @@ fn full_pipeline(run: &mut TrainingRun) -> Observed {
 }
 
 fn evaluation(name: &str, phase: EvaluationPhase, verdict: Option<Verdict>) -> Evaluation {
-    let mut ev = training::run_evaluation(&tiny(), stage(&training::plan(&tiny()), StageName::Evaluation));
+    let mut ev =
+        training::run_evaluation(&tiny(), stage(&training::plan(&tiny()), StageName::Evaluation), None);
     ev.metadata.name = Some(name.into());
     ev.status = Some(EvaluationStatus {
         phase: Some(phase),
@@ -421,10 +421,12 @@ fn a_job_removed_after_success_is_not_run_again() {
 fn the_final_stage_produces_an_owned_evaluation_in_the_runs_lineage() {
     let run = tiny();
     let plan = training::plan(&run);
-    let ev = training::run_evaluation(&run, stage(&plan, StageName::Evaluation));
+    let ev = training::run_evaluation(&run, stage(&plan, StageName::Evaluation), None);
     assert_fixture("tr-tiny-evaluation", &ev);
     assert_eq!(ev.spec.model.training_run.as_deref(), Some("routing-tiny"));
     assert_eq!(ev.metadata.labels.as_ref().unwrap()["sapllm.io/lineage"], "routing-tiny");
     assert_eq!(ev.spec.samples, 200);
-    let _: Option<Job> = None;
+    // A run that names an endpoint joins the lineage that endpoint follows.
+    let fed = training::run_evaluation(&run, stage(&plan, StageName::Evaluation), Some("sap-router-lineage"));
+    assert_eq!(fed.metadata.labels.as_ref().unwrap()["sapllm.io/lineage"], "sap-router-lineage");
 }

@@ -9,6 +9,7 @@ use kube::api::{ListParams, LogParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
+use sapllm_crds::endpoint::RoutingEndpoint;
 use sapllm_crds::evaluation::Evaluation;
 use sapllm_crds::training_run::TrainingRun;
 
@@ -95,7 +96,18 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         .filter(|e| owned_by(e, &uid))
         .map(|e| (e.name_any(), e))
         .collect::<BTreeMap<_, _>>();
-    if let Some(pod) = active_pod {
+    // Poll the log at most once per progress interval: a status write re-triggers this
+    // reconcile, and a fresh progress value read every time would loop as fast as the API allows.
+    let fresh = run
+        .status
+        .as_ref()
+        .and_then(|s| s.progress.as_ref())
+        .and_then(|p| p.updated_at.as_ref())
+        .is_some_and(|t| {
+            let age = now().0.duration_since(t.0);
+            age.is_positive() && age.as_secs_f64() < ctx.config.progress_interval.as_secs_f64()
+        });
+    if let Some(pod) = active_pod.filter(|_| !fresh) {
         // Progress is best-effort: a log that cannot be read leaves the last value in status.
         let lp = LogParams {
             container: Some(crate::pod::WORKER_CONTAINER.into()),
@@ -117,7 +129,14 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
     }
     if let Some(stage) = &d.start {
         if stage.name == sapllm_crds::training_run::StageName::Evaluation {
-            apply(&ctx.client, &training::run_evaluation(&run, stage)).await?;
+            let feeds = match &run.spec.endpoint {
+                Some(ep) => Api::<RoutingEndpoint>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(ep)
+                    .await?
+                    .and_then(|e| e.spec.model.latest_passing.map(|l| l.lineage)),
+                None => None,
+            };
+            apply(&ctx.client, &training::run_evaluation(&run, stage, feeds.as_deref())).await?;
         } else {
             apply(&ctx.client, &training::stage_job(&run, stage, &ctx.config)).await?;
         }

@@ -185,16 +185,10 @@ pub fn decide(
     }
     match (&s.rollout_version, &s.rolled_back_version) {
         (Some(r), _) => {
-            let left = d.requeue_after.map(|x| x.as_secs()).unwrap_or(0);
-            set_condition(
-                c,
-                "Progressing",
-                true,
-                "RollingOut",
-                format!("rolling out {r} ({left}s left of the deadline)"),
-                g,
-                now.clone(),
-            );
+            // No countdown in the message: a status that changes every second would be rewritten
+            // (and re-trigger this controller) every second.
+            let m = format!("rolling out {r}; rolled back unless ready within {deadline}s of rolloutStarted");
+            set_condition(c, "Progressing", true, "RollingOut", m, g, now.clone());
         }
         (None, Some(rb)) if s.active_version.is_some() => {
             set_condition(

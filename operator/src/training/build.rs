@@ -154,7 +154,9 @@ pub fn stage_job(run: &TrainingRun, stage: &PlannedStage, cfg: &OperatorConfig) 
 
 /// The Evaluation the final stage produces: owned by the run, labelled with its lineage (so a
 /// `latestPassing` endpoint finds it), scoring the run's final adapter with the run's gates.
-pub fn run_evaluation(run: &TrainingRun, stage: &PlannedStage) -> Evaluation {
+/// `feeds` is the lineage of the endpoint named by `spec.endpoint`, when it follows one: the
+/// run's version then joins that lineage.
+pub fn run_evaluation(run: &TrainingRun, stage: &PlannedStage, feeds: Option<&str>) -> Evaluation {
     let spec = &run.spec;
     let eval = &spec.stages.evaluation;
     let mut storage = spec.storage.clone();
@@ -177,7 +179,7 @@ pub fn run_evaluation(run: &TrainingRun, stage: &PlannedStage) -> Evaluation {
     );
     ev.metadata.namespace = run.namespace();
     let mut l = labels(run, "evaluation");
-    l.insert(LABEL_LINEAGE.into(), lineage(run));
+    l.insert(LABEL_LINEAGE.into(), feeds.map(label_value).unwrap_or_else(|| lineage(run)));
     ev.metadata.labels = Some(l);
     ev.metadata.annotations =
         Some(BTreeMap::from([(ANNOTATION_SETTINGS_DIGEST.to_string(), stage.digest.clone())]));

@@ -131,6 +131,19 @@ impl Inner {
     }
 
     fn store(&mut self, resource: &str, ns: &str, mut obj: Value, created: bool) -> Value {
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if !created
+            && let Some(old) = self.objects.get(resource).and_then(|m| m.get(&(ns.to_string(), name.clone())))
+        {
+            // Like the API server: a write that changes nothing (an idempotent apply) does not
+            // bump the resourceVersion and sends no watch event.
+            let mut same = obj.clone();
+            same["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+            same["metadata"]["namespace"] = old["metadata"]["namespace"].clone();
+            if &same == old {
+                return old.clone();
+            }
+        }
         let rv = self.bump();
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         if created {
@@ -139,7 +152,6 @@ impl Inner {
             obj["metadata"]["creationTimestamp"] = json!(now());
             obj["metadata"]["generation"] = json!(1);
         }
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         obj["metadata"]["namespace"] = json!(ns);
         self.objects.entry(resource.into()).or_default().insert((ns.into(), name), obj.clone());
         self.record(resource, ns, if created { "ADDED" } else { "MODIFIED" }, obj.clone());
