@@ -142,10 +142,111 @@ fn main() -> Result<()> {
 }
 
 mod http {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::Request;
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use sapllm_worker::serve::batcher::BatchConfig;
+    use sapllm_worker::serve::{ServeConfig, start};
+
     use super::*;
 
-    pub fn load_table(_base: &std::path::Path, _args: &Args, _queries: &[RoutingQuery]) -> Result<()> {
-        let _ = (Arc::new(()), Duration::from_millis(1));
-        Ok(())
+    /// One concurrency level: `n` requests from `c` keep-alive clients.
+    async fn level(addr: SocketAddr, bodies: Arc<Vec<String>>, n: usize, c: usize) -> (f64, Vec<f64>, usize) {
+        let next = Arc::new(AtomicUsize::new(0));
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..c)
+            .map(|_| {
+                let (next, bodies) = (next.clone(), bodies.clone());
+                tokio::spawn(async move {
+                    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                    let mut lat = Vec::new();
+                    let mut errors = 0;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= n {
+                            break;
+                        }
+                        let req = Request::post(format!("http://{addr}/v1/route"))
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(bodies[i % bodies.len()].clone())))
+                            .expect("request");
+                        let t = Instant::now();
+                        match client.request(req).await {
+                            Ok(resp) => {
+                                let ok = resp.status().is_success();
+                                let _ = resp.into_body().collect().await;
+                                if ok {
+                                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                                } else {
+                                    errors += 1;
+                                }
+                            }
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (l, e) = t.await.expect("client task");
+            all.extend(l);
+            errors += e;
+        }
+        (t0.elapsed().as_secs_f64(), all, errors)
+    }
+
+    pub fn load_table(base: &std::path::Path, args: &Args, queries: &[RoutingQuery]) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        rt.block_on(async {
+            let mut cfg = ServeConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+            cfg.batch = BatchConfig {
+                max_batch: args.max_batch,
+                max_wait: Duration::from_millis(args.max_wait_ms),
+                max_queue: 1024,
+            };
+            cfg.request_timeout = Duration::from_secs(600);
+            let precision = parse_precision(&args.precision)?;
+            let (base, adapter) = (base.to_path_buf(), args.adapter.clone());
+            let engine_cfg =
+                EngineConfig { abstain_threshold: 0.0, max_batch: args.max_batch, ..EngineConfig::default() };
+            let loader: sapllm_worker::serve::Loader = Box::new(move || {
+                load_engine(&base, adapter.as_deref(), precision, Catalog::builtin(), engine_cfg)
+            });
+            let mut server = start(cfg, loader).await?;
+            server.ready().await?;
+            let bodies: Arc<Vec<String>> = Arc::new(
+                queries
+                    .iter()
+                    .map(|q| serde_json::json!({"doc_type": q.doc_type, "adc_json": q.adc_json}).to_string())
+                    .collect(),
+            );
+            println!(
+                "\n## HTTP load: POST /v1/route, {} requests per level, max batch {}, max wait {} ms\n",
+                args.requests, args.max_batch, args.max_wait_ms
+            );
+            println!("| concurrency | requests ok | errors | throughput req/s | P50 ms | P95 ms | P99 ms |");
+            println!("|---|---|---|---|---|---|---|");
+            for &c in &args.concurrency {
+                let (wall, mut lat, errors) = level(server.addr, bodies.clone(), args.requests, c).await;
+                lat.sort_by(f64::total_cmp);
+                println!(
+                    "| {c} | {} | {errors} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                    lat.len(),
+                    lat.len() as f64 / wall,
+                    percentile(&lat, 50.0),
+                    percentile(&lat, 95.0),
+                    percentile(&lat, 99.0)
+                );
+            }
+            server.shutdown().await
+        })
     }
 }
