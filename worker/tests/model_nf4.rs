@@ -72,6 +72,10 @@ fn round_trip_error_is_bounded() {
         sv += (x as f64).powi(2);
     }
     let rel_rms = (se / sv).sqrt();
+    // The CPU fast path and the device-generic path agree exactly.
+    let generic =
+        q.dequantize_with_tensor_ops(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(generic, back);
     // NF4 on Gaussian weights: ~10% relative RMS error.
     assert!(rel_rms < 0.12, "relative RMS error {rel_rms}");
 }

@@ -74,6 +74,9 @@ fn time_step(m: &Mixtral, b: usize, t: usize, reps: usize) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    if let Ok(case) = std::env::var("BENCH_MODEL_RSS_CASE") {
+        return rss_case(&case);
+    }
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     if let Some(pos) = args.iter().position(|a| a == "--threads")
@@ -171,20 +174,18 @@ fn main() -> Result<()> {
         }
     }
 
-    println!("\n## peak RSS of one training step (small, batch 2 x 512), MiB");
-    println!("| mode | grad checkpointing | peak RSS | RSS before step | step s |");
+    println!("\n## peak RSS of one training step (small, batch 2 x 512), MiB, each in a fresh process");
+    println!("| mode | grad checkpointing | peak RSS | RSS after build | step s |");
     println!("|---|---|---|---|---|");
-    for qlora in [false, true] {
-        for ckpt in [false, true] {
-            let m = build(Preset::Small, qlora, ckpt)?;
-            let before = proc_status("VmRSS:").unwrap_or(f64::NAN);
-            let ok = reset_peak_rss();
-            let s = time_step(&m, 2, 512, 1)?;
-            let peak = if ok { proc_status("VmHWM:").unwrap_or(f64::NAN) } else { f64::NAN };
-            let mode = if qlora { "QLoRA nf4" } else { "full f32" };
-            println!("| {mode} | {ckpt} | {peak:.0} | {before:.0} | {s:.2} |");
-            drop(m);
-        }
+    let exe = std::env::current_exe()?;
+    for case in ["full:false", "full:true", "qlora:false", "qlora:true"] {
+        let out = std::process::Command::new(&exe).env("BENCH_MODEL_RSS_CASE", case).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "RSS case {case} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("{}", String::from_utf8_lossy(&out.stdout));
     }
 
     println!("\n## multi-shard checkpoint load (small, f32 on disk, 100 MB shards)");
@@ -219,6 +220,21 @@ fn main() -> Result<()> {
         std::fs::write(&p, serde_json::to_string_pretty(&records)?)
             .with_context(|| format!("writing {p}"))?;
     }
+    Ok(())
+}
+
+/// One row of the RSS table, measured in this (fresh) process.
+fn rss_case(case: &str) -> Result<()> {
+    let (mode, ckpt) = case.split_once(':').context("case is mode:ckpt")?;
+    let qlora = mode == "qlora";
+    let ckpt = ckpt == "true";
+    let m = build(Preset::Small, qlora, ckpt)?;
+    let before = proc_status("VmRSS:").unwrap_or(f64::NAN);
+    let ok = reset_peak_rss();
+    let s = time_step(&m, 2, 512, 1)?;
+    let peak = if ok { proc_status("VmHWM:").unwrap_or(f64::NAN) } else { f64::NAN };
+    let label = if qlora { "QLoRA nf4" } else { "full f32" };
+    println!("| {label} | {ckpt} | {peak:.0} | {before:.0} | {s:.2} |");
     Ok(())
 }
 

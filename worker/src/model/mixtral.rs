@@ -614,11 +614,13 @@ impl Mixtral {
     /// Final norm + lm_head: `hidden [B, T, H]` -> (normed hidden, logits `[B, T, V]`).
     pub fn head(&self, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
         let hidden = self.norm.forward(hidden)?;
-        let w = match &self.lm_head {
-            Some(p) => p.tensor(),
-            None => self.embed_tokens.tensor(),
+        let p = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let w = p.tensor().to_dtype(hidden.dtype())?;
+        let logits = if p.var().is_some() {
+            super::linear::matmul_t(&hidden, &w)?
+        } else {
+            super::linear::frozen_matmul_t(&hidden, &w)?
         };
-        let logits = super::linear::matmul_t(&hidden, &w.to_dtype(hidden.dtype())?)?;
         Ok((hidden, logits))
     }
 

@@ -241,6 +241,14 @@ impl Nf4Tensor {
     /// gradient (the base weight is frozen) but is an ordinary tensor, so a matmul with it passes
     /// the gradient on to its other operand.
     pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        if let Some(w) = self.dequantize_cpu()? {
+            return Ok(w.to_dtype(dtype)?);
+        }
+        self.dequantize_with_tensor_ops(dtype)
+    }
+
+    /// The device-generic dequantization (lookup tables + `index_select`), used off-CPU.
+    pub fn dequantize_with_tensor_ops(&self, dtype: DType) -> Result<Tensor> {
         let absmax = self.absmax()?.reshape((self.n_blocks, 1))?;
         // candle's index_select treats the dtype's max value (255 for u8) as a "no index"
         // sentinel and writes zeros, so byte 0xFF would be lost: index with u32.
@@ -248,6 +256,35 @@ impl Nf4Tensor {
             self.lut.index_select(&self.packed.to_dtype(DType::U32)?, 0)?.reshape((self.n_blocks, BLOCK))?;
         let w = vals.broadcast_mul(&absmax)?.flatten_all()?.narrow(0, 0, self.elem_count())?;
         Ok(w.reshape(self.shape.as_slice())?.to_dtype(dtype)?)
+    }
+
+    /// CPU fast path: one pass over the packed bytes (the generic path above takes several
+    /// tensor passes and a u32 copy of the indices; this matters since it runs every forward).
+    fn dequantize_cpu(&self) -> Result<Option<Tensor>> {
+        if !self.packed.device().is_cpu() {
+            return Ok(None);
+        }
+        let slice_u8 = |t: &Tensor| -> Result<Vec<u8>> { Ok(t.to_vec1::<u8>()?) };
+        let (pst, pl) = self.packed.storage_and_layout();
+        let candle_core::Storage::Cpu(pcpu) = &*pst else { return Ok(None) };
+        let packed = &pcpu.as_slice::<u8>()?[pl.start_offset()..];
+        let qabs = slice_u8(&self.qabsmax)?;
+        let nested = self.nested_absmax.flatten_all()?.to_vec1::<f32>()?;
+        let ncode = self.nested_code.to_vec1::<f32>()?;
+        let code = self.code.to_vec1::<f32>()?;
+        let n = self.elem_count();
+        let mut out = vec![0f32; self.n_blocks * BLOCK];
+        for (b, chunk) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let a = ncode[qabs[b] as usize] * nested[b / NESTED_BLOCK] + self.offset;
+            let bytes = &packed[b * BLOCK / 2..(b + 1) * BLOCK / 2];
+            for (pair, &byte) in chunk.chunks_exact_mut(2).zip(bytes) {
+                pair[0] = code[(byte >> 4) as usize] * a;
+                pair[1] = code[(byte & 0xF) as usize] * a;
+            }
+        }
+        out.truncate(n);
+        drop(pst);
+        Ok(Some(Tensor::from_vec(out, self.shape.as_slice(), self.packed.device())?))
     }
 
     /// Bytes of storage: packed nibbles, 8-bit absmax, f32 nested scales and the offset
