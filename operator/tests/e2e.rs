@@ -27,6 +27,8 @@ fn tiny_run() -> Value {
     )
     .unwrap();
     v["metadata"]["namespace"] = json!(NS);
+    // The run feeds the endpoint (which does not exist yet when the first Evaluation is made).
+    v["spec"]["endpoint"] = json!("sap-router");
     v
 }
 
@@ -335,6 +337,12 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
     let dep = api.get(DEPLOYMENTS, NS, "sap-router").unwrap();
     assert_eq!(dep["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"], version(1));
 
+    // Settled: no reconcile loop keeps writing (resync is 2 s, progress polling has stopped).
+    let before = api.requests().len();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let writes = api.requests()[before..].iter().filter(|r| r.method != "GET").count();
+    assert!(writes <= 2, "{writes} writes while idle: {:?}", &api.requests()[before..]);
+
     // A restarted operator adopts what exists: no Job is created twice.
     let applies_before = job_applies(&api);
     stop.send(()).unwrap();
@@ -375,6 +383,34 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
     ] {
         assert!(reasons.iter().any(|r| r == want), "Event {want} in {reasons:?}");
     }
+    // Least privilege both ways: every request is allowed by the chart's ClusterRole/Role, and
+    // every rule of the ClusterRole was needed by some request.
+    let rules = chart_rules();
+    let mut used = std::collections::BTreeSet::new();
+    for r in api.requests() {
+        let (group, resource) = group_resource(&r);
+        let verb = verb(&r);
+        let allowed =
+            rules.iter().any(|(g, res, verbs)| g == &group && res == &resource && verbs.contains(&verb));
+        assert!(allowed, "{verb} {group}/{resource} is not granted by the chart: {r:?}");
+        used.insert((group.clone(), resource.clone(), verb.clone()));
+        // Server-side apply creates missing objects: that needs "create" too.
+        if r.content_type.contains("apply-patch") && r.subresource.is_none() {
+            used.insert((group, resource, "create".to_string()));
+        }
+    }
+    for (g, res, verbs) in &rules {
+        for v in verbs {
+            if res == "leases" {
+                continue; // exercised by tests/operations.rs
+            }
+            assert!(
+                used.contains(&(g.clone(), res.clone(), v.clone())),
+                "the chart grants {v} {g}/{res}, which the operator never used"
+            );
+        }
+    }
+
     let text = metrics.render();
     assert!(text.contains("sapllm_operator_promotions_total 1"), "{text}");
     assert!(text.contains("sapllm_operator_gate_verdicts_total{verdict=\"Failed\"} 1"), "{text}");
@@ -392,4 +428,65 @@ fn job_applies(api: &FakeApi) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// (apiGroup, resource, verbs) of the chart's ClusterRole and leader-election Role.
+fn chart_rules() -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for file in ["clusterrole.yaml", "leader-election-role.yaml"] {
+        let path = format!("{}/../charts/sapllm-operator/templates/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(path).unwrap();
+        // The rules are plain YAML between "rules:" and the next document; template lines aside.
+        let body: String = text
+            .split("rules:")
+            .nth(1)
+            .unwrap()
+            .split("\n---")
+            .next()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("{{"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let rules: Vec<Value> = serde_yaml::from_str(&body).unwrap();
+        for r in rules {
+            let verbs: Vec<String> = serde_json::from_value(r["verbs"].clone()).unwrap();
+            for g in r["apiGroups"].as_array().unwrap() {
+                for res in r["resources"].as_array().unwrap() {
+                    out.push((
+                        g.as_str().unwrap().to_string(),
+                        res.as_str().unwrap().to_string(),
+                        verbs.clone(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn group_resource(r: &Request) -> (String, String) {
+    let mut parts = r.resource.rsplitn(3, '/');
+    let plural = parts.next().unwrap().to_string();
+    let _version = parts.next();
+    let group = parts.next().unwrap_or_default().to_string();
+    let resource = match &r.subresource {
+        Some(s) => format!("{plural}/{s}"),
+        None => plural,
+    };
+    (group, resource)
+}
+
+fn verb(r: &Request) -> String {
+    match (r.method.as_str(), &r.name) {
+        ("GET", None) if r.query.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        _ => "unknown",
+    }
+    .to_string()
 }
