@@ -5,8 +5,8 @@ Times full-parameter forward+backward (f32) and greedy KV-cache generation for t
 `small` presets (same dimensions as worker/src/model/config.rs, vocab 2048, random weights),
 and, given the Rust bench's JSON, prints the Rust/PyTorch throughput ratio.
 
-  cargo run --release -p sapllm-worker --bin bench_model -- --json /tmp/rust.json
-  python bench/compare_torch.py --rust-json /tmp/rust.json --threads 2
+  cargo run --release -p sapllm-worker --bin bench_model -- --json /tmp/rust.json [--quick]
+  python bench/compare_torch.py --rust-json /tmp/rust.json --threads 2 [--quick]
 """
 
 import argparse
@@ -24,6 +24,7 @@ PRESETS = {
                   num_key_value_heads=4, head_dim=64, num_local_experts=8, rope_theta=1e6),
 }
 TRAIN_CASES = [("tiny", 4, 64), ("tiny", 4, 256), ("tiny", 2, 1024), ("small", 1, 128), ("small", 1, 512)]
+QUICK_CASES = [("tiny", 4, 128), ("small", 1, 128)]  # bench_model --quick
 
 
 def build(preset):
@@ -69,6 +70,7 @@ def main():
     ap.add_argument("--rust-json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="the cases of bench_model --quick, 1 rep")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -84,7 +86,9 @@ def main():
     print("| preset | batch x seq | torch tokens/s | rust tokens/s | rust/torch |")
     print("|---|---|---|---|---|")
     models = {}
-    for preset, b, t in TRAIN_CASES:
+    if a.quick:
+        a.reps = 1
+    for preset, b, t in QUICK_CASES if a.quick else TRAIN_CASES:
         m = models.setdefault(preset, build(preset))
         s = time_train(m, b, t, a.reps)
         tps = b * t / s
@@ -96,7 +100,7 @@ def main():
     print("| preset | batch | torch gen tokens/s | rust gen tokens/s (f32) | rust/torch |")
     print("|---|---|---|---|---|")
     for preset in ["tiny", "small"]:
-        m = models[preset]
+        m = models.setdefault(preset, build(preset))
         for b in [1, 4]:
             tps = time_generate(m, b)
             r = rust_tps("generate", preset=preset, precision="f32", batch=b)

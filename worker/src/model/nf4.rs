@@ -73,17 +73,40 @@ pub fn dynamic_map_signed() -> [f32; 256] {
 #[inline]
 pub fn nf4_index(x: f32) -> u8 {
     // Thresholds are the midpoints between consecutive codes; `>` sends exact ties down like
-    // bitsandbytes' dQuantizeNF4 decision tree.
-    let mut idx = 0u8;
-    for i in 0..15 {
-        let mid = (NF4_CODE[i] + NF4_CODE[i + 1]) * 0.5;
-        if x > mid {
-            idx = i as u8 + 1;
-        } else {
-            break;
+    // bitsandbytes' dQuantizeNF4 decision tree. The midpoints are sorted, so the index is the
+    // number of them below x: a branch-free count the compiler vectorises.
+    NF4_MIDPOINTS.iter().map(|&m| u8::from(x > m)).sum()
+}
+
+/// Midpoints between consecutive NF4 codes.
+const NF4_MIDPOINTS: [f32; 15] = {
+    let mut m = [0f32; 15];
+    let mut i = 0;
+    while i < 15 {
+        m[i] = (NF4_CODE[i] + NF4_CODE[i + 1]) * 0.5;
+        i += 1;
+    }
+    m
+};
+
+/// Quantizes whole blocks: `values` (a multiple of BLOCK long except possibly the last block)
+/// into `packed` (BLOCK/2 bytes per block) and `absmax`.
+fn quantize_blocks(values: &[f32], packed: &mut [u8], absmax: &mut [f32], first_block: usize) -> Result<()> {
+    for (b, (block, (bytes, am))) in
+        values.chunks(BLOCK).zip(packed.chunks_exact_mut(BLOCK / 2).zip(absmax.iter_mut())).enumerate()
+    {
+        let amax = block.iter().fold(0f32, |m, &x| m.max(x.abs()));
+        ensure!(amax.is_finite(), "NF4 quantize: non-finite value in block {}", first_block + b);
+        *am = amax;
+        let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
+        for (j, byte) in bytes.iter_mut().enumerate() {
+            // Padding past the end quantizes as 0.0 (code 7), so a padded block dequantizes to 0.
+            let hi = block.get(2 * j).map_or(7, |&x| nf4_index(x * inv));
+            let lo = block.get(2 * j + 1).map_or(7, |&x| nf4_index(x * inv));
+            *byte = (hi << 4) | lo;
         }
     }
-    idx
+    Ok(())
 }
 
 /// Index of the nearest value in a sorted code book (bitsandbytes' 8-bit blockwise quantizer).
@@ -135,27 +158,21 @@ impl Nf4Tensor {
         let n_blocks = n.div_ceil(BLOCK);
         let mut packed = vec![0u8; n_blocks * BLOCK / 2];
         let mut absmax = vec![0f32; n_blocks];
-        for b in 0..n_blocks {
-            let block = &values[b * BLOCK..((b + 1) * BLOCK).min(n)];
-            let amax = block.iter().fold(0f32, |m, &x| m.max(x.abs()));
-            ensure!(amax.is_finite(), "NF4 quantize: non-finite value in block {b}");
-            absmax[b] = amax;
-            let inv = if amax > 0.0 { 1.0 / amax } else { 0.0 };
-            for (j, &x) in block.iter().enumerate() {
-                let q = nf4_index(x * inv);
-                let byte = &mut packed[(b * BLOCK + j) / 2];
-                if j % 2 == 0 {
-                    *byte |= q << 4;
-                } else {
-                    *byte |= q;
-                }
+        // Split the blocks over the cores: loading a large model quantizes billions of values.
+        let threads =
+            std::thread::available_parallelism().map_or(1, |n| n.get()).min(n_blocks.div_ceil(1024)).max(1);
+        let per = n_blocks.div_ceil(threads);
+        std::thread::scope(|scope| -> Result<()> {
+            let mut handles = Vec::new();
+            for (t, (pk, am)) in packed.chunks_mut(per * BLOCK / 2).zip(absmax.chunks_mut(per)).enumerate() {
+                let vals = &values[t * per * BLOCK..((t + 1) * per * BLOCK).min(n)];
+                handles.push(scope.spawn(move || quantize_blocks(vals, pk, am, t * per)));
             }
-            // Padding values quantize to code index 7 (0.0) so a padded block dequantizes to 0.
-            for j in block.len()..BLOCK {
-                let byte = &mut packed[(b * BLOCK + j) / 2];
-                *byte |= if j % 2 == 0 { 7 << 4 } else { 7 };
+            for h in handles {
+                h.join().map_err(|_| anyhow::anyhow!("NF4 quantize thread panicked"))??;
             }
-        }
+            Ok(())
+        })?;
         let (qabsmax, nested_absmax, offset) = double_quantize(&absmax);
         let nested = dynamic_map_signed();
         Self::from_parts(shape.to_vec(), packed, qabsmax, nested_absmax, offset, &NF4_CODE, &nested, device)
