@@ -145,6 +145,9 @@ pub fn decode_batch(
     let max_opts = rows.iter().map(|r| r.options.len()).max().unwrap_or(0);
     let mut scores: Vec<Vec<f64>> = rows.iter().map(|r| vec![0.0; r.options.len()]).collect();
     let mut branches: Vec<(KvCache, Vec<Vec<f32>>)> = Vec::with_capacity(max_opts);
+    // `j` is an option POSITION shared by all rows (row r's j-th option), not an index into one
+    // collection, hence the range loop.
+    #[allow(clippy::needless_range_loop)]
     for j in 0..max_opts {
         let feeds: Vec<&[u32]> =
             rows.iter().map(|r| r.options.get(j).map_or(&[][..], |o| o.suffix.as_slice())).collect();

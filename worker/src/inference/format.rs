@@ -238,7 +238,7 @@ pub fn exception_answer(ex: &ExceptionExample) -> ExceptionAnswer {
     ExceptionAnswer {
         action: ex.action,
         correction: ex.correction.clone(),
-        retry: ex.retry.clone(),
+        retry: ex.retry,
         rule: ex.rule.clone(),
         reasoning: clip_reasoning(&ex.reasoning_trace),
     }

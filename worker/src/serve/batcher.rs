@@ -96,6 +96,10 @@ pub struct BatchConfig {
     pub max_queue: usize,
 }
 
+/// The queue had no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
 /// The handlers' side of the queue.
 #[derive(Clone)]
 pub struct Queue {
@@ -104,14 +108,15 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Enqueues `job`; `Err(job)` when the queue is full (or the model thread is gone).
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Enqueues `job`; `Err` when the queue is full (or the model thread is gone). The job is
+    /// dropped then, which closes its reply channel.
+    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
         self.metrics.queue_depth.inc();
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(j)) | Err(TrySendError::Disconnected(j)) => {
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.queue_depth.dec();
-                Err(j)
+                Err(QueueFull)
             }
         }
     }
