@@ -56,6 +56,11 @@ echo "-- helm template"
 "$HELM" template sapllm-operator "$CHART" --namespace sapllm-system --include-crds > "$OUT/default.yaml"
 "$HELM" template sapllm-operator "$CHART" --namespace sapllm-system --include-crds \
   -f "$CHART/ci/non-default-values.yaml" > "$OUT/non-default.yaml"
+# Bad values must be refused by values.schema.json.
+if "$HELM" template sapllm-operator "$CHART" --set worker.gpuResourceName=gpu >/dev/null 2>&1; then
+  echo "error: an invalid GPU resource name rendered" >&2
+  exit 1
+fi
 # Two replicas without leader election must be refused.
 if "$HELM" template sapllm-operator "$CHART" --set leaderElection.enabled=false >/dev/null 2>&1; then
   echo "error: 2 replicas without leader election rendered" >&2
