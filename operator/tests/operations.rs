@@ -184,3 +184,94 @@ async fn a_rollout_that_misses_its_deadline_is_rolled_back() {
     let _ = tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
 }
+
+fn run_status(api: &FakeApi, name: &str) -> Value {
+    api.get(TRAINING_RUNS, "ml", name).map(|r| r["status"].clone()).unwrap_or(Value::Null)
+}
+
+fn failed_condition(status: &Value) -> Option<(String, String, String)> {
+    status["conditions"].as_array()?.iter().find(|c| c["type"] == "Failed").map(|c| {
+        (
+            c["status"].as_str().unwrap().into(),
+            c["reason"].as_str().unwrap().into(),
+            c["message"].as_str().unwrap().into(),
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_exhausted_retries_reach_status_and_conditions() {
+    let api = FakeApi::start().await;
+    let cfg = OperatorConfig { progress_interval: Duration::from_millis(100), ..OperatorConfig::default() };
+    let ctx = Arc::new(Context::new(api.client(), cfg, Arc::new(Metrics::new()), None));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sapllm_operator::controller::run_all(ctx, Some("ml".into()), async {
+        let _ = rx.await;
+    }));
+    let run = |name: &str, sub_path: &str| {
+        json!({ "apiVersion": "sapllm.io/v1alpha1", "kind": "TrainingRun",
+                "metadata": { "name": name, "namespace": "ml" },
+                "spec": { "baseModel": { "preset": "tiny" }, "storage": { "claimName": "artifacts", "subPath": sub_path } } })
+    };
+    // Bad input: Failed, reason InvalidSpec, the message names the field; no Job is created.
+    api.put(TRAINING_RUNS, run("bad", "../outside"));
+    let st = api
+        .wait_for(10, "InvalidSpec", |a| Some(run_status(a, "bad")).filter(|s| s["phase"] == "Failed"))
+        .await;
+    let (status, reason, message) = failed_condition(&st).unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
+    assert!(message.starts_with("spec.storage.subPath:"), "{message}");
+
+    // A stage whose retries are exhausted: the Job's reason and the worker's message in status.
+    api.put(TRAINING_RUNS, run("crashy", "runs/crashy"));
+    let job = api
+        .wait_for(10, "the data-prep Job", |a| {
+            a.list(JOBS, "ml")
+                .into_iter()
+                .find(|j| j["metadata"]["name"].as_str().unwrap().starts_with("crashy-data-prep-"))
+        })
+        .await;
+    let name = job["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(job["spec"]["backoffLimit"], 2);
+    for i in 0..3 {
+        let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
+        labels["batch.kubernetes.io/job-name"] = json!(name);
+        let result = json!({ "stage": "data-prep", "succeeded": false, "message": format!("attempt {i}: catalog.json: missing field `apis`") });
+        api.put(
+            PODS,
+            json!({ "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": format!("{name}-{i}"), "namespace": "ml", "labels": labels, "creationTimestamp": format!("2027-01-01T00:00:0{i}Z") },
+                "spec": { "containers": [{ "name": "worker", "image": "w" }] },
+                "status": { "phase": "Failed", "containerStatuses": [{ "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": { "terminated": { "exitCode": 2, "message": result.to_string() } } }] } }),
+        );
+    }
+    api.patch(
+        JOBS,
+        "ml",
+        &name,
+        json!({ "status": { "failed": 3, "conditions": [{ "type": "Failed", "status": "True",
+        "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit" }] } }),
+    );
+    let st = api
+        .wait_for(10, "the run to fail", |a| Some(run_status(a, "crashy")).filter(|s| s["phase"] == "Failed"))
+        .await;
+    let (_, reason, message) = failed_condition(&st).unwrap();
+    assert_eq!(reason, "StageFailed");
+    assert!(message.contains("data-prep failed after 3 attempt(s)"), "{message}");
+    assert!(
+        message.contains("BackoffLimitExceeded") && message.contains("attempt 2: catalog.json"),
+        "the newest pod's message: {message}"
+    );
+    assert_eq!(st["stages"][0]["attempts"], 3);
+    assert_eq!(st["currentStage"], "data-prep");
+    // Nothing is started after the failure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !api.list(JOBS, "ml")
+            .iter()
+            .any(|j| j["metadata"]["name"].as_str().unwrap().starts_with("crashy-pretrain-"))
+    );
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+}
