@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::inference::decoder::DecodeOptions;
 use crate::inference::engine::EngineConfig;
+use crate::inference::grammar::GrammarLimits;
 use crate::inference::load::{load_engine, parse_precision};
 use crate::inference::request::{ExceptionRequest, RouteRequest, parse_json};
 use crate::sap::catalog::Catalog;
@@ -44,6 +45,36 @@ pub struct RouteArgs {
     /// Sample every token, forced ones included (to measure what forced tokens save).
     #[arg(long)]
     pub no_forced_tokens: bool,
+    #[command(flatten)]
+    pub limits: DecodeLimitArgs,
+}
+
+/// Bounds on an answer's length (they bound decode latency; the defaults admit every answer
+/// the training format produces).
+#[derive(Debug, Clone, Args)]
+pub struct DecodeLimitArgs {
+    /// Answer tokens at most.
+    #[arg(long, default_value_t = 1024)]
+    pub max_new_tokens: usize,
+    /// Reasoning steps at most.
+    #[arg(long, default_value_t = crate::inference::format::MAX_REASONING_STEPS)]
+    pub max_reasoning_steps: usize,
+    /// Characters per reasoning step at most.
+    #[arg(long, default_value_t = crate::inference::format::MAX_REASONING_CHARS)]
+    pub max_reasoning_chars: usize,
+    /// Items of an array whose schema sets no bound (order items) at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_array_items: usize,
+}
+
+impl DecodeLimitArgs {
+    pub fn limits(&self) -> GrammarLimits {
+        GrammarLimits {
+            max_array_items: self.max_array_items.max(1),
+            max_reasoning_steps: self.max_reasoning_steps.max(1),
+            max_reasoning_chars: self.max_reasoning_chars.max(1),
+        }
+    }
 }
 
 fn is_exception(v: &Value) -> bool {
@@ -67,7 +98,12 @@ pub fn run(args: RouteArgs) -> Result<ExitCode> {
     let config = EngineConfig {
         abstain_threshold: args.abstain_threshold,
         max_batch: args.max_batch,
-        decode: DecodeOptions { use_forced_tokens: !args.no_forced_tokens, ..DecodeOptions::default() },
+        decode: DecodeOptions {
+            use_forced_tokens: !args.no_forced_tokens,
+            max_new_tokens: args.limits.max_new_tokens,
+            ..DecodeOptions::default()
+        },
+        limits: args.limits.limits(),
         ..EngineConfig::default()
     };
     let precision = parse_precision(&args.precision)?;

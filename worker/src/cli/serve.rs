@@ -13,6 +13,8 @@ use clap::Args;
 use crate::inference::decoder::DecodeOptions;
 use crate::inference::engine::EngineConfig;
 use crate::inference::load::{load_engine, parse_precision};
+
+use super::route::DecodeLimitArgs;
 use crate::sap::catalog::Catalog;
 use crate::serve::batcher::BatchConfig;
 use crate::serve::state::Phase;
@@ -61,6 +63,8 @@ pub struct ServeArgs {
     /// Model name reported by /v1/models and chat completions.
     #[arg(long, default_value = "sapllm")]
     pub model_name: String,
+    #[command(flatten)]
+    pub limits: DecodeLimitArgs,
 }
 
 /// Reads the token file (trimmed); an empty file is an error, not "no auth".
@@ -116,7 +120,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let engine_cfg = EngineConfig {
         abstain_threshold: args.abstain_threshold,
         max_batch: args.max_batch,
-        decode: DecodeOptions::default(),
+        decode: DecodeOptions { max_new_tokens: args.limits.max_new_tokens, ..DecodeOptions::default() },
+        limits: args.limits.limits(),
         ..EngineConfig::default()
     };
     let (base, adapter) = (args.base_model.clone(), args.adapter.clone());
