@@ -1,7 +1,6 @@
 //! Prometheus metrics of the operator (served on `/metrics`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use prometheus::{
@@ -21,7 +20,6 @@ pub struct Metrics {
     rollbacks: IntCounter,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
-    run_phases: Mutex<HashMap<String, String>>,
 }
 
 /// Times one reconcile; records it when dropped.
@@ -93,7 +91,6 @@ impl Metrics {
             promotions,
             rollbacks,
             leader,
-            run_phases: Mutex::new(HashMap::new()),
         }
     }
 
@@ -108,17 +105,14 @@ impl Metrics {
         self.errors.with_label_values(&[kind]).inc();
     }
 
-    /// Records the phase of run `key` (namespace/name); `None` forgets it (deleted).
-    pub fn run_phase(&self, key: &str, phase: Option<&str>) {
-        let mut m = self.run_phases.lock().unwrap_or_else(|e| e.into_inner());
-        match phase {
-            Some(p) => m.insert(key.to_string(), p.to_string()),
-            None => m.remove(key),
-        };
+    /// Sets the TrainingRuns-by-phase gauge from the phases of every run that exists (runs
+    /// without a status count as Pending). Recomputed from the watch cache, so deleted runs drop
+    /// out without a finalizer.
+    pub fn runs_by_phase<'a>(&self, phases: impl IntoIterator<Item = Option<&'a str>>) {
         let mut counts: HashMap<&str, i64> =
             ["Pending", "Running", "Suspended", "Succeeded", "Failed"].into_iter().map(|p| (p, 0)).collect();
-        for p in m.values() {
-            *counts.entry(p.as_str()).or_default() += 1;
+        for p in phases {
+            *counts.entry(p.unwrap_or("Pending")).or_default() += 1;
         }
         for (p, n) in counts {
             self.runs_by_phase.with_label_values(&[p]).set(n);

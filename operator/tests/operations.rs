@@ -94,13 +94,13 @@ async fn probes_and_metrics_are_served() {
     assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
     health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(http_get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
-    metrics.run_phase("ml/a", Some("Running"));
-    metrics.run_phase("ml/b", Some("Running"));
-    metrics.run_phase("ml/b", None);
+    metrics.runs_by_phase([Some("Running"), None, Some("Failed")]);
     let _t = metrics.reconcile("TrainingRun");
     let text = http_get(addr, "/metrics").await;
     for line in [
         "sapllm_operator_training_runs{phase=\"Running\"} 1",
+        "sapllm_operator_training_runs{phase=\"Pending\"} 1",
+        "sapllm_operator_training_runs{phase=\"Succeeded\"} 0",
         "sapllm_operator_reconciles_total{kind=\"TrainingRun\"} 1",
         "sapllm_operator_leader 0",
     ] {

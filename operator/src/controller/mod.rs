@@ -21,7 +21,24 @@ pub async fn run_all(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let runs = training::controller(ctx.clone(), namespace.as_deref())
+    let training = training::controller(ctx.clone(), namespace.as_deref());
+    let store = training.store();
+    let metrics = ctx.metrics.clone();
+    // The runs-by-phase gauge is recomputed from the watch cache (deleted runs drop out).
+    let gauge = tokio::spawn(async move {
+        loop {
+            let runs = store.state();
+            metrics.runs_by_phase(runs.iter().map(|r| match r.status.as_ref().and_then(|s| s.phase) {
+                Some(sapllm_crds::training_run::RunPhase::Pending) | None => None,
+                Some(sapllm_crds::training_run::RunPhase::Running) => Some("Running"),
+                Some(sapllm_crds::training_run::RunPhase::Suspended) => Some("Suspended"),
+                Some(sapllm_crds::training_run::RunPhase::Succeeded) => Some("Succeeded"),
+                Some(sapllm_crds::training_run::RunPhase::Failed) => Some("Failed"),
+            }));
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    });
+    let runs = training
         .graceful_shutdown_on(shutdown.clone())
         .run(training::reconcile, training::error_policy, ctx.clone())
         .for_each(|r| async move { log("TrainingRun", r) });
@@ -34,6 +51,7 @@ pub async fn run_all(
         .run(endpoint::reconcile, endpoint::error_policy, ctx.clone())
         .for_each(|r| async move { log("RoutingEndpoint", r) });
     futures::join!(runs, evals, eps);
+    gauge.abort();
 }
 
 fn log<T: std::fmt::Debug, E: std::fmt::Display>(kind: &str, r: Result<T, E>) {

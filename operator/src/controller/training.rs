@@ -49,17 +49,14 @@ fn owned_by<K: kube::Resource>(child: &K, owner_uid: &str) -> bool {
 pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.reconcile(KIND);
     let ns = run.namespace().ok_or(Error::NoNamespace)?;
-    let key = format!("{ns}/{}", run.name_any());
     if run.metadata.deletion_timestamp.is_some() {
         // Children are garbage-collected through their owner references.
-        ctx.metrics.run_phase(&key, None);
         return Ok(Action::await_change());
     }
     if let Err(invalid) = training::validate(&run) {
         let (status, transitions) = training::invalid_status(&run, &invalid, now());
         apply_status(&ctx.client, run.as_ref(), &status).await?;
         ctx.publish(run.as_ref(), &transitions).await;
-        ctx.metrics.run_phase(&key, Some("Failed"));
         return Ok(Action::requeue(ctx.config.resync_interval));
     }
     if let Some(claim) = training::storage_claim(&run, &ctx.config) {
@@ -145,8 +142,6 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         apply_status(&ctx.client, run.as_ref(), &d.status).await?;
     }
     ctx.publish(run.as_ref(), &d.transitions).await;
-    let phase = d.status.phase.map(|p| format!("{p:?}"));
-    ctx.metrics.run_phase(&key, phase.as_deref());
     Ok(if d.running {
         Action::requeue(ctx.config.progress_interval)
     } else {
