@@ -304,6 +304,22 @@ impl FakeApi {
         self.inner.lock().unwrap().logs.insert((ns.into(), pod.into()), log.into());
     }
 
+    /// The current resourceVersion.
+    pub fn rv(&self) -> u64 {
+        self.inner.lock().unwrap().rv
+    }
+
+    /// `resource/name` of every change after `rv`.
+    pub fn changes_after(&self, rv: u64) -> Vec<String> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .changes
+            .iter()
+            .filter(|c| c.rv > rv)
+            .map(|c| format!("{} {}", c.resource, c.object["metadata"]["name"]))
+            .collect()
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<Request> {
         self.inner.lock().unwrap().requests.clone()
