@@ -1,0 +1,171 @@
+//! The local pipeline on a very small version of the embedded default: every stage runs from the
+//! TrainingRun manifest, the losses fall, every report file is written, a re-run skips finished
+//! stages, and a killed SFT resumes to exactly the adapter of an uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::Device;
+use sapllm_crds::StageName;
+use sapllm_worker::pipeline::stages::{RunContext, sft_config};
+use sapllm_worker::pipeline::{run_all, run_stage};
+use sapllm_worker::progress::ProgressMode;
+use sapllm_worker::train::sft;
+
+const MANIFEST: &str = r#"
+apiVersion: sapllm.io/v1alpha1
+kind: TrainingRun
+metadata: {name: ci-tiny}
+spec:
+  baseModel: {preset: tiny}
+  storage: {claimName: artifacts}
+  stages:
+    dataPrep: {examples: 160, similarCases: 1, seed: 7}
+    pretrain: {steps: 12, batchSize: 4, sequenceLength: 128, learningRate: 0.003, checkpointInterval: 6}
+    sft:
+      epochs: 1
+      maxSteps: 8
+      batchSize: 2
+      gradientAccumulation: 2
+      learningRate: 0.003
+      warmupRatio: 0.0
+      maxSequenceLength: 1024
+      checkpointInterval: 2
+      gradientCheckpointing: false
+      lora: {r: 4, alpha: 8, dropout: 0.1, targetModules: [q_proj, v_proj, w1, gate]}
+    ppo: {enabled: false}
+    evaluation: {samples: 4}
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    manifest: PathBuf,
+    run_dir: PathBuf,
+}
+
+/// One full run, shared by the tests of this file (it is the expensive part).
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("run.yaml");
+        std::fs::write(&manifest, MANIFEST).unwrap();
+        let run_dir = dir.path().join("runs/ci-tiny");
+        let ctx = RunContext::from_manifest(&manifest, Some(run_dir.clone()), ProgressMode::Quiet).unwrap();
+        let out = run_all(&ctx).expect("the whole pipeline runs");
+        assert!(out.verdict.is_some(), "the evaluation stage gives a verdict");
+        Fixture { _dir: dir, manifest, run_dir }
+    })
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+#[test]
+fn every_stage_writes_its_outputs_and_losses_fall() {
+    let f = fixture();
+    let r = &f.run_dir;
+    for file in [
+        "data/train_routing_examples.jsonl",
+        "data/test_routing_examples.jsonl",
+        "data/exception_examples.jsonl",
+        "data/preference_pairs.jsonl",
+        "pretrain/model/config.json",
+        "pretrain/model/tokenizer.json",
+        "sft/adapter/adapter_config.json",
+        "sft/adapter/adapter_model.safetensors",
+        "sft/loss_curve.png",
+        "sft/loss_history.jsonl",
+        "evaluation/EVALUATION_REPORT.md",
+        "evaluation/metrics.json",
+        "evaluation/detailed_results.jsonl",
+        "evaluation/accuracy_metrics.png",
+        "evaluation/accuracy_by_doc_type.png",
+        "evaluation/coverage_curve.png",
+    ] {
+        assert!(r.join(file).is_file(), "{file} is missing");
+    }
+    let sft = read_json(&r.join("sft/sft_summary.json"));
+    let (first, last) = (sft["first_loss"].as_f64().unwrap(), sft["final_loss"].as_f64().unwrap());
+    assert!(last < first, "SFT loss must fall: {first} -> {last}");
+    let pre = read_json(&r.join("pretrain/model/pretrain_report.json"));
+    assert!(
+        pre["final_loss"].as_f64().unwrap() < pre["first_loss"].as_f64().unwrap(),
+        "pretrain loss must fall"
+    );
+    let metrics = read_json(&r.join("evaluation/metrics.json"));
+    assert_eq!(metrics["summary"]["metrics"]["samples"], 4);
+    assert!(metrics["model_version"].as_str().unwrap().starts_with("sha256:"));
+    let details = std::fs::read_to_string(r.join("evaluation/detailed_results.jsonl")).unwrap();
+    assert!(details.lines().count() >= 4, "one line per scored decision");
+    let eval = read_json(&r.join("evaluation/stage_result.json"));
+    assert!(eval["result"]["artifacts"]["modelVersion"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        eval["result"]["artifacts"]["sftAdapter"], "ci-tiny/sft/adapter",
+        "paths relative to the volume root"
+    );
+}
+
+#[test]
+fn a_rerun_skips_finished_stages_and_a_settings_change_reruns_from_there() {
+    let f = fixture();
+    let ctx = RunContext::from_manifest(&f.manifest, Some(f.run_dir.clone()), ProgressMode::Quiet).unwrap();
+    let (_, skipped) = run_stage(&ctx, StageName::DataPrep).unwrap();
+    assert!(skipped, "same settings: data-prep is not redone");
+    let mut changed = ctx.run.clone();
+    changed.spec.stages.sft.learning_rate = 0.001;
+    let digests_before = ctx.digests();
+    let ctx2 = RunContext {
+        run: changed,
+        run_dir: f.run_dir.clone(),
+        manifest_dir: ctx.manifest_dir.clone(),
+        progress: ProgressMode::Quiet,
+    };
+    let digests_after = ctx2.digests();
+    for ((stage, before), (_, after)) in digests_before.iter().zip(&digests_after) {
+        let should_change = *stage >= StageName::Sft;
+        assert_eq!(before != after, should_change, "{stage:?}: digests before/after an SFT change");
+    }
+}
+
+fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let map = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> =
+        map.into_iter().map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_killed_sft_resumes_to_the_same_adapter() {
+    let f = fixture();
+    let ctx = RunContext::from_manifest(&f.manifest, Some(f.run_dir.clone()), ProgressMode::Quiet).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut whole = sft_config(&ctx);
+    whole.out_dir = scratch.path().join("whole");
+    let mut killed = whole.clone();
+    killed.out_dir = scratch.path().join("killed");
+    killed.stop_after = Some(3);
+
+    let full = sft::run(&whole).unwrap();
+    assert!(full.completed && full.resumed_from_step.is_none());
+    let partial = sft::run(&killed).unwrap();
+    assert!(!partial.completed, "stop_after simulates a kill");
+    assert!(!killed.out_dir.join("adapter").exists(), "no final adapter after a kill");
+    killed.stop_after = None;
+    let resumed = sft::run(&killed).unwrap();
+    assert_eq!(
+        resumed.resumed_from_step,
+        Some(2),
+        "killed after step 3: resumes from the checkpoint of step 2"
+    );
+    assert_eq!(resumed.steps, full.steps);
+    let a = adapter_tensors(&whole.out_dir.join("adapter"));
+    let b = adapter_tensors(&killed.out_dir.join("adapter"));
+    assert_eq!(a.len(), b.len());
+    for ((ka, va), (kb, vb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert_eq!(va, vb, "{ka} differs after resume");
+    }
+}
