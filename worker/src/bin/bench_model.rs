@@ -77,6 +77,9 @@ fn main() -> Result<()> {
     if let Ok(case) = std::env::var("BENCH_MODEL_RSS_CASE") {
         return rss_case(&case);
     }
+    if let Ok(case) = std::env::var("BENCH_MODEL_LOAD_CASE") {
+        return load_case(&case);
+    }
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
     if let Some(pos) = args.iter().position(|a| a == "--threads")
@@ -200,20 +203,21 @@ fn main() -> Result<()> {
     let shards = std::fs::read_dir(&dir)?
         .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with("model-")))
         .count();
-    println!("| load as | shards | seconds | linear bits/param |");
-    println!("|---|---|---|---|");
-    for (prec, dtype) in [
-        (Precision::F32, DType::F32),
-        (Precision::Bf16, DType::BF16),
-        (Precision::Int8, DType::F32),
-        (Precision::Nf4, DType::F32),
-    ] {
-        let start = Instant::now();
-        let m =
-            load_model(&dir, &ModelOptions { precision: prec, dtype, ..Default::default() }, &Device::Cpu)?;
-        let s = start.elapsed().as_secs_f64();
-        let (bytes, params) = m.linear_storage();
-        println!("| {prec:?} | {shards} | {s:.2} | {:.3} |", bytes as f64 * 8.0 / params as f64);
+    let on_disk: u64 =
+        std::fs::read_dir(&dir)?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+    println!("checkpoint on disk: {:.0} MiB", on_disk as f64 / (1 << 20) as f64);
+    println!("| load as | shards | seconds | linear bits/param | peak RSS MiB (fresh process) |");
+    println!("|---|---|---|---|---|");
+    for prec in ["f32", "bf16", "int8", "nf4"] {
+        let out = std::process::Command::new(&exe)
+            .env("BENCH_MODEL_LOAD_CASE", format!("{prec}:{}", dir.display()))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "load case {prec} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("| {prec} | {shards} | {}", String::from_utf8_lossy(&out.stdout).trim());
     }
     std::fs::remove_dir_all(&dir)?;
     if let Some(p) = json_path {
@@ -235,6 +239,24 @@ fn rss_case(case: &str) -> Result<()> {
     let peak = if ok { proc_status("VmHWM:").unwrap_or(f64::NAN) } else { f64::NAN };
     let label = if qlora { "QLoRA nf4" } else { "full f32" };
     println!("| {label} | {ckpt} | {peak:.0} | {before:.0} | {s:.2} |");
+    Ok(())
+}
+
+/// Loads the checkpoint of `prec:dir` in this (fresh) process: time, bits/param, peak RSS.
+fn load_case(case: &str) -> Result<()> {
+    let (prec, dir) = case.split_once(':').context("case is precision:dir")?;
+    let precision: Precision = prec.parse()?;
+    let dtype = if precision == Precision::Bf16 { DType::BF16 } else { DType::F32 };
+    let start = Instant::now();
+    let m = load_model(
+        std::path::Path::new(dir),
+        &ModelOptions { precision, dtype, ..Default::default() },
+        &Device::Cpu,
+    )?;
+    let s = start.elapsed().as_secs_f64();
+    let (bytes, params) = m.linear_storage();
+    let peak = proc_status("VmHWM:").unwrap_or(f64::NAN);
+    println!("{s:.2} | {:.3} | {peak:.0} |", bytes as f64 * 8.0 / params as f64);
     Ok(())
 }
 
