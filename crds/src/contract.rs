@@ -22,16 +22,23 @@ pub const TERMINATION_LOG_ENV: &str = "SAPLLM_TERMINATION_LOG";
 /// The default termination-message path of a Kubernetes container.
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
 
-/// Where the operator mounts a PersistentVolumeClaim named by a `VolumePath` (a Hugging Face base,
-/// transaction logs, a dataset) when it is not the artifact claim: `/mnt/<claim>`. A `VolumePath`
-/// on the artifact claim resolves under [`ARTIFACTS_MOUNT`] instead (the claim is mounted once).
+/// Where the operator mounts every PersistentVolumeClaim a `VolumePath` names (a Hugging Face
+/// base, transaction logs, a dataset): `<VOLUMES_ROOT>/<claim>`, the worker's default resolution of
+/// a `VolumePath` (the artifact claim is additionally mounted at [`ARTIFACTS_MOUNT`]).
+pub const VOLUMES_ROOT: &str = "/volumes";
+/// Environment variable the worker reads the volumes root from (the operator sets it).
+pub const VOLUMES_ROOT_ENV: &str = "SAPLLM_VOLUMES_ROOT";
+
+/// The mount path of `claim`.
 pub fn claim_mount(claim: &str) -> String {
-    format!("/mnt/{claim}")
+    format!("{VOLUMES_ROOT}/{claim}")
 }
 
 /// Where the operator mounts the catalog ConfigMap (`data.catalog.configMap`): the key is a file
-/// in this folder.
+/// in this folder, named to the worker by [`CATALOG_FILE_ENV`].
 pub const CATALOG_DIR: &str = "/etc/sapllm-catalog";
+/// Environment variable naming the catalog file.
+pub const CATALOG_FILE_ENV: &str = "SAPLLM_CATALOG_FILE";
 
 /// Folder of each stage's output inside a run directory.
 pub fn stage_dir(stage: StageName) -> &'static str {

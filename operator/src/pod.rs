@@ -90,13 +90,23 @@ pub fn volumes(p: &WorkerPod) -> (Vec<Value>, Vec<Value>) {
         volumes.push(json!({ "name": "catalog", "configMap": { "name": cat.name, "items": [{ "key": cat.key, "path": cat.key }] } }));
         mounts.push(json!({ "name": "catalog", "mountPath": CATALOG_DIR, "readOnly": true }));
     }
-    let mut extra: Vec<&String> = p.extra_claims.iter().filter(|c| c.as_str() != p.artifacts_claim).collect();
+    let mut extra: Vec<&String> = p.extra_claims.iter().collect();
     extra.sort();
     extra.dedup();
-    for (i, claim) in extra.into_iter().enumerate() {
-        let name = format!("claim-{i}");
-        volumes
-            .push(json!({ "name": name, "persistentVolumeClaim": { "claimName": claim, "readOnly": true } }));
+    let mut i = 0;
+    for claim in extra {
+        // A claim is one volume per pod; the artifact claim is mounted a second time where the
+        // worker resolves `VolumePath`s.
+        let name = if claim == p.artifacts_claim {
+            "artifacts".to_string()
+        } else {
+            let n = format!("claim-{i}");
+            i += 1;
+            volumes.push(
+                json!({ "name": n, "persistentVolumeClaim": { "claimName": claim, "readOnly": true } }),
+            );
+            n
+        };
         mounts.push(json!({ "name": name, "mountPath": claim_mount(claim), "readOnly": true }));
     }
     (volumes, mounts)
@@ -167,11 +177,26 @@ pub fn job_container(
     if let Some(pp) = settings.image_pull_policy {
         c["imagePullPolicy"] = json!(pp.as_str());
     }
-    let env = env(settings);
-    if !env.is_empty() {
-        c["env"] = json!(env);
+    let mut env = env(settings);
+    env.push(json!({ "name": sapllm_crds::contract::VOLUMES_ROOT_ENV, "value": sapllm_crds::contract::VOLUMES_ROOT }));
+    if let Some(cat) = p.catalog {
+        let file = format!("{CATALOG_DIR}/{}", cat.key);
+        env.push(json!({ "name": sapllm_crds::contract::CATALOG_FILE_ENV, "value": file }));
     }
+    c["env"] = json!(env);
     c
+}
+
+/// An artifact path from a stage result as the worker sees it: relative paths are inside the
+/// artifact claim; absolute ones (a Hugging Face base on another claim) stay as they are.
+pub fn artifact_path(path: &str) -> String {
+    if path.starts_with('/') { path.to_string() } else { format!("{ARTIFACTS_MOUNT}/{path}") }
+}
+
+/// The claims that absolute artifact paths live on (`/volumes/<claim>/...`), to be mounted.
+pub fn claims_of<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let root = format!("{}/", sapllm_crds::contract::VOLUMES_ROOT);
+    paths.into_iter().filter_map(|p| p.strip_prefix(&root)?.split('/').next().map(String::from)).collect()
 }
 
 /// A path a `VolumePath` names, as the worker sees it.

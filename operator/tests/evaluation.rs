@@ -188,3 +188,29 @@ fn a_run_owned_evaluation_scores_the_runs_final_adapter_on_its_test_split() {
     assert_eq!(d.status.phase, Some(EvaluationPhase::Running));
     assert_eq!(d.status.job_name.as_deref(), Some(job.as_str()));
 }
+
+#[test]
+fn an_absolute_base_on_another_claim_is_used_as_is_and_mounted() {
+    // A Hugging Face base on claim "models": the worker reports it where it read it.
+    let mut ev: Evaluation = input("ev-artifacts");
+    let r = evaluation::Resolved {
+        base_model: "/volumes/models/mistralai/Mixtral-8x7B-Instruct-v0.1".into(),
+        ..ready(&ev)
+    };
+    ev.spec.model.artifacts.as_mut().unwrap().base_model = r.base_model.clone();
+    let job = evaluation::evaluation_job(&ev, &r, &OperatorConfig::default());
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    let args = pod.containers[0].args.clone().unwrap();
+    assert_eq!(args[2], "/volumes/models/mistralai/Mixtral-8x7B-Instruct-v0.1");
+    assert_eq!(args[4], "/artifacts/routing-tiny/ppo/adapter");
+    let mounts: Vec<String> =
+        pod.containers[0].volume_mounts.clone().unwrap().into_iter().map(|m| m.mount_path).collect();
+    assert!(mounts.contains(&"/volumes/models".to_string()), "{mounts:?}");
+    let claims: Vec<String> = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .filter_map(|v| v.persistent_volume_claim.map(|c| c.claim_name))
+        .collect();
+    assert_eq!(claims, ["sapllm-artifacts", "models"]);
+}

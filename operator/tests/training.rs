@@ -138,7 +138,9 @@ fn stage_job_carries_gpus_scheduling_kueue_and_extra_claims() {
     assert_eq!(limits["nvidia.com/gpu"].0, "1");
     let mounts: Vec<String> =
         pod.containers[0].volume_mounts.clone().unwrap().into_iter().map(|m| m.mount_path).collect();
-    for m in ["/artifacts", "/etc/sapllm", "/etc/sapllm-catalog", "/mnt/models", "/mnt/sap-logs", "/tmp"] {
+    for m in
+        ["/artifacts", "/etc/sapllm", "/etc/sapllm-catalog", "/volumes/models", "/volumes/sap-logs", "/tmp"]
+    {
         assert!(mounts.contains(&m.to_string()), "{m} in {mounts:?}");
     }
     let data_prep = training::stage_job(&run, stage(&plan, StageName::DataPrep), &cfg);

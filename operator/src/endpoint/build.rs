@@ -7,7 +7,6 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
-use sapllm_crds::contract::ARTIFACTS_MOUNT;
 use sapllm_crds::endpoint::RoutingEndpoint;
 use serde_json::{Value, json};
 
@@ -49,13 +48,9 @@ fn metadata(rep: &RoutingEndpoint) -> Value {
 /// The `serve` arguments for `c`.
 pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate) -> Vec<String> {
     let s = &rep.spec;
-    let mut a = vec![
-        "serve".to_string(),
-        "--base-model".into(),
-        format!("{ARTIFACTS_MOUNT}/{}", c.artifacts.base_model),
-    ];
+    let mut a = vec!["serve".to_string(), "--base-model".into(), pod::artifact_path(&c.artifacts.base_model)];
     if let Some(ad) = &c.artifacts.adapter {
-        a.extend(["--adapter".into(), format!("{ARTIFACTS_MOUNT}/{ad}")]);
+        a.extend(["--adapter".into(), pod::artifact_path(ad)]);
     }
     a.extend([
         "--precision".into(),
@@ -82,7 +77,13 @@ pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate) -> Vec<String> {
 /// The Deployment serving `c` from `claim`. Replicas are left to the autoscaler.
 pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &OperatorConfig) -> Deployment {
     let s = &rep.spec;
-    let wp = WorkerPod { artifacts_claim: claim, artifacts_read_only: true, ..Default::default() };
+    let paths = [c.artifacts.base_model.as_str()].into_iter().chain(c.artifacts.adapter.as_deref());
+    let wp = WorkerPod {
+        artifacts_claim: claim,
+        artifacts_read_only: true,
+        extra_claims: pod::claims_of(paths),
+        ..Default::default()
+    };
     let (mut volumes, mut mounts) = pod::volumes(&wp);
     if let Some(k) = &s.auth_secret {
         volumes.push(json!({ "name": "auth", "secret": { "secretName": k.name, "items": [{ "key": k.key, "path": k.key }] } }));

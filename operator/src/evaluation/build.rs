@@ -19,10 +19,9 @@ use crate::training::build::from_json;
 
 /// The worker's arguments for `r`.
 pub fn evaluate_args(ev: &Evaluation, r: &Resolved) -> Vec<String> {
-    let mut a =
-        vec!["evaluate".to_string(), "--base-model".into(), format!("{ARTIFACTS_MOUNT}/{}", r.base_model)];
+    let mut a = vec!["evaluate".to_string(), "--base-model".into(), pod::artifact_path(&r.base_model)];
     if let Some(ad) = &r.adapter {
-        a.extend(["--adapter".into(), format!("{ARTIFACTS_MOUNT}/{ad}")]);
+        a.extend(["--adapter".into(), pod::artifact_path(ad)]);
     }
     a.extend([
         "--examples".into(),
@@ -54,7 +53,12 @@ pub fn evaluation_job(ev: &Evaluation, r: &Resolved, cfg: &OperatorConfig) -> Jo
         args: evaluate_args(ev, r),
         default_gpus: 1,
         artifacts_claim: &r.claim,
-        extra_claims: r.extra_claims.clone(),
+        extra_claims: r
+            .extra_claims
+            .iter()
+            .cloned()
+            .chain(pod::claims_of([r.base_model.as_str()].into_iter().chain(r.adapter.as_deref())))
+            .collect(),
         manifest_config_map: None,
         catalog: None,
         artifacts_read_only: false,
