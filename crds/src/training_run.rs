@@ -392,6 +392,12 @@ pub struct SftStage {
     /// Recompute each decoder layer in backward instead of keeping its activations.
     #[serde(default = "default_true")]
     pub gradient_checkpointing: bool,
+    /// Show each candidate API's field schema in the prompt (default). Turn off for small presets
+    /// trained from scratch whose context cannot hold them: candidates are then listed by name
+    /// and the decoder's grammar still enforces the chosen API's schema. Evaluation and serving
+    /// render prompts the same way (the setting is saved with the adapter).
+    #[serde(default = "default_true")]
+    pub candidate_schemas: bool,
     /// Save a resumable checkpoint every this many optimizer steps.
     #[serde(default = "default_checkpoint_interval")]
     #[schemars(range(min = 1))]
@@ -444,6 +450,7 @@ impl Default for SftStage {
             lora: LoraSettings::default(),
             quantization: QuantizationSettings::default(),
             gradient_checkpointing: true,
+            candidate_schemas: true,
             checkpoint_interval: default_checkpoint_interval(),
             control: StageControl::default(),
         }

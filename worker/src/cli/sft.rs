@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use crate::inference::profile::PromptProfile;
 use crate::model::linear::{LoraConfig, Precision};
 use crate::pipeline::stages::{RunContext, sft_config};
 use crate::progress::ProgressMode;
@@ -64,6 +65,12 @@ pub struct SftArgs {
     pub checkpoint_interval: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// List candidate APIs by name only in prompts (small presets); saved with the adapter.
+    #[arg(long)]
+    pub no_candidate_schemas: bool,
+    /// Similar past cases shown in prompts at most.
+    #[arg(long, default_value_t = 3)]
+    pub max_similar_cases: usize,
     /// Stop after this many steps in this invocation (a rerun resumes from the checkpoint).
     #[arg(long)]
     pub stop_after: Option<u64>,
@@ -96,6 +103,10 @@ pub fn execute(args: SftArgs, progress: ProgressMode) -> anyhow::Result<ExitCode
             gradient_checkpointing: args.gradient_checkpointing,
             checkpoint_interval: args.checkpoint_interval,
             seed: args.seed,
+            prompt: PromptProfile {
+                candidate_schemas: !args.no_candidate_schemas,
+                max_similar_cases: args.max_similar_cases,
+            },
             stop_after: None,
             progress,
         },

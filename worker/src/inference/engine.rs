@@ -36,6 +36,9 @@ pub struct EngineConfig {
     /// Rows decoded together at most (larger batch calls are split).
     pub max_batch: usize,
     pub limits: GrammarLimits,
+    /// How routing prompts are rendered (what the model was trained with; `load_engine` reads it
+    /// from the adapter folder).
+    pub prompt: super::profile::PromptProfile,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             weights: ConfidenceWeights::default(),
             max_batch: 8,
             limits: GrammarLimits::default(),
+            prompt: super::profile::PromptProfile::default(),
         }
     }
 }
@@ -100,6 +104,24 @@ impl Engine {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// Compiles the answer grammar of every catalog endpoint, exception handling and every
+    /// exception action ahead of traffic, so no request pays a grammar compilation (a latency
+    /// spike of milliseconds per new endpoint). Returns how many grammars were compiled.
+    pub fn precompile_grammars(&self) -> Result<usize> {
+        let mut schemas = vec![routing_answer_schema(EXCEPTION_ENDPOINT, None, &self.config.limits)];
+        for api in &self.catalog.apis {
+            let ep = api.endpoint();
+            schemas.push(routing_answer_schema(&ep, self.payload_schema(&ep).as_ref(), &self.config.limits));
+        }
+        for a in ExceptionAction::ALL {
+            schemas.push(exception_answer_schema(a.as_str(), &self.config.limits));
+        }
+        for s in &schemas {
+            self.grammars.matcher(s)?;
+        }
+        Ok(schemas.len())
     }
 
     /// The compiled-grammar cache (also used by free-form completion).
@@ -261,7 +283,7 @@ impl Engine {
             })
             .collect();
         Ok(RowSpec {
-            prompt: self.prompt_ids(&format::routing_prompt(q)?)?,
+            prompt: self.prompt_ids(&format::routing_prompt(&self.config.prompt.apply(q))?)?,
             prefix,
             options,
             body_end: ",\"reasoning\":".into(),

@@ -46,9 +46,14 @@ pub fn load_engine(
     adapter: Option<&Path>,
     precision: Precision,
     catalog: Catalog,
-    config: EngineConfig,
+    mut config: EngineConfig,
 ) -> Result<(Engine, ModelInfo)> {
     let device = Device::Cpu;
+    // Render prompts as the model was trained to read them (the adapter's profile wins).
+    config.prompt = match adapter {
+        Some(a) if a.join(super::profile::PROFILE_FILE).exists() => super::profile::PromptProfile::load(a)?,
+        _ => super::profile::PromptProfile::load(base)?,
+    };
     let tokenizer = match adapter.filter(|a| a.join(TOKENIZER_FILE).exists()) {
         Some(a) => Tokenizer::from_dir(a)?,
         None => Tokenizer::from_dir(base)

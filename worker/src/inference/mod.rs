@@ -18,6 +18,7 @@ pub mod forward;
 pub mod grammar;
 pub mod load;
 pub mod logits;
+pub mod profile;
 pub mod request;
 pub mod testkit;
 pub mod tok_env;

@@ -15,6 +15,7 @@ use super::{manifest, termination, version};
 use crate::dataprep::{self, DataPrepConfig, Source, SplitFractions};
 use crate::evaluate::{self, EvalConfig};
 use crate::inference::format::{exception_training_pair, routing_training_pair};
+use crate::inference::profile::PromptProfile;
 use crate::model::config::Preset;
 use crate::model::linear::{LoraConfig, Precision};
 use crate::model::pretrain::{self, PretrainConfig};
@@ -313,8 +314,10 @@ fn write_corpus(ctx: &RunContext, path: &Path) -> Result<usize> {
     let exceptions: Vec<dataprep::ExceptionExample> = read_jsonl(&data.join("exception_examples.jsonl"))?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut n = 0;
+    let profile = prompt_profile(ctx);
     for ex in &routing {
-        let (prompt, response) = routing_training_pair(&catalog, ex)?;
+        let (prompt, response) =
+            routing_training_pair(&catalog, &crate::train::data::profile_example(ex, &profile))?;
         serde_json::to_writer(&mut out, &serde_json::json!({"prompt": prompt, "response": response}))?;
         out.write_all(b"\n")?;
         n += 1;
@@ -338,6 +341,7 @@ fn pretrain_stage(ctx: &RunContext) -> Result<StageResult> {
     std::fs::create_dir_all(&dir)?;
     let corpus = dir.join("corpus.jsonl");
     let docs = write_corpus(ctx, &corpus)?;
+    let profile = prompt_profile(ctx);
     let p = &spec.stages.pretrain;
     let mut cfg = PretrainConfig::new(corpus, dir.join("model"), preset);
     cfg.steps = p.steps as usize;
@@ -348,6 +352,7 @@ fn pretrain_stage(ctx: &RunContext) -> Result<StageResult> {
     cfg.warmup_steps = (p.steps as usize / 20).max(1);
     cfg.seed = spec.stages.data_prep.seed;
     let report = pretrain::run(&cfg, ctx.progress)?;
+    profile.save(&dir.join("model"))?;
     Ok(ok(format!(
         "{} steps on {docs} documents ({} tokens), loss {:.3} -> {:.3}",
         report.steps, report.corpus_tokens, report.first_loss, report.final_loss
@@ -385,8 +390,17 @@ pub fn sft_config(ctx: &RunContext) -> SftConfig {
         gradient_checkpointing: s.gradient_checkpointing,
         checkpoint_interval: s.checkpoint_interval,
         seed: ctx.run.spec.stages.data_prep.seed,
+        prompt: prompt_profile(ctx),
         stop_after: None,
         progress: ctx.progress,
+    }
+}
+
+/// The prompt profile of the run's models.
+pub fn prompt_profile(ctx: &RunContext) -> PromptProfile {
+    PromptProfile {
+        candidate_schemas: ctx.run.spec.stages.sft.candidate_schemas,
+        max_similar_cases: ctx.run.spec.stages.data_prep.similar_cases as usize,
     }
 }
 

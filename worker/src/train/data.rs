@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::dataprep::examples::{ExceptionExample, RoutingExample};
 use crate::inference::format::{exception_training_pair, routing_training_pair};
+use crate::inference::profile::PromptProfile;
 use crate::model::template::encode_example;
 use crate::model::tokenizer::Tokenizer;
 use crate::sap::catalog::Catalog;
@@ -74,6 +75,16 @@ pub fn routing_sequence(
     Ok(None)
 }
 
+/// A routing example as the prompt profile shows it (the targets are unchanged).
+pub fn profile_example(ex: &RoutingExample, profile: &PromptProfile) -> RoutingExample {
+    let mut ex = ex.clone();
+    if !profile.candidate_schemas {
+        ex.api_schemas.iter_mut().for_each(|s| s.schema.clear());
+    }
+    ex.similar_cases.truncate(profile.max_similar_cases);
+    ex
+}
+
 /// Loads the training split (routing + exception examples of `split`) from a data-prep folder.
 pub fn load(
     data_dir: &Path,
@@ -81,11 +92,13 @@ pub fn load(
     catalog: &Catalog,
     tok: &Tokenizer,
     max_len: usize,
+    profile: &PromptProfile,
 ) -> Result<SftData> {
     let mut data = SftData::default();
     let routing: Vec<RoutingExample> = read_jsonl(&data_dir.join(format!("{split}_routing_examples.jsonl")))?;
     for ex in &routing {
-        match routing_sequence(catalog, tok, ex, max_len)? {
+        let ex = profile_example(ex, profile);
+        match routing_sequence(catalog, tok, &ex, max_len)? {
             Some((seq, shortened)) => {
                 data.shortened += usize::from(shortened);
                 data.routing += 1;

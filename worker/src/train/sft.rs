@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::batcher::{collate, epoch_batches};
 use super::checkpoint::{self, TrainState};
 use super::data;
+use crate::inference::profile::PromptProfile;
 use crate::model::checkpoint::load_model;
 use crate::model::linear::{LoraConfig, Precision};
 use crate::model::loss::shifted_logprobs;
@@ -55,6 +56,8 @@ pub struct SftConfig {
     pub gradient_checkpointing: bool,
     pub checkpoint_interval: u64,
     pub seed: u64,
+    /// How routing prompts are rendered; saved with the adapter for evaluation and serving.
+    pub prompt: PromptProfile,
     /// Stop (as if killed) after this many optimizer steps in this process; for resume tests.
     #[serde(skip)]
     pub stop_after: Option<u64>,
@@ -110,7 +113,7 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
     let tok = Tokenizer::from_dir(&cfg.base_model)
         .with_context(|| format!("loading the tokenizer of {}", cfg.base_model.display()))?;
     let catalog = Catalog::builtin();
-    let data = data::load(&cfg.data_dir, "train", &catalog, &tok, cfg.max_seq_len)?;
+    let data = data::load(&cfg.data_dir, "train", &catalog, &tok, cfg.max_seq_len, &cfg.prompt)?;
     let lengths: Vec<usize> = data.sequences.iter().map(|s| s.ids.len()).collect();
 
     let opts = ModelOptions {
@@ -258,6 +261,7 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
 
     let adapter_dir = cfg.out_dir.join("adapter");
     peft::save_adapter(&model, &adapter_dir, &base_name)?;
+    cfg.prompt.save(&adapter_dir)?;
     let tps = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let out = summary(cfg, &state, &data, tps, resumed_from, true);
     write_outputs(&cfg.out_dir, &state, &out)?;
