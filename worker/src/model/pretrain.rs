@@ -95,6 +95,7 @@ pub struct PretrainReport {
     pub corpus_tokens: usize,
     pub tokens_trained: usize,
     pub first_loss: f64,
+    /// Moving average of the last ~10% of steps (at most 20).
     pub final_loss: f64,
     /// Mean loss on held-out windows (None when the held-out part is shorter than a window).
     pub eval_loss: Option<f64>,
@@ -342,7 +343,10 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
     let eval = eval_loss(&model, &held, cfg, &device)?;
     let points: Vec<(f64, f64)> =
         state.losses.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect();
-    let smooth = smooth(&state.losses, 20);
+    // A window of ~10% of the run (1..=20 steps), so short runs are not dominated by early steps.
+    let window = (state.losses.len() / 10).clamp(1, 20);
+    let smooth = smooth(&state.losses, window);
+    let smooth_name = format!("moving avg ({window})");
     let smooth_pts: Vec<(f64, f64)> = smooth.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect();
     crate::plot::line_chart(
         &out.join("pretrain_loss.png"),
@@ -351,7 +355,7 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
         "cross-entropy",
         &[
             crate::plot::Series { name: "loss", points },
-            crate::plot::Series { name: "moving avg (20)", points: smooth_pts },
+            crate::plot::Series { name: &smooth_name, points: smooth_pts },
         ],
     )?;
     let report = PretrainReport {
