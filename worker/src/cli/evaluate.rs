@@ -83,7 +83,14 @@ pub fn run(args: EvaluateArgs, progress: ProgressMode) -> anyhow::Result<ExitCod
         metrics: Some(out.summary.metrics.clone()),
         gates: out.gates.clone(),
         verdict: Some(out.verdict),
-        report: Some(out.report.display().to_string()),
+        // Relative to the artifact volume when the report is on it, as the operator expects.
+        report: Some(
+            out.report
+                .strip_prefix(sapllm_crds::contract::ARTIFACTS_MOUNT)
+                .unwrap_or(&out.report)
+                .display()
+                .to_string(),
+        ),
         ..Default::default()
     };
     termination::write(&result);
