@@ -7,9 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use sapllm_crds::{GROUP, TrainingRun, VERSION, VolumePath};
 
-/// Environment variable naming where the operator mounts claims other than the artifact volume
-/// (`<root>/<claimName>`); default `/volumes`.
-pub const VOLUMES_ROOT_ENV: &str = "SAPLLM_VOLUMES_ROOT";
+use sapllm_crds::contract::{VOLUMES_ROOT, VOLUMES_ROOT_ENV};
 
 /// Loads and checks a TrainingRun manifest.
 pub fn load(path: &Path) -> Result<TrainingRun> {
@@ -76,7 +74,7 @@ pub fn check(run: &TrainingRun) -> Result<()> {
 pub fn resolve(vp: &VolumePath, base: &Path) -> PathBuf {
     match &vp.claim_name {
         Some(claim) => {
-            let root = std::env::var(VOLUMES_ROOT_ENV).unwrap_or_else(|_| "/volumes".into());
+            let root = std::env::var(VOLUMES_ROOT_ENV).unwrap_or_else(|_| VOLUMES_ROOT.into());
             Path::new(&root).join(claim).join(&vp.path)
         }
         None if Path::new(&vp.path).is_absolute() => PathBuf::from(&vp.path),

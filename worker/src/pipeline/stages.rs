@@ -24,8 +24,7 @@ use crate::sap::catalog::Catalog;
 use crate::train::data::read_jsonl;
 use crate::train::sft::{self, SftConfig};
 
-/// Environment variable naming a catalog JSON file (the operator mounts the ConfigMap there).
-pub const CATALOG_FILE_ENV: &str = "SAPLLM_CATALOG_FILE";
+pub use sapllm_crds::contract::CATALOG_FILE_ENV;
 const RESULT_FILE: &str = "stage_result.json";
 
 /// A run on this machine: the manifest, where it writes, how it reports.
