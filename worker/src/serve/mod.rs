@@ -104,6 +104,9 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
 
 /// The warm-up decision: one synthetic document through the full path.
 fn warm_up(engine: &Engine) -> Result<()> {
+    let t = Instant::now();
+    let n = engine.precompile_grammars()?;
+    tracing::info!(grammars = n, ms = t.elapsed().as_millis() as u64, "answer grammars compiled");
     let q = sample_queries(1, 0).pop().context("no warm-up document")?;
     let t = Instant::now();
     let d = engine.decide_routing_batch(std::slice::from_ref(&q))?.pop().context("no warm-up decision")??;
