@@ -10,8 +10,9 @@ fn committed_crd_yaml_matches_the_types() {
         let expected = generate::to_yaml(&crd);
         for dir in ["crds/yaml", "charts/sapllm-operator/crds"] {
             let path = root.join(dir).join(generate::file_name(&crd));
-            let committed = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}; run `cargo run -p sapllm-crds --bin crdgen`", path.display()));
+            let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("{}: {e}; run `cargo run -p sapllm-crds --bin crdgen`", path.display())
+            });
             assert!(
                 committed == expected,
                 "{} is stale: run `cargo run -p sapllm-crds --bin crdgen` and commit the result",
@@ -25,7 +26,12 @@ fn committed_crd_yaml_matches_the_types() {
 fn every_schema_is_structural() {
     for crd in generate::crds() {
         let violations = structural_violations(&openapi_schema(&crd));
-        assert!(violations.is_empty(), "{} is not structural:\n{}", crd.spec.names.kind, violations.join("\n"));
+        assert!(
+            violations.is_empty(),
+            "{} is not structural:\n{}",
+            crd.spec.names.kind,
+            violations.join("\n")
+        );
     }
 }
 

@@ -23,7 +23,8 @@ fn every_example_is_accepted() {
     for (path, text) in files {
         let errors = manifest_errors(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert!(errors.is_empty(), "{path} is rejected:\n{}", errors.join("\n"));
-        let kind = serde_yaml::from_str::<serde_json::Value>(&text).unwrap()["kind"].as_str().unwrap().to_string();
+        let kind =
+            serde_yaml::from_str::<serde_json::Value>(&text).unwrap()["kind"].as_str().unwrap().to_string();
         let typed = match kind.as_str() {
             "TrainingRun" => serde_yaml::from_str::<TrainingRun>(&text).map(|_| ()),
             "Evaluation" => serde_yaml::from_str::<Evaluation>(&text).map(|_| ()),
@@ -67,7 +68,10 @@ spec:
     assert_eq!((s.sft.lora.r, s.sft.lora.alpha), (16, 32.0));
     assert_eq!(s.sft.learning_rate, 2e-5);
     assert_eq!((s.sft.batch_size, s.sft.gradient_accumulation, s.sft.epochs), (2, 8, 3));
-    assert_eq!(s.sft.lora.target_modules, vec![LoraTarget::QProj, LoraTarget::KProj, LoraTarget::VProj, LoraTarget::OProj]);
+    assert_eq!(
+        s.sft.lora.target_modules,
+        vec![LoraTarget::QProj, LoraTarget::KProj, LoraTarget::VProj, LoraTarget::OProj]
+    );
     assert_eq!((s.ppo.iterations, s.ppo.learning_rate, s.ppo.kl_penalty), (5000, 1e-6, 0.05));
     assert_eq!((s.ppo.batch_size, s.ppo.mini_batch_size), (8, 2));
     let w = &s.ppo.reward_weights;

@@ -20,7 +20,8 @@ pub fn workspace_root() -> PathBuf {
 /// The openAPIV3Schema of the first (only) version of a CRD, as JSON.
 pub fn openapi_schema(crd: &CustomResourceDefinition) -> Value {
     let version = &crd.spec.versions[0];
-    let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("CRD has a schema");
+    let schema =
+        version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("CRD has a schema");
     serde_json::to_value(schema).expect("schema serializes")
 }
 
@@ -102,7 +103,11 @@ pub fn to_json_schema(node: &Value) -> Value {
                     // `default` and `enum` hold instance values, not schemas.
                     "default" | "enum" | "example" | "x-kubernetes-validations" => v.clone(),
                     "properties" => Value::Object(
-                        v.as_object().into_iter().flatten().map(|(n, s)| (n.clone(), to_json_schema(s))).collect(),
+                        v.as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(n, s)| (n.clone(), to_json_schema(s)))
+                            .collect(),
                     ),
                     _ => to_json_schema(v),
                 };

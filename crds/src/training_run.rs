@@ -577,7 +577,11 @@ fn default_block_size() -> u32 {
 
 impl Default for QuantizationSettings {
     fn default() -> Self {
-        QuantizationSettings { type_: WeightFormat::Nf4, double_quant: true, block_size: default_block_size() }
+        QuantizationSettings {
+            type_: WeightFormat::Nf4,
+            double_quant: true,
+            block_size: default_block_size(),
+        }
     }
 }
 
@@ -717,7 +721,11 @@ fn default_w_conf() -> f64 {
 
 impl Default for RewardWeights {
     fn default() -> Self {
-        RewardWeights { api: default_w_api(), business_rules: default_w_rules(), confidence: default_w_conf() }
+        RewardWeights {
+            api: default_w_api(),
+            business_rules: default_w_rules(),
+            confidence: default_w_conf(),
+        }
     }
 }
 

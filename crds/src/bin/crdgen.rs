@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate lives in the workspace").to_path_buf();
+    let root =
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate lives in the workspace").to_path_buf();
     let dirs: [PathBuf; 2] = [root.join("crds/yaml"), root.join("charts/sapllm-operator/crds")];
     let mut stale = Vec::new();
     for crd in sapllm_crds::generate::crds() {
