@@ -137,3 +137,27 @@ fn exception_decisions_pick_one_of_the_five_actions() {
     assert!(d.correction.len() <= 8);
     assert!((0.0..=1.0).contains(&d.confidence));
 }
+
+#[test]
+fn tree_attention_scoring_equals_one_forward_per_option() {
+    let (engine, queries) = engine();
+    let mut cfg = config();
+    cfg.decode.tree_scoring = false;
+    let (sequential, _) = tiny_engine(cfg, 7).expect("engine");
+    let batch: Vec<RoutingQuery> = queries.iter().skip(4).take(2).cloned().collect();
+    let tree = engine.decide_routing_batch(&batch).expect("tree");
+    let seq = sequential.decide_routing_batch(&batch).expect("sequential");
+    for (t, s) in tree.iter().zip(&seq) {
+        let (t, s) = (t.as_ref().expect("tree decision"), s.as_ref().expect("sequential decision"));
+        assert_eq!(t.endpoint, s.endpoint);
+        for ((e1, p1), (e2, p2)) in t.alternatives.iter().zip(&s.alternatives) {
+            assert_eq!(e1, e2);
+            assert!((p1 - p2).abs() < 1e-4, "{e1}: tree {p1} vs sequential {p2}");
+        }
+        assert_eq!(t.payload, s.payload);
+        assert!(
+            t.stats.forward_calls < s.stats.forward_calls,
+            "one scoring forward instead of one per option"
+        );
+    }
+}

@@ -3,8 +3,9 @@
 //! For every row (one request) the decoder
 //! 1. prefills prompt + the answer prefix every option shares (`{"endpoint":"`), left-padded;
 //! 2. scores every allowed option by teacher forcing its tokens from a snapshot of the KV
-//!    cache: `log p(option | prompt)` is the sum of its token log-probabilities (one forward per
-//!    option index for the whole batch, never re-running the prompt);
+//!    cache: `log p(option | prompt)` is the sum of its token log-probabilities. All options of
+//!    all rows go through ONE forward with tree attention (each option sees the prompt and its
+//!    own tokens only), never re-running the prompt;
 //! 3. picks the most probable option, builds that option's grammar (llguidance) and lets it
 //!    consume the prefix;
 //! 4. generates the rest under the grammar mask. After each sampled token the grammar's forced
@@ -21,7 +22,7 @@ use llguidance::Matcher;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use super::forward::{Step, forward_select};
+use super::forward::{Step, forward_branches, forward_select};
 use super::grammar::GrammarCache;
 use super::logits::{log_prob, pick_allowed, softmax};
 use super::types::DecodeStats;
@@ -38,11 +39,19 @@ pub struct DecodeOptions {
     /// 0 = greedy.
     pub temperature: f64,
     pub seed: u64,
+    /// Score all options in one tree-attention forward (else one forward per option index).
+    pub tree_scoring: bool,
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions { max_new_tokens: 1024, use_forced_tokens: true, temperature: 0.0, seed: 0 }
+        DecodeOptions {
+            max_new_tokens: 1024,
+            use_forced_tokens: true,
+            temperature: 0.0,
+            seed: 0,
+            tree_scoring: true,
+        }
     }
 }
 
@@ -140,60 +149,43 @@ pub fn decode_batch(
     let first_logits = forward_select(model, &step, &mut snapshot, &select)?;
     timing.prefill_s = t0.elapsed().as_secs_f64();
 
-    // 2. Score the options: one forward per option index, from the snapshot.
+    // 2. Score the options from the snapshot: all branches in one tree-attention forward, or
+    //    (sliding-window models, or on request) one forward per option index.
     let t1 = Instant::now();
-    let max_opts = rows.iter().map(|r| r.options.len()).max().unwrap_or(0);
-    let mut scores: Vec<Vec<f64>> = rows.iter().map(|r| vec![0.0; r.options.len()]).collect();
-    let mut branches: Vec<(KvCache, Vec<Vec<f32>>)> = Vec::with_capacity(max_opts);
-    // `j` is an option POSITION shared by all rows (row r's j-th option), not an index into one
-    // collection, hence the range loop.
-    #[allow(clippy::needless_range_loop)]
-    for j in 0..max_opts {
-        let feeds: Vec<&[u32]> =
-            rows.iter().map(|r| r.options.get(j).map_or(&[][..], |o| o.suffix.as_slice())).collect();
-        let step = Step::right_padded(&feeds, pad);
-        let mut select = Vec::new();
-        for (r, f) in feeds.iter().enumerate() {
-            for c in 0..f.len() {
-                select.push((r, c));
-            }
-        }
-        let mut cache = snapshot.clone();
-        let logits = forward_select(model, &step, &mut cache, &select)?;
+    let tree = opts.tree_scoring && model.cfg.sliding_window.is_none();
+    let (scores, mut branches) = if tree {
+        let mut scratch = snapshot.clone();
+        let feeds: Vec<Vec<&[u32]>> =
+            rows.iter().map(|r| r.options.iter().map(|o| o.suffix.as_slice()).collect()).collect();
+        let logits = forward_branches(model, &mut scratch, &feeds, pad)?;
         timing.forward_calls += 1;
-        let mut it = logits.into_iter();
-        let mut last_per_row = vec![Vec::new(); b];
-        for (r, f) in feeds.iter().enumerate() {
-            if f.is_empty() {
-                continue;
-            }
-            let mut s = log_prob(&first_logits[r], f[0]);
-            let mut prev = Vec::new();
-            for (c, _) in f.iter().enumerate() {
-                let row_logits = it.next().ok_or_else(|| anyhow!("missing logits"))?;
-                if c + 1 < f.len() {
-                    s += log_prob(&row_logits, f[c + 1]);
-                }
-                prev = row_logits;
-            }
-            scores[r][j] = s;
-            last_per_row[r] = prev;
-        }
-        branches.push((cache, last_per_row));
-    }
+        let scores = rows
+            .iter()
+            .zip(&logits)
+            .enumerate()
+            .map(|(r, (row, per_option))| {
+                row.options
+                    .iter()
+                    .zip(per_option)
+                    .map(|(o, lg)| sequence_logprob(&first_logits[r], lg, &o.suffix))
+                    .collect()
+            })
+            .collect();
+        (scores, Vec::new())
+    } else {
+        score_sequential(model, &snapshot, &first_logits, rows, pad, &mut timing)?
+    };
     let probs: Vec<Vec<f64>> = scores.iter().map(|s| softmax(s)).collect();
     let choice: Vec<usize> = probs
         .iter()
         .map(|p| p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best }))
         .collect();
 
-    // 3. Continue from the chosen options: reuse a scoring branch when every row chose the same
-    //    index, else feed the chosen suffixes from the snapshot once more.
-    let (mut cache, last) = if choice.iter().all(|&c| c == choice[0])
-        && rows.iter().all(|r| r.options.len() > choice[0])
-    {
-        let (c, l) = branches.swap_remove(choice[0]);
-        (c, l)
+    // 3. Continue from the chosen options: reuse a sequential scoring branch when every row
+    //    chose the same index, else feed the chosen suffixes from the snapshot once more.
+    let reuse = !branches.is_empty() && choice.iter().all(|&c| c == choice[0]);
+    let (mut cache, last) = if reuse {
+        branches.swap_remove(choice[0])
     } else {
         let feeds: Vec<&[u32]> =
             rows.iter().zip(&choice).map(|(r, &c)| r.options[c].suffix.as_slice()).collect();
@@ -299,6 +291,56 @@ pub fn decode_batch(
         })
         .collect();
     Ok((outputs, timing))
+}
+
+/// `log p(suffix | prefix)`: the first token from the prefix's last logits, each next token
+/// from the logits after its predecessor.
+fn sequence_logprob(first: &[f32], after: &[Vec<f32>], suffix: &[u32]) -> f64 {
+    let mut s = log_prob(first, suffix[0]);
+    for (c, lg) in after.iter().enumerate().take(suffix.len().saturating_sub(1)) {
+        s += log_prob(lg, suffix[c + 1]);
+    }
+    s
+}
+
+type Branch = (KvCache, Vec<Vec<f32>>);
+
+/// Scores option j of every row with one forward per option index from the snapshot; returns
+/// the scores and each index's cache + last logits (reusable when all rows choose it).
+fn score_sequential(
+    model: &Mixtral,
+    snapshot: &KvCache,
+    first_logits: &[Vec<f32>],
+    rows: &[RowSpec],
+    pad: u32,
+    timing: &mut BatchTiming,
+) -> Result<(Vec<Vec<f64>>, Vec<Branch>)> {
+    let b = rows.len();
+    let max_opts = rows.iter().map(|r| r.options.len()).max().unwrap_or(0);
+    let mut scores: Vec<Vec<f64>> = rows.iter().map(|r| vec![0.0; r.options.len()]).collect();
+    let mut branches: Vec<Branch> = Vec::with_capacity(max_opts);
+    for j in 0..max_opts {
+        let feeds: Vec<&[u32]> =
+            rows.iter().map(|r| r.options.get(j).map_or(&[][..], |o| o.suffix.as_slice())).collect();
+        let step = Step::right_padded(&feeds, pad);
+        let select: Vec<(usize, usize)> =
+            feeds.iter().enumerate().flat_map(|(r, f)| (0..f.len()).map(move |c| (r, c))).collect();
+        let mut cache = snapshot.clone();
+        let logits = forward_select(model, &step, &mut cache, &select)?;
+        timing.forward_calls += 1;
+        let mut it = logits.into_iter();
+        let mut last_per_row = vec![Vec::new(); b];
+        for (r, f) in feeds.iter().enumerate() {
+            if f.is_empty() {
+                continue;
+            }
+            let after: Vec<Vec<f32>> = it.by_ref().take(f.len()).collect();
+            scores[r][j] = sequence_logprob(&first_logits[r], &after, f);
+            last_per_row[r] = after.last().cloned().unwrap_or_default();
+        }
+        branches.push((cache, last_per_row));
+    }
+    Ok((scores, branches))
 }
 
 /// Samples one token for `l` under its grammar mask and consumes it.

@@ -84,3 +84,99 @@ pub fn forward_select(
     let (_, logits) = model.head(&picked)?;
     logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>().context("reading logits")
 }
+
+/// Logits after each token of one branch.
+pub type BranchLogits = Vec<Vec<f32>>;
+
+/// Tree-attention step: per row, several independent BRANCHES (token lists) that all continue
+/// the cached prefix, run as ONE forward. Each branch token attends to the row's cached real
+/// positions and to the earlier tokens of its own branch only, and gets the position it would
+/// have if its branch were alone; so its logits equal those of feeding that branch by itself.
+/// The cache is left holding every branch (callers run this on a throw-away clone).
+///
+/// Returns, per row and branch, the logits after each of the branch's tokens. Needs full
+/// attention (no sliding window); the positions and rotary tables follow
+/// `Mixtral::attn_inputs`.
+pub fn forward_branches(
+    model: &Mixtral,
+    cache: &mut KvCache,
+    branches: &[Vec<&[u32]>],
+    pad: u32,
+) -> Result<Vec<Vec<BranchLogits>>> {
+    use crate::model::mixtral::AttnInputs;
+    ensure!(model.cfg.sliding_window.is_none(), "branch scoring needs full attention");
+    let b = branches.len();
+    ensure!(cache.mask.len() == b, "cache is for batch {}, got {b} rows", cache.mask.len());
+    let q = branches.iter().map(|r| r.iter().map(|t| t.len()).sum::<usize>()).max().unwrap_or(0).max(1);
+    let k_old = cache.len();
+    let k_len = k_old + q;
+    let mut ids = vec![pad; b * q];
+    let mut pos = vec![0f32; b * q];
+    let mut bias = vec![-1e30f32; b * q * k_len];
+    let mut select = Vec::new();
+    let mut new_mask = Vec::with_capacity(b);
+    for (r, row) in branches.iter().enumerate() {
+        let prefix_real = cache.mask[r].iter().filter(|&&m| m != 0).count();
+        // (branch index, offset) of each new column of this row.
+        let mut cols: Vec<(usize, usize)> = Vec::with_capacity(q);
+        for (bi, toks) in row.iter().enumerate() {
+            for (o, &t) in toks.iter().enumerate() {
+                ids[r * q + cols.len()] = t;
+                pos[r * q + cols.len()] = (prefix_real + o) as f32;
+                select.push((r, cols.len()));
+                cols.push((bi, o));
+            }
+        }
+        let mut m = vec![1u8; cols.len()];
+        m.resize(q, 0);
+        new_mask.push(m);
+        for (j, &(bj, oj)) in cols.iter().enumerate() {
+            let row_bias = &mut bias[(r * q + j) * k_len..(r * q + j + 1) * k_len];
+            for (t, &real) in cache.mask[r].iter().enumerate() {
+                if real != 0 {
+                    row_bias[t] = 0.0;
+                }
+            }
+            for (j2, &(b2, o2)) in cols.iter().enumerate() {
+                if b2 == bj && o2 <= oj {
+                    row_bias[k_old + j2] = 0.0;
+                }
+            }
+        }
+    }
+    for (row, m) in cache.mask.iter_mut().zip(&new_mask) {
+        row.extend_from_slice(m);
+    }
+    let hd = model.cfg.head_dim;
+    let dev = model.device();
+    let inv: Vec<f32> =
+        (0..hd / 2).map(|i| 1.0 / (model.cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
+    let inv = Tensor::from_vec(inv, (1, hd / 2), dev)?;
+    let freqs = Tensor::from_vec(pos, (b * q, 1), dev)?.matmul(&inv)?;
+    let emb = Tensor::cat(&[&freqs, &freqs], 1)?.reshape((b, 1, q, hd))?;
+    let dtype = model.dtype();
+    let inp = AttnInputs {
+        cos: emb.cos()?.to_dtype(dtype)?,
+        sin: emb.sin()?.to_dtype(dtype)?,
+        bias: Tensor::from_vec(bias, (b, 1, q, k_len), dev)?,
+    };
+    let input = Tensor::from_vec(ids, (b, q), dev)?;
+    let mut x = model.embed(&input)?;
+    for (layer, lc) in model.layers.iter().zip(cache.layers.iter_mut()) {
+        x = layer.forward(&x, &inp, Some(lc))?.0;
+    }
+    let hidden = x.reshape((b * q, model.cfg.hidden_size))?;
+    let idx: Vec<u32> = select.iter().map(|&(r, c)| (r * q + c) as u32).collect();
+    let idx = Tensor::from_vec(idx, select.len(), dev)?;
+    let (_, logits) = model.head(&hidden.index_select(&idx, 0)?.unsqueeze(0)?)?;
+    let mut rows = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?.into_iter();
+    let mut out = Vec::with_capacity(b);
+    for row in branches {
+        let mut per_branch = Vec::with_capacity(row.len());
+        for toks in row {
+            per_branch.push(rows.by_ref().take(toks.len()).collect());
+        }
+        out.push(per_branch);
+    }
+    Ok(out)
+}
