@@ -306,7 +306,9 @@ fn sequence_logprob(first: &[f32], after: &[Vec<f32>], suffix: &[u32]) -> f64 {
 type Branch = (KvCache, Vec<Vec<f32>>);
 
 /// Scores option j of every row with one forward per option index from the snapshot; returns
-/// the scores and each index's cache + last logits (reusable when all rows choose it).
+/// the scores and each index's cache + last logits (reusable when all rows choose it). `j` is
+/// an option POSITION shared by all rows, hence the range loop.
+#[allow(clippy::needless_range_loop)]
 fn score_sequential(
     model: &Mixtral,
     snapshot: &KvCache,
