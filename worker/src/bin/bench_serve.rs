@@ -1,7 +1,10 @@
 //! Serving benchmarks (CPU): prints tables, asserts nothing.
 //!
 //! 1. Library latency per decision at batch 1, with and without grammar-forced tokens: what
-//!    `compute_ff_tokens` saves in forward calls and milliseconds.
+//!    `compute_ff_tokens` saves in forward calls and milliseconds. Two kinds of answers: the
+//!    data-prep reference decisions replayed through the full decoder
+//!    (`Engine::replay_routing_batch`: the latency of a model that writes the right answer),
+//!    and the checkpoint's own answers.
 //! 2. HTTP load: the real server (`serve::start`) on a loopback port, N requests at each
 //!    concurrency level from a hyper client: throughput and P50/P95/P99 latency.
 //!
@@ -18,9 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use sapllm_worker::dataprep::{DataPrepConfig, RoutingExample};
 use sapllm_worker::inference::decoder::DecodeOptions;
 use sapllm_worker::inference::engine::EngineConfig;
+use sapllm_worker::inference::format::{RoutingAnswer, routing_answer, routing_query};
 use sapllm_worker::inference::load::{load_engine, parse_precision};
+use sapllm_worker::inference::profile::PromptProfile;
 use sapllm_worker::inference::testkit::{sample_queries, write_tiny_model};
 use sapllm_worker::inference::types::RoutingQuery;
 use sapllm_worker::sap::catalog::Catalog;
@@ -63,66 +69,106 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn engine_table(base: &std::path::Path, args: &Args, queries: &[RoutingQuery]) -> Result<()> {
-    println!("\n## Library latency per decision (batch 1), forced tokens on vs off\n");
-    println!(
-        "| forced tokens | decisions | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for ff in [true, false] {
-        let config = EngineConfig {
-            abstain_threshold: 0.0,
-            max_batch: 1,
-            decode: DecodeOptions { use_forced_tokens: ff, ..DecodeOptions::default() },
-            ..EngineConfig::default()
-        };
-        let precision = parse_precision(&args.precision)?;
-        let (engine, _) = load_engine(base, args.adapter.as_deref(), precision, Catalog::builtin(), config)?;
-        // Warm-up: compiles and caches the grammars.
-        let t = Instant::now();
-        let n = engine.precompile_grammars()?;
-        if ff {
-            eprintln!("({n} answer grammars compiled in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
-        }
-        for q in queries.iter().take(3) {
-            let _ = engine.decide_routing_batch(std::slice::from_ref(q))?;
-        }
-        let mut lat = Vec::new();
-        let (mut calls, mut sampled, mut forced, mut n) = (0usize, 0usize, 0usize, 0usize);
-        let mut phases = [0f64; 4];
-        for q in queries {
-            let t = Instant::now();
-            let (mut ds, timing) = engine.decide_routing_batch_timed(std::slice::from_ref(q))?;
-            let d = ds.pop().context("no decision")?;
-            phases[0] += timing.prefill_s * 1e3;
-            phases[1] += timing.scoring_s * 1e3;
-            phases[2] += timing.generate_s * 1e3;
-            phases[3] += timing.mask_s * 1e3;
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-            if let Ok(d) = d {
-                calls += d.stats.forward_calls;
-                sampled += d.stats.sampled_tokens;
-                forced += d.stats.forced_tokens;
-                n += 1;
+/// Reference decisions from data-prep (synthetic logs -> examples with target endpoint,
+/// payload, reasoning): what a perfectly trained model would write.
+fn reference_examples(n: usize) -> Result<(Vec<RoutingQuery>, Vec<RoutingAnswer>)> {
+    let dir = std::env::temp_dir().join(format!("sapllm-bench-serve-data-{}", std::process::id()));
+    let cfg =
+        DataPrepConfig { examples: (n * 4).max(100), output_dir: dir.clone(), ..DataPrepConfig::default() };
+    sapllm_worker::dataprep::run(&cfg)?;
+    let catalog = Catalog::builtin();
+    let mut queries = Vec::new();
+    let mut answers = Vec::new();
+    for file in ["test_routing_examples.jsonl", "val_routing_examples.jsonl", "train_routing_examples.jsonl"]
+    {
+        let text = std::fs::read_to_string(dir.join(file)).with_context(|| format!("reading {file}"))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if queries.len() == n {
+                break;
             }
+            let ex: RoutingExample = serde_json::from_str(line)?;
+            queries.push(routing_query(&ex));
+            answers.push(routing_answer(&catalog, &ex));
         }
-        let mean = lat.iter().sum::<f64>() / lat.len() as f64;
-        lat.sort_by(f64::total_cmp);
-        let per = |x: usize| x as f64 / n.max(1) as f64;
-        println!(
-            "| {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            if ff { "on" } else { "off" },
-            lat.len(),
-            percentile(&lat, 50.0),
-            percentile(&lat, 95.0),
-            phases[0] / lat.len() as f64,
-            phases[1] / lat.len() as f64,
-            phases[2] / lat.len() as f64,
-            phases[3] / lat.len() as f64,
-            per(calls),
-            per(sampled),
-            per(forced)
-        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((queries, answers))
+}
+
+fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
+    let (queries, answers) = reference_examples(args.requests)?;
+    println!("\n## Library latency per decision (batch 1), {} documents\n", queries.len());
+    println!(
+        "| answers | forced tokens | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | answer tok |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for reference in [true, false] {
+        for ff in [true, false] {
+            let config = EngineConfig {
+                abstain_threshold: 0.0,
+                max_batch: 1,
+                decode: DecodeOptions { use_forced_tokens: ff, ..DecodeOptions::default() },
+                ..EngineConfig::default()
+            };
+            let precision = parse_precision(&args.precision)?;
+            let (engine, _) =
+                load_engine(base, args.adapter.as_deref(), precision, Catalog::builtin(), config)?;
+            let t = Instant::now();
+            let n = engine.precompile_grammars()?;
+            if ff && reference {
+                eprintln!("({n} answer grammars compiled in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
+            }
+            for q in queries.iter().take(2) {
+                let _ = engine.decide_routing_batch(std::slice::from_ref(q))?;
+            }
+            let mut lat = Vec::new();
+            let (mut calls, mut sampled, mut forced, mut total, mut n) =
+                (0usize, 0usize, 0usize, 0usize, 0usize);
+            let mut phases = [0f64; 4];
+            for (q, a) in queries.iter().zip(&answers) {
+                let t = Instant::now();
+                let (mut ds, timing) = if reference {
+                    engine.replay_routing_batch(std::slice::from_ref(q), std::slice::from_ref(a))?
+                } else {
+                    engine.decide_routing_batch_timed(std::slice::from_ref(q))?
+                };
+                let d = ds.pop().context("no decision")?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                phases[0] += timing.prefill_s * 1e3;
+                phases[1] += timing.scoring_s * 1e3;
+                phases[2] += timing.generate_s * 1e3;
+                phases[3] += timing.mask_s * 1e3;
+                match d {
+                    Ok(d) => {
+                        calls += d.stats.forward_calls;
+                        sampled += d.stats.sampled_tokens;
+                        forced += d.stats.forced_tokens;
+                        total += d.stats.response_tokens;
+                        n += 1;
+                    }
+                    Err(e) => eprintln!("decision failed: {e:#}"),
+                }
+            }
+            let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+            lat.sort_by(f64::total_cmp);
+            let per = |x: usize| x as f64 / n.max(1) as f64;
+            let ph = |i: usize| phases[i] / lat.len() as f64;
+            println!(
+                "| {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                if reference { "reference (data-prep targets)" } else { "model's own (this checkpoint)" },
+                if ff { "on" } else { "off" },
+                percentile(&lat, 50.0),
+                percentile(&lat, 95.0),
+                ph(0),
+                ph(1),
+                ph(2),
+                ph(3),
+                per(calls),
+                per(sampled),
+                per(forced),
+                per(total)
+            );
+        }
     }
     Ok(())
 }
@@ -134,12 +180,14 @@ fn main() -> Result<()> {
         None => {
             let dir = std::env::temp_dir().join(format!("sapllm-bench-serve-{}", std::process::id()));
             write_tiny_model(&dir, 11)?;
+            // As the tiny preset is trained (examples/trainingrun-tiny.yaml): candidates by name.
+            PromptProfile { candidate_schemas: false, max_similar_cases: 1 }.save(&dir)?;
             println!("(random tiny-preset checkpoint written to {})", dir.display());
             dir
         }
     };
+    engine_table(&base, &args)?;
     let queries = sample_queries(args.requests, 1234);
-    engine_table(&base, &args, &queries)?;
     if args.engine_only {
         return Ok(());
     }

@@ -75,6 +75,10 @@ pub struct RowSpec {
     /// Bytes that end the "body" of the answer (e.g. `,"reasoning":`): free tokens sampled
     /// before it count towards the body certainty.
     pub body_end: String,
+    /// Latency measurement only: a reference answer to follow instead of the model's argmax
+    /// (the option it starts with, and at each step the allowed token covering most of its
+    /// remaining bytes). Everything else (grammar, forced tokens, forwards) runs as usual.
+    pub reference: Option<(usize, Vec<u8>)>,
 }
 
 /// What one row produced.
@@ -178,7 +182,11 @@ pub fn decode_batch(
     let probs: Vec<Vec<f64>> = scores.iter().map(|s| softmax(s)).collect();
     let choice: Vec<usize> = probs
         .iter()
-        .map(|p| p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best }))
+        .zip(rows)
+        .map(|(p, r)| match &r.reference {
+            Some((c, _)) if *c < p.len() => *c,
+            _ => p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best }),
+        })
         .collect();
 
     // 3. Continue from the chosen options: reuse a sequential scoring branch when every row
@@ -366,7 +374,12 @@ fn sample_one(
             return;
         }
     };
-    let Some((tok, lp)) = pick_allowed(&l.last_logits, &mask, opts.temperature, rng.random::<f64>()) else {
+    let u = rng.random::<f64>();
+    let followed =
+        r.reference.as_ref().and_then(|(_, bytes)| follow_reference(trie, &l.tokens, bytes, &mask));
+    let Some((tok, lp)) =
+        followed.map(|t| (t, 0.0)).or_else(|| pick_allowed(&l.last_logits, &mask, opts.temperature, u))
+    else {
         l.error = Some("the grammar allows no token of the model's vocabulary".into());
         l.done = true;
         return;
@@ -393,6 +406,25 @@ fn sample_one(
         l.done = true;
         l.pending.clear();
     }
+}
+
+/// The allowed token covering the most of the reference's bytes after those already written.
+fn follow_reference(
+    trie: &toktrie::TokTrie,
+    tokens: &[u32],
+    reference: &[u8],
+    mask: &toktrie::SimpleVob,
+) -> Option<u32> {
+    let done = trie.decode_raw(tokens).len();
+    let rest = reference.get(done..).filter(|r| !r.is_empty())?;
+    let mut best: Option<(u32, usize)> = None;
+    for t in mask.iter() {
+        let b = trie.token(t);
+        if !b.is_empty() && rest.starts_with(b) && best.is_none_or(|(_, n)| b.len() > n) {
+            best = Some((t, b.len()));
+        }
+    }
+    best.map(|(t, _)| t)
 }
 
 /// Appends the grammar's forced tokens to `l.pending` (and consumes them).

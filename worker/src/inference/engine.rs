@@ -164,6 +164,34 @@ impl Engine {
         self.run_batches(queries, |q| self.routing_row(q), |q, row, out| self.routing_decision(q, row, out))
     }
 
+    /// LATENCY MEASUREMENT ONLY: decodes each query through the full pipeline (prefill, option
+    /// scoring, grammar, forced tokens, one forward per sampled token) but writes the given
+    /// reference answer instead of the model's choices, so an untrained model can be timed on
+    /// answers of realistic length. Not a decision: confidence and probabilities are the
+    /// model's, the answer is the reference's.
+    pub fn replay_routing_batch(
+        &self,
+        queries: &[RoutingQuery],
+        references: &[RoutingAnswer],
+    ) -> Result<(Vec<Result<RoutingDecision>>, BatchTiming)> {
+        ensure!(queries.len() == references.len(), "one reference per query");
+        let pairs: Vec<(&RoutingQuery, &RoutingAnswer)> = queries.iter().zip(references).collect();
+        self.run_batches(
+            &pairs,
+            |(q, a)| {
+                let mut row = self.routing_row(q)?;
+                let c = row
+                    .options
+                    .iter()
+                    .position(|o| o.label == a.endpoint)
+                    .ok_or_else(|| anyhow!("reference endpoint {} is not a candidate", a.endpoint))?;
+                row.reference = Some((c, template::response_text(a)?.into_bytes()));
+                Ok(row)
+            },
+            |(q, _), row, out| self.routing_decision(q, row, out),
+        )
+    }
+
     /// Decides how to handle one failure.
     pub fn handle_exception(
         &self,
@@ -287,6 +315,7 @@ impl Engine {
             prefix,
             options,
             body_end: ",\"reasoning\":".into(),
+            reference: None,
         })
     }
 
@@ -345,6 +374,7 @@ impl Engine {
             prefix,
             options,
             body_end: ",\"reasoning\":".into(),
+            reference: None,
         })
     }
 
