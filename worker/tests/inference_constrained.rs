@@ -161,3 +161,49 @@ fn tree_attention_scoring_equals_one_forward_per_option() {
         );
     }
 }
+
+/// The grammar admits the answers SFT trains on: replaying reference answers (built from the
+/// synthetic logs exactly as `format::routing_answer` builds training targets) through the
+/// constrained decoder reproduces them byte for byte.
+#[test]
+fn the_grammar_admits_training_answers() {
+    use sapllm_worker::dataprep::DataPrepConfig;
+    use sapllm_worker::dataprep::synth::Generator;
+    use sapllm_worker::inference::format::{RoutingAnswer, answer_payload};
+
+    let (engine, _) =
+        tiny_engine(EngineConfig { abstain_threshold: 0.0, ..EngineConfig::default() }, 7).expect("engine");
+    let cfg = DataPrepConfig { seed: 7, ..DataPrepConfig::default() };
+    let generator = Generator::new(&cfg);
+    let mut queries = Vec::new();
+    let mut answers = Vec::new();
+    for i in 0..40u64 {
+        let log = generator.log(i);
+        let (Some(endpoint), Some(payload)) = (log.routed_endpoint.clone(), log.sap_payload.clone()) else {
+            continue;
+        };
+        let q = sapllm_worker::inference::testkit::sample_queries(i as usize + 1, 7).pop().unwrap();
+        if !Engine::allowed_endpoints(&q).contains(&endpoint) {
+            continue;
+        }
+        answers.push(RoutingAnswer {
+            payload: answer_payload(engine.catalog(), &endpoint, &payload),
+            endpoint,
+            reasoning: vec!["Document type and partner match the target API.".into()],
+            confidence: 0.93,
+        });
+        queries.push(q);
+        if queries.len() == 4 {
+            break;
+        }
+    }
+    assert!(queries.len() >= 2, "found reference answers");
+    let (out, _) = engine.replay_routing_batch(&queries, &answers).expect("replay");
+    for (d, a) in out.iter().zip(&answers) {
+        let d = d.as_ref().expect("decision");
+        assert_eq!(d.endpoint, a.endpoint);
+        assert_eq!(d.payload, a.payload, "the grammar must admit the training payload");
+        assert_eq!(d.reasoning, a.reasoning);
+        assert_eq!(d.confidence_parts.generated, Some(a.confidence));
+    }
+}
