@@ -28,11 +28,16 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut sizes = vec![200_000usize];
     let mut out: Option<PathBuf> = None;
+    let mut k = 3usize;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--out" => {
                 out = args.get(i + 1).map(PathBuf::from);
+                i += 1;
+            }
+            "--k" => {
+                k = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(3);
                 i += 1;
             }
             "--threads" => {
@@ -53,17 +58,18 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile_dir()?;
     let base = out.unwrap_or_else(|| tmp.clone());
     println!(
-        "data-prep benchmark: {} threads, k=3 similar cases, default mix and rates",
+        "data-prep benchmark: {} threads, k={k} similar cases, default mix and rates",
         rayon::current_num_threads()
     );
     println!(
-        "| records | wall s | records/s | train | val | test | exceptions | pairs | output MiB | peak RSS MiB |"
+        "| records | wall s | pass 1 s | index s | pass 2 s | records/s | train | val | test | exceptions | pairs | output MiB | peak RSS MiB |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
         let dir = base.join(format!("bench_{n}"));
         let cfg = DataPrepConfig {
             examples: n,
+            k_similar: k,
             output_dir: dir.clone(),
             progress: ProgressMode::Quiet,
             ..DataPrepConfig::default()
@@ -72,8 +78,12 @@ fn main() -> anyhow::Result<()> {
         let card = dataprep::run(&cfg)?;
         let wall = t.elapsed().as_secs_f64();
         let g = |s: &str| card.splits.get(s).copied().unwrap_or(0);
+        let stage = |s: &str| card.stage_s.get(s).copied().unwrap_or(f64::NAN);
         println!(
-            "| {n} | {wall:.2} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            "| {n} | {wall:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            stage("pass1"),
+            stage("split_and_index"),
+            stage("pass2"),
             n as f64 / wall,
             g("train"),
             g("val"),

@@ -48,6 +48,9 @@ pub struct DatasetCard {
     pub retrieval: RetrievalCard,
     pub files: Vec<String>,
     pub elapsed_s: f64,
+    /// Seconds in pass 1 (read, terms, keys), index building, and pass 2 (examples).
+    #[serde(default)]
+    pub stage_s: BTreeMap<String, f64>,
 }
 
 impl DatasetCard {

@@ -94,3 +94,133 @@ pub struct PreferencePair {
     /// What makes the rejected one wrong (wrong_api, missing_credit_memo_flag, ...).
     pub rejection_kind: String,
 }
+
+/// Borrowed mirrors of the records, for writing without cloning documents and payloads. They
+/// serialise to exactly the owned types' JSON (a test holds them together).
+pub(crate) mod out {
+    use serde::Serialize;
+    use serde_json::Value;
+
+    use super::SimilarCase;
+    use crate::sap::catalog::CompactSchema;
+    use crate::sap::rules::RuleOutcome;
+
+    #[derive(Serialize)]
+    pub struct RoutingExampleRef<'a> {
+        pub doc_id: &'a str,
+        pub doc_type: &'a str,
+        pub adc_json: &'a Value,
+        pub api_schemas: &'a [CompactSchema],
+        pub similar_cases: &'a [SimilarCase],
+        pub target_endpoint: &'a str,
+        pub target_payload: &'a Value,
+        pub reasoning_trace: &'a [String],
+        pub confidence: f64,
+        pub success: bool,
+        pub feedback: &'a Value,
+        pub rule_failures: &'a [RuleOutcome],
+    }
+
+    #[derive(Serialize)]
+    pub struct DecisionRef<'a> {
+        pub endpoint: &'a str,
+        pub payload: &'a Value,
+        pub confidence: f64,
+        pub reward: f64,
+    }
+
+    #[derive(Serialize)]
+    pub struct PreferencePairRef<'a> {
+        pub doc_id: &'a str,
+        pub doc_type: &'a str,
+        pub split: &'a str,
+        pub adc_json: &'a Value,
+        pub chosen: DecisionRef<'a>,
+        pub rejected: DecisionRef<'a>,
+        pub margin: f64,
+        pub rejection_kind: &'a str,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::out::*;
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn borrowed_records_serialise_exactly_like_the_owned_ones() {
+        let owned = RoutingExample {
+            doc_id: "D1".into(),
+            doc_type: "supplier_invoice".into(),
+            adc_json: json!({"invoice_number": "R1"}),
+            api_schemas: vec![],
+            similar_cases: vec![SimilarCase {
+                doc_id: "D0".into(),
+                doc_type: "supplier_invoice".into(),
+                endpoint: "E".into(),
+                success: true,
+                score: 1.5,
+                summary: "s".into(),
+            }],
+            target_endpoint: "E".into(),
+            target_payload: json!({"A": "1"}),
+            reasoning_trace: vec!["step".into()],
+            confidence: 0.9,
+            success: false,
+            feedback: json!({"x": 1}),
+            rule_failures: vec![],
+        };
+        let r = RoutingExampleRef {
+            doc_id: &owned.doc_id,
+            doc_type: &owned.doc_type,
+            adc_json: &owned.adc_json,
+            api_schemas: &owned.api_schemas,
+            similar_cases: &owned.similar_cases,
+            target_endpoint: &owned.target_endpoint,
+            target_payload: &owned.target_payload,
+            reasoning_trace: &owned.reasoning_trace,
+            confidence: owned.confidence,
+            success: owned.success,
+            feedback: &owned.feedback,
+            rule_failures: &owned.rule_failures,
+        };
+        assert_eq!(serde_json::to_string(&r).unwrap(), serde_json::to_string(&owned).unwrap());
+
+        let d = |e: &str, r: f64| Decision {
+            endpoint: e.into(),
+            payload: json!({"P": 1}),
+            confidence: 0.8,
+            reward: r,
+        };
+        let pair = PreferencePair {
+            doc_id: "D1".into(),
+            doc_type: "t".into(),
+            split: "train".into(),
+            adc_json: json!({}),
+            chosen: d("A", 1.0),
+            rejected: d("B", -0.5),
+            margin: 1.5,
+            rejection_kind: "wrong_api".into(),
+        };
+        fn dr(x: &Decision) -> DecisionRef<'_> {
+            DecisionRef {
+                endpoint: &x.endpoint,
+                payload: &x.payload,
+                confidence: x.confidence,
+                reward: x.reward,
+            }
+        }
+        let pr = PreferencePairRef {
+            doc_id: &pair.doc_id,
+            doc_type: &pair.doc_type,
+            split: &pair.split,
+            adc_json: &pair.adc_json,
+            chosen: dr(&pair.chosen),
+            rejected: dr(&pair.rejected),
+            margin: pair.margin,
+            rejection_kind: &pair.rejection_kind,
+        };
+        assert_eq!(serde_json::to_string(&pr).unwrap(), serde_json::to_string(&pair).unwrap());
+    }
+}

@@ -19,7 +19,8 @@ use serde_json::Value;
 use super::bm25::{Bm25, Vocab};
 use super::card::{DatasetCard, RetrievalCard};
 use super::config::{DataPrepConfig, Source};
-use super::examples::{RoutingExample, SimilarCase};
+use super::examples::SimilarCase;
+use super::examples::out::{DecisionRef, PreferencePairRef, RoutingExampleRef};
 use super::exception::{self, ExceptionInput};
 use super::log::{LogError, LogReader, ValidRecord, parse_line, validate};
 use super::preference::{self, PairInput};
@@ -125,7 +126,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
             .into_par_iter()
             .map(|r| {
                 r.map(|rec| {
-                    let t = tokens::terms(&rec.doc);
+                    let t = tokens::terms_of_json(rec.doc_type.as_str(), &rec.log.extracted_data);
                     let fp = tokens::fingerprint(&rec.doc);
                     let id_key = fnv(format!("id|{}", rec.log.document_id).as_bytes());
                     let endpoint = resolved_endpoint(&rec);
@@ -169,6 +170,8 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
         bail!("no valid records in the input ({} read, {} invalid)", card.records_read, card.invalid_lines);
     }
 
+    card.stage_s.insert("pass1".into(), started.elapsed().as_secs_f64());
+    let index_start = Instant::now();
     // Groups and splits.
     let group: Vec<u64> = id_keys.iter().map(|k| groups.group_of(*k)).collect();
     let split: Vec<Split> = group.iter().map(|g| assign(*g, cfg.seed, cfg.split)).collect();
@@ -191,6 +194,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
         ..RetrievalCard::default()
     };
 
+    card.stage_s.insert("split_and_index".into(), index_start.elapsed().as_secs_f64());
     // Candidate schemas per document type, rendered once.
     let mut schemas: HashMap<&'static str, (Vec<CompactSchema>, Vec<String>)> = HashMap::new();
     for t in crate::sap::documents::DocType::ALL {
@@ -235,6 +239,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
         progress.update(card.records_read + ordinal as u64, &[("examples_per_s", rate)]);
         Ok(())
     })?;
+    card.stage_s.insert("pass2".into(), pass2_start.elapsed().as_secs_f64());
     let n = metas.len() as f64;
     card.logged_success_rate = success as f64 / n;
     card.retrieval.mean_similar_cases = similar_total as f64 / n;
@@ -350,19 +355,19 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord) -> Result<Produced> {
     let (schemas, candidates) = &s.schemas[doc_type];
     let rule_failures: Vec<_> = decision.outcomes.iter().filter(|o| !o.passed).cloned().collect();
     let rule_ids = rule_failures.iter().map(|o| o.rule_id.clone()).collect();
-    let example = RoutingExample {
-        doc_id: log.document_id.clone(),
-        doc_type: doc_type.into(),
-        adc_json: log.extracted_data.clone(),
-        api_schemas: schemas.clone(),
-        similar_cases: similar,
-        target_endpoint: target_endpoint.clone(),
-        target_payload: target_payload.clone(),
-        reasoning_trace: steps,
+    let example = RoutingExampleRef {
+        doc_id: &log.document_id,
+        doc_type,
+        adc_json: &log.extracted_data,
+        api_schemas: schemas,
+        similar_cases: &similar,
+        target_endpoint: &target_endpoint,
+        target_payload: &target_payload,
+        reasoning_trace: &steps,
         confidence,
         success: log.success,
-        feedback: log.feedback.clone(),
-        rule_failures,
+        feedback: &log.feedback,
+        rule_failures: &rule_failures,
     };
 
     let ei = ExceptionInput {
@@ -386,7 +391,11 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord) -> Result<Produced> {
         None
     };
     let serving_endpoint = decision.api.as_deref().and_then(|a| cfg.catalog.api(a)).map(|a| a.endpoint());
-    let pair = preference::pair(
+    // The target's rule pass rate is known when it is the reference decision itself.
+    let target_pass_rate = (target_endpoint == decision.endpoint
+        && decision.payload.as_ref() == Some(&target_payload))
+    .then(|| crate::sap::rules::pass_rate(&decision.outcomes));
+    let rejection = preference::score_rejection(
         &cfg.catalog,
         &ctx,
         &PairInput {
@@ -402,17 +411,41 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord) -> Result<Produced> {
             logged_misroute: misroute,
             candidates,
             variant_seed: fnv(log.document_id.as_bytes()),
+            target_pass_rate,
         },
     );
+    let pair = rejection
+        .map(|r| {
+            let line = serde_json::to_string(&PreferencePairRef {
+                doc_id: &log.document_id,
+                doc_type,
+                split: split.as_str(),
+                adc_json: &log.extracted_data,
+                chosen: DecisionRef {
+                    endpoint: &target_endpoint,
+                    payload: &target_payload,
+                    confidence,
+                    reward: r.chosen_reward,
+                },
+                rejected: DecisionRef {
+                    endpoint: &r.endpoint,
+                    payload: &r.payload,
+                    confidence,
+                    reward: r.rejected_reward,
+                },
+                margin: r.margin(),
+                rejection_kind: r.kind,
+            })?;
+            Ok::<_, serde_json::Error>((line, r.kind.to_string()))
+        })
+        .transpose()?;
     Ok(Produced {
         split,
         routing: serde_json::to_string(&example)?,
         exception: exception
             .map(|e| Ok::<_, serde_json::Error>((serde_json::to_string(&e)?, e.action.as_str().to_string())))
             .transpose()?,
-        pair: pair
-            .map(|p| Ok::<_, serde_json::Error>((serde_json::to_string(&p)?, p.rejection_kind)))
-            .transpose()?,
+        pair,
         doc_type,
         endpoint: target_endpoint,
         rule_failures: rule_ids,

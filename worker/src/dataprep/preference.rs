@@ -42,18 +42,46 @@ pub struct PairInput<'a> {
     pub logged_misroute: Option<&'a str>,
     pub candidates: &'a [String],
     pub variant_seed: u64,
+    /// The target payload's rule pass rate when the caller already has it (saves a validation).
+    pub target_pass_rate: Option<f64>,
+}
+
+/// The rejected side of a pair and both rewards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredRejection {
+    pub endpoint: String,
+    pub payload: Value,
+    pub kind: &'static str,
+    pub chosen_reward: f64,
+    pub rejected_reward: f64,
+}
+
+impl ScoredRejection {
+    pub fn margin(&self) -> f64 {
+        self.chosen_reward - self.rejected_reward
+    }
+}
+
+/// Picks the rejected decision and scores both sides; `None` when no wrong alternative scores
+/// lower. [`pair`] wraps it into an owned [`PreferencePair`].
+pub fn score_rejection(catalog: &Catalog, ctx: &RuleContext, p: &PairInput) -> Option<ScoredRejection> {
+    let (endpoint, payload, kind) = rejected(p)?;
+    let chosen_rules =
+        p.target_pass_rate.unwrap_or_else(|| rules_at(catalog, p.target_endpoint, p.target_payload, ctx));
+    let chosen_reward = verifiable_reward(true, chosen_rules, p.confidence);
+    let rejected_reward = verifiable_reward(
+        endpoint == p.target_endpoint,
+        rules_at(catalog, &endpoint, &payload, ctx),
+        p.confidence,
+    );
+    let s = ScoredRejection { endpoint, payload, kind, chosen_reward, rejected_reward };
+    (s.margin() > 1e-9).then_some(s)
 }
 
 /// Builds the pair, or `None` when no wrong alternative scores lower.
 pub fn pair(catalog: &Catalog, ctx: &RuleContext, p: &PairInput) -> Option<PreferencePair> {
-    let (endpoint, payload, kind) = rejected(p)?;
-    let score = |e: &str, pl: &Value| {
-        verifiable_reward(e == p.target_endpoint, rules_at(catalog, e, pl, ctx), p.confidence)
-    };
-    let chosen_reward = score(p.target_endpoint, p.target_payload);
-    let rejected_reward = score(&endpoint, &payload);
-    let margin = chosen_reward - rejected_reward;
-    (margin > 1e-9).then(|| PreferencePair {
+    let r = score_rejection(catalog, ctx, p)?;
+    Some(PreferencePair {
         doc_id: p.doc_id.into(),
         doc_type: p.doc_type.into(),
         split: p.split.into(),
@@ -62,11 +90,16 @@ pub fn pair(catalog: &Catalog, ctx: &RuleContext, p: &PairInput) -> Option<Prefe
             endpoint: p.target_endpoint.into(),
             payload: p.target_payload.clone(),
             confidence: p.confidence,
-            reward: chosen_reward,
+            reward: r.chosen_reward,
         },
-        rejected: Decision { endpoint, payload, confidence: p.confidence, reward: rejected_reward },
-        margin,
-        rejection_kind: kind.into(),
+        margin: r.margin(),
+        rejected: Decision {
+            endpoint: r.endpoint,
+            payload: r.payload,
+            confidence: p.confidence,
+            reward: r.rejected_reward,
+        },
+        rejection_kind: r.kind.into(),
     })
 }
 

@@ -13,10 +13,21 @@ const MAX_ID_LEN: usize = 24;
 
 /// Retrieval terms of `doc`.
 pub fn terms(doc: &AdcDocument) -> Vec<String> {
-    let mut out = vec![format!("type:{}", doc.doc_type().as_str())];
-    walk(&doc.to_value(), "", &mut out);
+    terms_of_json(doc.doc_type().as_str(), &doc.to_value())
+}
+
+/// Retrieval terms straight from extraction JSON (no typed round trip): identifiers are trimmed
+/// and upper-cased, amounts, quantities and dates (whose noisy spellings vary) are skipped.
+pub fn terms_of_json(doc_type: &str, v: &Value) -> Vec<String> {
+    let mut out = Vec::with_capacity(48);
+    out.push(format!("type:{doc_type}"));
+    walk(v, "", &mut out);
     out
 }
+
+/// Keys whose values are amounts or quantities: noise writes them as locale strings.
+const NUMERIC_KEYS: &[&str] =
+    &["unit_price", "amount", "net_amount", "tax_amount", "gross_amount", "quantity"];
 
 fn walk(v: &Value, key: &str, out: &mut Vec<String>) {
     match v {
@@ -29,9 +40,13 @@ fn walk(v: &Value, key: &str, out: &mut Vec<String>) {
         Value::String(s) if key == "document_title" => {
             out.extend(s.split_whitespace().map(|w| format!("w:{}", w.to_lowercase())));
         }
-        Value::String(_) if key.ends_with("_date") || key.starts_with("valid_") => {}
+        Value::String(_)
+            if key.ends_with("_date") || key.starts_with("valid_") || NUMERIC_KEYS.contains(&key) => {}
         Value::String(s) if s.len() <= MAX_ID_LEN && !s.contains(' ') => {
-            out.push(format!("{key}:{}", s.trim().to_uppercase()));
+            let t = s.trim();
+            if !t.is_empty() {
+                out.push(format!("{key}:{}", t.to_uppercase()));
+            }
         }
         _ => {}
     }

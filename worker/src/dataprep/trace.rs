@@ -37,8 +37,9 @@ pub fn routing_trace(t: &TraceInput) -> Vec<String> {
         .filter(|n| !serving.contains(n))
         .collect();
     steps.push(format!(
-        "Candidates: {} serve {}; {} are in the same area but do not.",
+        "Candidates: {} {} {}; {} are in the same area but do not.",
         if serving.is_empty() { "no API".to_string() } else { serving.join(", ") },
+        if serving.len() == 1 { "serves" } else { "serve" },
         doc_type,
         if others.is_empty() { "no other APIs".to_string() } else { others.join(", ") }
     ));
@@ -83,13 +84,21 @@ fn type_step(doc_type: DocType, d: &Detection) -> String {
     };
     if d.best != doc_type {
         s.push_str(&format!(" The content alone points more to {}: treat with care.", d.best));
-    } else if let Some((other, score)) = d.runner_up.filter(|_| d.is_ambiguous()) {
+    } else if let Some((other, score)) = d.runner_up {
         let against: Vec<&str> = d.evidence_for(other).take(2).map(|s| s.evidence.as_str()).collect();
-        s.push_str(&format!(
-            " Close call against {other} ({score:.1} vs {:.1}: {}), decided by the stronger evidence above.",
-            d.score,
-            against.join("; ")
-        ));
+        if d.is_ambiguous() {
+            s.push_str(&format!(
+                " Close call against {other} ({score:.1} vs {:.1}: {}), decided by the stronger evidence above.",
+                d.score,
+                against.join("; ")
+            ));
+        } else {
+            s.push_str(&format!(
+                " Against it: {} (points to {other}), outweighed {:.1} to {score:.1}.",
+                against.join("; "),
+                d.score
+            ));
+        }
     }
     s
 }
@@ -237,4 +246,38 @@ pub fn exception_trace(
     }
     steps.push(format!("Action: {}.", r.action.as_str()));
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sap::documents::signals::detect;
+    use serde_json::json;
+
+    #[test]
+    fn type_step_names_deciding_fields_and_the_contrary_evidence() {
+        let v = json!({"document_title": "INVOICE", "credit_memo_number": "CN-1", "gross_amount": -119.0,
+                       "original_invoice_number": "R-0"});
+        let s = type_step(DocType::SupplierCreditMemo, &detect(&v));
+        assert!(s.contains("credit_memo_number is present") && s.contains("negative"), "{s}");
+        assert!(s.contains("Against it") && s.contains("supplier_invoice"), "{s}");
+    }
+
+    #[test]
+    fn confidence_falls_with_margin_warnings_and_type_mismatch() {
+        let clear = detect(
+            &json!({"document_title": "Delivery Note", "delivery_note": "1", "receipt_date": "2025-01-01"}),
+        );
+        let c = confidence(DocType::GoodsReceipt, &clear, &[]);
+        assert!(c > 0.9, "{c}");
+        let warn = RuleOutcome {
+            rule_id: "three_way_match_price".into(),
+            severity: Severity::Warning,
+            passed: false,
+            field: "x".into(),
+            message: String::new(),
+        };
+        assert!(confidence(DocType::GoodsReceipt, &clear, &[warn]) < c);
+        assert!(confidence(DocType::SalesOrder, &clear, &[]) <= 0.45);
+    }
 }
