@@ -33,6 +33,9 @@ pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
 pub const ANNOTATION_MODEL_VERSION: &str = "sapllm.io/model-version";
 /// The settings digest a stage Job was built from.
 pub const ANNOTATION_SETTINGS_DIGEST: &str = "sapllm.io/settings-digest";
+/// The generation of the TrainingRun spec an Evaluation was made for (orders versions of one run
+/// whose verdicts land within the same second).
+pub const ANNOTATION_RUN_GENERATION: &str = "sapllm.io/run-generation";
 /// Kubernetes' limit on names that become label values (Job names, Service names).
 pub const MAX_NAME: usize = 63;
 

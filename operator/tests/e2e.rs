@@ -127,7 +127,7 @@ async fn run_training(api: &FakeApi, run_dir_version: u8) {
     ];
     for (stage, prefix, artifacts) in stages {
         let job = api
-            .wait_for(10, &format!("the {} Job", stage.as_str()), |a| {
+            .wait_for(30, &format!("the {} Job", stage.as_str()), |a| {
                 job_named(a, prefix).filter(|j| j["status"]["conditions"].is_null())
             })
             .await;
@@ -157,14 +157,14 @@ fn metrics(routing: f64) -> EvaluationMetrics {
 /// Completes the evaluate Job of the run's newest Evaluation; returns its name.
 async fn evaluate(api: &FakeApi, exclude: Option<&str>, routing: f64, v: u8) -> String {
     let ev = api
-        .wait_for(10, "the run's Evaluation", |a| {
+        .wait_for(30, "the run's Evaluation", |a| {
             a.list(EVALUATIONS, NS)
                 .into_iter()
                 .map(|e| e["metadata"]["name"].as_str().unwrap().to_string())
                 .find(|n| Some(n.as_str()) != exclude)
         })
         .await;
-    let job = api.wait_for(10, "the evaluate Job", |a| job_named(a, &format!("{ev}-eval-"))).await;
+    let job = api.wait_for(30, "the evaluate Job", |a| job_named(a, &format!("{ev}-eval-"))).await;
     let args: Vec<String> =
         serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone()).unwrap();
     assert_eq!(
@@ -208,7 +208,7 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
     api.put(TRAINING_RUNS, tiny_run());
 
     // Data-prep starts; the claim and the rendered manifest exist.
-    let job = api.wait_for(10, "the data-prep Job", |a| job_named(a, "routing-tiny-data-prep-")).await;
+    let job = api.wait_for(30, "the data-prep Job", |a| job_named(a, "routing-tiny-data-prep-")).await;
     assert!(api.get(CLAIMS, NS, "sapllm-artifacts").is_some());
     let cm = api.get(CONFIG_MAPS, NS, "routing-tiny-manifest").unwrap();
     assert!(cm["data"]["trainingrun.yaml"].as_str().unwrap().contains("kind: TrainingRun"));
@@ -225,7 +225,7 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
         "{\"event\":\"progress\",\"stage\":\"data-prep\",\"step\":1500,\"total\":3000,\"eta_s\":12}\n",
     );
     api.patch(JOBS, NS, name, json!({ "status": { "active": 1 } }));
-    api.wait_for(10, "progress in status", |a| {
+    api.wait_for(30, "progress in status", |a| {
         (run_status(a)["progress"]["summary"] == "data-prep 1500/3000 (50%)").then_some(())
     })
     .await;
@@ -234,7 +234,7 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
     run_training(&api, 1).await;
     let ev1 = evaluate(&api, None, 0.985, 1).await;
     let ev = api
-        .wait_for(10, "a passing verdict", |a| {
+        .wait_for(30, "a passing verdict", |a| {
             a.get(EVALUATIONS, NS, &ev1).filter(|e| e["status"]["verdict"] == "Passed")
         })
         .await;
@@ -244,7 +244,7 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
         format!("pvc://sapllm-artifacts/routing-tiny/evaluation/{ev1}/EVALUATION_REPORT.md")
     );
     let st = api
-        .wait_for(10, "the run to succeed", |a| Some(run_status(a)).filter(|s| s["phase"] == "Succeeded"))
+        .wait_for(30, "the run to succeed", |a| Some(run_status(a)).filter(|s| s["phase"] == "Succeeded"))
         .await;
     assert_eq!(st["verdict"], "Passed");
     assert_eq!(st["artifacts"]["modelVersion"], version(1));
@@ -252,7 +252,7 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
 
     // The endpoint rolls the passing version out and promotes it once the pods are ready.
     api.put(ENDPOINTS, endpoint());
-    let dep = api.wait_for(10, "the Deployment", |a| a.get(DEPLOYMENTS, NS, "sap-router")).await;
+    let dep = api.wait_for(30, "the Deployment", |a| a.get(DEPLOYMENTS, NS, "sap-router")).await;
     assert_eq!(dep["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"], version(1));
     for r in [SERVICES, AUTOSCALERS, BUDGETS] {
         assert!(api.get(r, NS, "sap-router").is_some(), "{r}");
@@ -260,7 +260,7 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
     let g = dep["metadata"]["generation"].clone();
     api.patch(DEPLOYMENTS, NS, "sap-router", json!({ "status": { "observedGeneration": g, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2 } }));
     let rep = api
-        .wait_for(10, "the endpoint to serve v1", |a| {
+        .wait_for(30, "the endpoint to serve v1", |a| {
             a.get(ENDPOINTS, NS, "sap-router").filter(|r| r["status"]["activeVersion"] == version(1))
         })
         .await;
@@ -277,10 +277,10 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
     let mut edited = api.get(TRAINING_RUNS, NS, "routing-tiny").unwrap();
     edited["spec"]["stages"]["sft"]["learningRate"] = json!(0.0005);
     api.put(TRAINING_RUNS, edited);
-    api.wait_for(10, "the old sft Job to be deleted", |a| a.get(JOBS, NS, &old_sft).is_none().then_some(()))
+    api.wait_for(30, "the old sft Job to be deleted", |a| a.get(JOBS, NS, &old_sft).is_none().then_some(()))
         .await;
     let st = api
-        .wait_for(10, "the re-run", |a| {
+        .wait_for(30, "the re-run", |a| {
             Some(run_status(a)).filter(|s| s["currentStage"] == "sft" && s["observedGeneration"] == 2)
         })
         .await;
@@ -306,7 +306,7 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
         ),
     ] {
         let job = api
-            .wait_for(10, prefix, |a| job_named(a, prefix).filter(|j| j["status"]["conditions"].is_null()))
+            .wait_for(30, prefix, |a| job_named(a, prefix).filter(|j| j["status"]["conditions"].is_null()))
             .await;
         finish_job(
             &api,
@@ -319,13 +319,13 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
     // keeps serving v1, gate-blocked.
     let ev2 = evaluate(&api, Some(&ev1), 0.91, 2).await;
     let st = api
-        .wait_for(10, "the re-run to finish", |a| {
+        .wait_for(30, "the re-run to finish", |a| {
             Some(run_status(a)).filter(|s| s["phase"] == "Succeeded" && s["verdict"] == "Failed")
         })
         .await;
     assert_eq!(st["evaluation"], ev2);
     let rep = api
-        .wait_for(10, "GateBlocked", |a| {
+        .wait_for(30, "GateBlocked", |a| {
             a.get(ENDPOINTS, NS, "sap-router")
                 .filter(|r| condition(r, "GateBlocked").is_some_and(|c| c.0 == "True"))
         })

@@ -184,3 +184,21 @@ fn serving_children_are_exact() {
     let metrics = hpa.spec.unwrap().metrics.unwrap();
     assert_eq!(metrics[1].pods.as_ref().unwrap().metric.name, "sapllm_inflight_requests");
 }
+
+#[test]
+fn verdicts_in_the_same_second_are_ordered_by_run_generation() {
+    let with_gen = |mut e: Evaluation, g: &str| {
+        e.metadata.annotations = Some([("sapllm.io/run-generation".to_string(), g.to_string())].into());
+        e
+    };
+    // Names sort the other way round on purpose: the generation decides.
+    let old = with_gen(ev("z-gen1", 1, true, 10), "1");
+    let new = with_gen(ev("a-gen2", 2, false, 10), "2");
+    let s = endpoint::select(&rep(), &[old.clone(), new.clone()]);
+    assert_eq!(s.serve.unwrap().version, version(1));
+    assert!(s.blocked.unwrap().1.contains("Evaluation a-gen2"));
+    let newer_passing = with_gen(ev("a-gen3", 3, true, 10), "3");
+    let s = endpoint::select(&rep(), &[old, new, newer_passing]);
+    assert_eq!(s.serve.unwrap().version, version(3));
+    assert!(s.blocked.is_none());
+}

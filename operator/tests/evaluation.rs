@@ -214,3 +214,31 @@ fn an_absolute_base_on_another_claim_is_used_as_is_and_mounted() {
         .collect();
     assert_eq!(claims, ["sapllm-artifacts", "models"]);
 }
+
+#[test]
+fn a_recorded_verdict_stands_when_the_run_moves_on() {
+    let ev: Evaluation = input("ev-artifacts");
+    let ok = StageResult { succeeded: true, metrics: Some(metrics(0.98, 120.0)), ..Default::default() };
+    let done = finished(&ev, JobState::Succeeded, Some(ok), None);
+    let mut ev = ev;
+    ev.status = Some(done.status.clone());
+    // Its run re-trains: the model is "not ready" again, yet the verdict about the scored version stays.
+    let d = evaluation::decide(
+        &ev,
+        &Ok(Resolution::Waiting("TrainingRun x has not finished stage(s) sft".into())),
+        None,
+        None,
+        at(500),
+    );
+    assert_eq!(d.status, done.status);
+    assert!(!d.create_job && d.transitions.is_empty());
+    // A spec change (new generation) evaluates again.
+    ev.metadata.generation = Some(2);
+    ev.spec.samples = 1000;
+    let r = ready(&ev);
+    let (job, _) = build::job_name(&ev, &r);
+    let d = evaluation::decide(&ev, &Ok(Resolution::Ready(r)), Some(&job), None, at(600));
+    assert!(d.create_job);
+    assert_eq!(d.status.phase, Some(EvaluationPhase::Running));
+    assert!(d.status.verdict.is_none() && d.status.metrics.is_none());
+}

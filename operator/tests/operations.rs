@@ -150,19 +150,19 @@ async fn a_rollout_that_misses_its_deadline_is_rolled_back() {
                 "metadata": { "name": "sap-router", "namespace": "ml" },
                 "spec": { "model": { "latestPassing": { "lineage": "routing-tiny" } }, "rolloutDeadlineSeconds": 1 } }),
     );
-    api.wait_for(10, "v1 rolled out", |a| (served(a) == Some(version(1))).then_some(())).await;
+    api.wait_for(30, "v1 rolled out", |a| (served(a) == Some(version(1))).then_some(())).await;
     let g = api.get(DEPLOYMENTS, "ml", "sap-router").unwrap()["metadata"]["generation"].clone();
     api.patch(DEPLOYMENTS, "ml", "sap-router", json!({ "status": { "observedGeneration": g, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1 } }));
-    api.wait_for(10, "v1 active", |a| {
+    api.wait_for(30, "v1 active", |a| {
         a.get(ENDPOINTS, "ml", "sap-router").filter(|r| r["status"]["activeVersion"] == version(1))
     })
     .await;
 
     // v2 passes, is rolled out, and its pods never become ready.
     api.put(EVALUATIONS, passed_evaluation("ev-2", 2, "2027-01-02T00:00:00Z"));
-    api.wait_for(10, "v2 rolling out", |a| (served(a) == Some(version(2))).then_some(())).await;
+    api.wait_for(30, "v2 rolling out", |a| (served(a) == Some(version(2))).then_some(())).await;
     let rep = api
-        .wait_for(10, "the rollback", |a| {
+        .wait_for(30, "the rollback", |a| {
             a.get(ENDPOINTS, "ml", "sap-router").filter(|r| r["status"]["rolledBackVersion"] == version(2))
         })
         .await;
@@ -216,7 +216,7 @@ async fn bad_input_and_exhausted_retries_reach_status_and_conditions() {
     // Bad input: Failed, reason InvalidSpec, the message names the field; no Job is created.
     api.put(TRAINING_RUNS, run("bad", "../outside"));
     let st = api
-        .wait_for(10, "InvalidSpec", |a| Some(run_status(a, "bad")).filter(|s| s["phase"] == "Failed"))
+        .wait_for(30, "InvalidSpec", |a| Some(run_status(a, "bad")).filter(|s| s["phase"] == "Failed"))
         .await;
     let (status, reason, message) = failed_condition(&st).unwrap();
     assert_eq!((status.as_str(), reason.as_str()), ("True", "InvalidSpec"));
@@ -225,7 +225,7 @@ async fn bad_input_and_exhausted_retries_reach_status_and_conditions() {
     // A stage whose retries are exhausted: the Job's reason and the worker's message in status.
     api.put(TRAINING_RUNS, run("crashy", "runs/crashy"));
     let job = api
-        .wait_for(10, "the data-prep Job", |a| {
+        .wait_for(30, "the data-prep Job", |a| {
             a.list(JOBS, "ml")
                 .into_iter()
                 .find(|j| j["metadata"]["name"].as_str().unwrap().starts_with("crashy-data-prep-"))
@@ -254,7 +254,7 @@ async fn bad_input_and_exhausted_retries_reach_status_and_conditions() {
         "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit" }] } }),
     );
     let st = api
-        .wait_for(10, "the run to fail", |a| Some(run_status(a, "crashy")).filter(|s| s["phase"] == "Failed"))
+        .wait_for(30, "the run to fail", |a| Some(run_status(a, "crashy")).filter(|s| s["phase"] == "Failed"))
         .await;
     let (_, reason, message) = failed_condition(&st).unwrap();
     assert_eq!(reason, "StageFailed");

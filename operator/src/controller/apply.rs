@@ -86,3 +86,15 @@ pub async fn suspend_job(client: &Client, ns: &str, name: &str, suspend: bool) -
     api.patch(name, &pp, &Patch::Merge(json!({ "spec": { "suspend": suspend } }))).await?;
     Ok(())
 }
+
+/// The object as the API server has it now. The watch cache can lag behind this controller's own
+/// status writes, and the state machines decide from status (a stale rollout would be rolled back
+/// twice), so each reconcile starts from a fresh read. None when it is gone.
+pub async fn fresh<K>(client: &Client, obj: &K) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    Ok(api.get_opt(&obj.name_any()).await?)
+}

@@ -13,7 +13,7 @@ use sapllm_crds::conditions::set_condition;
 use sapllm_crds::endpoint::RoutingEndpoint;
 use sapllm_crds::evaluation::Evaluation;
 
-use crate::controller::apply::{apply, apply_status};
+use crate::controller::apply::{apply, apply_status, fresh};
 use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::endpoint::{self, build};
@@ -53,6 +53,9 @@ pub fn controller(ctx: Arc<Context>, ns: Option<&str>) -> Controller<RoutingEndp
 /// Reconciles one endpoint.
 pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.reconcile(KIND);
+    let Some(rep) = fresh(&ctx.client, rep.as_ref()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let ns = rep.namespace().ok_or(Error::NoNamespace)?;
     if rep.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());

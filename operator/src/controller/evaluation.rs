@@ -6,12 +6,13 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use sapllm_crds::evaluation::{Evaluation, EvaluationPhase};
 use sapllm_crds::training_run::TrainingRun;
 
-use crate::controller::apply::{apply, apply_status, delete_job};
+use crate::controller::apply::{apply, apply_status, delete_job, fresh};
 use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::evaluation::{self, Resolution};
@@ -24,15 +25,36 @@ const KIND: &str = "Evaluation";
 pub fn controller(ctx: Arc<Context>, ns: Option<&str>) -> Controller<Evaluation> {
     let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
     let (evs, jobs) = match ns {
-        Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::<Job>::namespaced(ctx.client.clone(), ns)),
+        Some(ns) => (
+            Api::<Evaluation>::namespaced(ctx.client.clone(), ns),
+            Api::<Job>::namespaced(ctx.client.clone(), ns),
+        ),
         None => (Api::all(ctx.client.clone()), Api::<Job>::all(ctx.client.clone())),
     };
-    Controller::new(evs, watcher::Config::default()).owns(jobs, managed)
+    let runs = match ns {
+        Some(ns) => Api::<TrainingRun>::namespaced(ctx.client.clone(), ns),
+        None => Api::<TrainingRun>::all(ctx.client.clone()),
+    };
+    let c = Controller::new(evs, watcher::Config::default());
+    let store = c.store();
+    // An Evaluation waiting for its TrainingRun is woken when the run changes.
+    c.owns(jobs, managed).watches(runs, watcher::Config::default(), move |run: TrainingRun| {
+        let (ns, name) = (run.namespace(), run.name_any());
+        store
+            .state()
+            .into_iter()
+            .filter(|e| e.namespace() == ns && e.spec.model.training_run.as_deref() == Some(name.as_str()))
+            .map(|e| ObjectRef::from_obj(e.as_ref()))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// Reconciles one Evaluation.
 pub async fn reconcile(ev: Arc<Evaluation>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.reconcile(KIND);
+    let Some(ev) = fresh(&ctx.client, ev.as_ref()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let ns = ev.namespace().ok_or(Error::NoNamespace)?;
     if ev.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -66,8 +88,9 @@ pub async fn reconcile(ev: Arc<Evaluation>, ctx: Arc<Context>) -> Result<Action,
         None => None,
     };
     let d = evaluation::decide(&ev, &resolution, job_name.as_deref(), observed.as_ref(), now());
-    // Jobs for inputs that changed (a new generation): superseded, never adopted.
-    for j in jobs.iter().filter(|j| Some(j.name_any()) != job_name) {
+    // Jobs for inputs that changed (a new generation): superseded, never adopted. The Job of a
+    // recorded verdict stays.
+    for j in jobs.iter().filter(|j| Some(j.name_any()) != d.status.job_name) {
         delete_job(&ctx.client, &ns, &j.name_any()).await?;
     }
     if d.create_job
@@ -88,8 +111,8 @@ pub async fn reconcile(ev: Arc<Evaluation>, ctx: Arc<Context>) -> Result<Action,
     ctx.publish(ev.as_ref(), &d.transitions).await;
     Ok(match d.status.phase {
         Some(EvaluationPhase::Running) => Action::requeue(ctx.config.progress_interval),
-        // Waiting for a run: TrainingRuns are not watched from here, so poll.
-        Some(EvaluationPhase::Pending) => Action::requeue(std::time::Duration::from_secs(30)),
+        // Waiting for a run: its changes wake this Evaluation; the requeue is a safety net.
+        Some(EvaluationPhase::Pending) => Action::requeue(std::time::Duration::from_secs(60)),
         _ => Action::requeue(ctx.config.resync_interval),
     })
 }

@@ -13,7 +13,7 @@ use sapllm_crds::endpoint::RoutingEndpoint;
 use sapllm_crds::evaluation::Evaluation;
 use sapllm_crds::training_run::TrainingRun;
 
-use crate::controller::apply::{apply, apply_status, create_if_missing, delete_job, suspend_job};
+use crate::controller::apply::{apply, apply_status, create_if_missing, delete_job, fresh, suspend_job};
 use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::names::{LABEL_JOB_NAME, LABEL_MANAGED_BY, LABEL_RUN, MANAGER, label_value};
@@ -48,6 +48,9 @@ fn owned_by<K: kube::Resource>(child: &K, owner_uid: &str) -> bool {
 /// Reconciles one run.
 pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.reconcile(KIND);
+    let Some(run) = fresh(&ctx.client, run.as_ref()).await?.map(Arc::new) else {
+        return Ok(Action::await_change());
+    };
     let ns = run.namespace().ok_or(Error::NoNamespace)?;
     if run.metadata.deletion_timestamp.is_some() {
         // Children are garbage-collected through their owner references.
@@ -124,6 +127,11 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
     for (job, suspend) in &d.suspend_jobs {
         suspend_job(&ctx.client, &ns, job, *suspend).await?;
     }
+    // Status first: an Evaluation created before the run says its training stages succeeded
+    // would find the run unfinished and wait.
+    if run.status.as_ref() != Some(&d.status) {
+        apply_status(&ctx.client, run.as_ref(), &d.status).await?;
+    }
     if let Some(stage) = &d.start {
         if stage.name == sapllm_crds::training_run::StageName::Evaluation {
             let feeds = match &run.spec.endpoint {
@@ -137,9 +145,6 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         } else {
             apply(&ctx.client, &training::stage_job(&run, stage, &ctx.config)).await?;
         }
-    }
-    if run.status.as_ref() != Some(&d.status) {
-        apply_status(&ctx.client, run.as_ref(), &d.status).await?;
     }
     ctx.publish(run.as_ref(), &d.transitions).await;
     Ok(if d.running {

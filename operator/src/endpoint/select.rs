@@ -7,7 +7,7 @@ use sapllm_crds::endpoint::RoutingEndpoint;
 use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, ModelArtifacts};
 
 use crate::evaluation::decide::failing_gates;
-use crate::names::LABEL_LINEAGE;
+use crate::names::{ANNOTATION_RUN_GENERATION, LABEL_LINEAGE};
 
 /// A servable version.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,8 +51,17 @@ fn candidate(ev: &Evaluation) -> Option<Candidate> {
     })
 }
 
-fn completion(ev: &Evaluation) -> (Option<Time>, String) {
-    (ev.status.as_ref().and_then(|s| s.completion_time.clone()), ev.name_any())
+/// Newest first by verdict time; times have second precision, so ties go to the later
+/// generation of the same run, then to the later-created object.
+fn completion(ev: &Evaluation) -> (Option<Time>, i64, Option<Time>, String) {
+    let generation =
+        ev.annotations().get(ANNOTATION_RUN_GENERATION).and_then(|g| g.parse().ok()).unwrap_or(0);
+    (
+        ev.status.as_ref().and_then(|s| s.completion_time.clone()),
+        generation,
+        ev.metadata.creation_timestamp.clone(),
+        ev.name_any(),
+    )
 }
 
 /// A passing candidate for `version` (e.g. the active version, the target of a rollback).

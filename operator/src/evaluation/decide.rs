@@ -37,6 +37,13 @@ pub fn decide(
 ) -> EvalDecision {
     let prev = ev.status.clone().unwrap_or_default();
     let g = ev.metadata.generation;
+    // A recorded verdict is a fact about the version that was scored: it stands while the spec
+    // is unchanged, whatever its TrainingRun does later (a re-run produces a new Evaluation).
+    let recorded = prev.job_name.is_some()
+        && matches!(prev.phase, Some(EvaluationPhase::Completed | EvaluationPhase::Failed));
+    if recorded && prev.observed_generation == g {
+        return EvalDecision { status: prev, create_job: false, transitions: Vec::new() };
+    }
     let mut s = prev.clone();
     s.observed_generation = g;
     let mut d = EvalDecision::default();

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use crate::config::OperatorConfig;
 use crate::names::{
-    ANNOTATION_SETTINGS_DIGEST, LABEL_KUEUE_QUEUE, LABEL_LINEAGE, LABEL_RUN, LABEL_STAGE, base_labels,
-    child_name, label_value, owner_ref,
+    ANNOTATION_RUN_GENERATION, ANNOTATION_SETTINGS_DIGEST, LABEL_KUEUE_QUEUE, LABEL_LINEAGE, LABEL_RUN,
+    LABEL_STAGE, base_labels, child_name, label_value, owner_ref,
 };
 use crate::pod::{self, WorkerPod};
 use crate::training::plan::{PlannedStage, run_dir};
@@ -181,8 +181,10 @@ pub fn run_evaluation(run: &TrainingRun, stage: &PlannedStage, feeds: Option<&st
     let mut l = labels(run, "evaluation");
     l.insert(LABEL_LINEAGE.into(), feeds.map(label_value).unwrap_or_else(|| lineage(run)));
     ev.metadata.labels = Some(l);
-    ev.metadata.annotations =
-        Some(BTreeMap::from([(ANNOTATION_SETTINGS_DIGEST.to_string(), stage.digest.clone())]));
+    ev.metadata.annotations = Some(BTreeMap::from([
+        (ANNOTATION_SETTINGS_DIGEST.to_string(), stage.digest.clone()),
+        (ANNOTATION_RUN_GENERATION.to_string(), run.metadata.generation.unwrap_or(0).to_string()),
+    ]));
     ev.metadata.owner_references = Some(vec![owner_ref(run)]);
     ev
 }
