@@ -14,7 +14,7 @@
 //!
 //! `cargo run --release -p sapllm-worker --bin bench_serve -- [--base-model DIR] [--adapter DIR]
 //!  [--precision f32] [--requests 40] [--concurrency 1,2,4,8] [--max-batch 8] [--max-wait-ms 5]
-//!  [--engine-only]`
+//!  [--max-reasoning-steps 4] [--max-reasoning-chars 160] [--engine-only]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +24,10 @@ use anyhow::{Context, Result};
 use sapllm_worker::dataprep::{DataPrepConfig, RoutingExample};
 use sapllm_worker::inference::decoder::DecodeOptions;
 use sapllm_worker::inference::engine::EngineConfig;
-use sapllm_worker::inference::format::{RoutingAnswer, routing_answer, routing_query};
+use sapllm_worker::inference::format::{
+    MAX_REASONING_CHARS, MAX_REASONING_STEPS, RoutingAnswer, routing_answer, routing_query,
+};
+use sapllm_worker::inference::grammar::GrammarLimits;
 use sapllm_worker::inference::load::{load_engine, parse_precision};
 use sapllm_worker::inference::profile::PromptProfile;
 use sapllm_worker::inference::testkit::{sample_queries, write_tiny_model};
@@ -40,6 +43,7 @@ struct Args {
     max_batch: usize,
     max_wait_ms: u64,
     engine_only: bool,
+    limits: GrammarLimits,
 }
 
 fn parse_args() -> Result<Args> {
@@ -58,6 +62,17 @@ fn parse_args() -> Result<Args> {
         max_batch: get("--max-batch").map(|s| s.parse()).transpose()?.unwrap_or(8),
         max_wait_ms: get("--max-wait-ms").map(|s| s.parse()).transpose()?.unwrap_or(5),
         engine_only: argv.iter().any(|a| a == "--engine-only"),
+        limits: GrammarLimits {
+            max_reasoning_steps: get("--max-reasoning-steps")
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(MAX_REASONING_STEPS),
+            max_reasoning_chars: get("--max-reasoning-chars")
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(MAX_REASONING_CHARS),
+            ..GrammarLimits::default()
+        },
     })
 }
 
@@ -96,7 +111,18 @@ fn reference_examples(n: usize) -> Result<(Vec<RoutingQuery>, Vec<RoutingAnswer>
 }
 
 fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
-    let (queries, answers) = reference_examples(args.requests)?;
+    let (queries, mut answers) = reference_examples(args.requests)?;
+    // References obey the same reasoning bounds as the grammar.
+    for a in &mut answers {
+        a.reasoning.truncate(args.limits.max_reasoning_steps);
+        for r in &mut a.reasoning {
+            *r = r.chars().take(args.limits.max_reasoning_chars).collect();
+        }
+    }
+    println!(
+        "(reasoning bounded to {} steps x {} chars; precision {})",
+        args.limits.max_reasoning_steps, args.limits.max_reasoning_chars, args.precision
+    );
     println!("\n## Library latency per decision (batch 1), {} documents\n", queries.len());
     println!(
         "| answers | forced tokens | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | answer tok |"
@@ -108,6 +134,7 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
                 abstain_threshold: 0.0,
                 max_batch: 1,
                 decode: DecodeOptions { use_forced_tokens: ff, ..DecodeOptions::default() },
+                limits: args.limits,
                 ..EngineConfig::default()
             };
             let precision = parse_precision(&args.precision)?;
