@@ -96,9 +96,14 @@ pub struct BatchConfig {
     pub max_queue: usize,
 }
 
-/// The queue had no room.
+/// Why a job was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueFull;
+pub enum QueueError {
+    /// No room: back-pressure (429).
+    Full,
+    /// The model thread is gone (503).
+    Closed,
+}
 
 /// The handlers' side of the queue.
 #[derive(Clone)]
@@ -110,13 +115,13 @@ pub struct Queue {
 impl Queue {
     /// Enqueues `job`; `Err` when the queue is full (or the model thread is gone). The job is
     /// dropped then, which closes its reply channel.
-    pub fn submit(&self, job: Job) -> Result<(), QueueFull> {
+    pub fn submit(&self, job: Job) -> Result<(), QueueError> {
         self.metrics.queue_depth.inc();
         match self.tx.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(e) => {
                 self.metrics.queue_depth.dec();
-                Err(QueueFull)
+                Err(if matches!(e, TrySendError::Full(_)) { QueueError::Full } else { QueueError::Closed })
             }
         }
     }
@@ -149,7 +154,12 @@ pub fn run_worker(engine: &Engine, rx: &Receiver<Job>, cfg: &BatchConfig, metric
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
-        process(engine, batch, metrics);
+        // A panic inside the model must not end the thread: the batch's reply channels drop
+        // (their handlers answer 503) and the next batch is served.
+        let run = std::panic::AssertUnwindSafe(|| process(engine, batch, metrics));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("a batch panicked in the model thread; its requests got 503");
+        }
     }
 }
 

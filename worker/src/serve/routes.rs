@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::batcher::{Answers, Job, JobError};
+use super::batcher::{Answers, Job, JobError, QueueError};
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::state::{Phase, SharedState};
@@ -36,8 +36,10 @@ pub async fn submit<T>(
     }
     let deadline = Instant::now() + state.request_timeout;
     let (tx, rx) = oneshot::channel();
-    if state.queue.submit(make(deadline, tx)).is_err() {
-        return Err(ApiError::queue_full(state.retry_after_s));
+    match state.queue.submit(make(deadline, tx)) {
+        Ok(()) => {}
+        Err(QueueError::Full) => return Err(ApiError::queue_full(state.retry_after_s)),
+        Err(QueueError::Closed) => return Err(ApiError::unavailable("the model thread stopped")),
     }
     let ms = state.request_timeout.as_millis() as u64;
     match tokio::time::timeout_at(deadline.into(), rx).await {
