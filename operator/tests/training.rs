@@ -432,3 +432,41 @@ fn the_final_stage_produces_an_owned_evaluation_in_the_runs_lineage() {
     let fed = training::run_evaluation(&run, stage(&plan, StageName::Evaluation), Some("sap-router-lineage"));
     assert_eq!(fed.metadata.labels.as_ref().unwrap()["sapllm.io/lineage"], "sap-router-lineage");
 }
+
+#[test]
+fn changed_digest_computation_without_a_spec_change_retrains_nothing() {
+    let mut run = tiny();
+    let mut obs = full_pipeline(&mut run);
+    let plan = training::plan(&run);
+    let ev_name = stage(&plan, StageName::Evaluation).child.clone();
+    obs.evaluations
+        .insert(ev_name.clone(), evaluation(&ev_name, EvaluationPhase::Completed, Some(Verdict::Passed)));
+    let done = step(&mut run, &obs, 600).status;
+    // An operator upgrade digests differently (e.g. a new defaulted field): same generation.
+    let mut status = done.clone();
+    for s in &mut status.stages {
+        s.settings_digest = s.settings_digest.as_ref().map(|d| d.replace("sha256:", "sha256:old"));
+        s.job_name = s.job_name.as_ref().map(|j| format!("{j}-old"));
+    }
+    run.status = Some(status.clone());
+    let renamed: BTreeMap<String, JobObservation> = obs
+        .jobs
+        .values()
+        .map(|j| (format!("{}-old", j.name), JobObservation { name: format!("{}-old", j.name), ..j.clone() }))
+        .collect();
+    obs.jobs = renamed;
+    obs.evaluations = obs
+        .evaluations
+        .into_values()
+        .map(|mut e| {
+            let n = format!("{}-old", e.metadata.name.clone().unwrap());
+            e.metadata.name = Some(n.clone());
+            (n, e)
+        })
+        .collect();
+    let d = training::decide(&run, &plan, &obs, at(700));
+    assert!(d.start.is_none() && d.delete_jobs.is_empty(), "{:?} {:?}", d.start, d.delete_jobs);
+    assert_eq!(d.status.phase, Some(RunPhase::Succeeded));
+    assert_eq!(d.status.stages, status.stages, "recorded digests and Jobs are adopted");
+    assert!(d.transitions.is_empty());
+}

@@ -82,7 +82,14 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         let job_pods: Vec<Pod> =
             pods.iter().filter(|p| p.labels().get(LABEL_JOB_NAME) == Some(&name)).cloned().collect();
         let o = observe_job(job, &job_pods);
-        if o.state == JobState::Active && plan.iter().any(|p| p.child == name) {
+        // The current stage's Job: planned now, or adopted from status (see training::decide).
+        let current = plan.iter().any(|p| p.child == name)
+            || run
+                .status
+                .iter()
+                .flat_map(|s| &s.stages)
+                .any(|s| s.job_name.as_deref() == Some(name.as_str()));
+        if o.state == JobState::Active && current {
             active_pod = running_pod(&job_pods).map(|p| p.name_any());
         }
         obs.jobs.insert(name, o);

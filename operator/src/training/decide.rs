@@ -81,6 +81,20 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
     let mut evaluation: Option<&Evaluation> = None;
     let mut rerun_from: Option<StageName> = None;
 
+    // Digests are compared only when the spec changed. With the same generation a different
+    // digest means the operator computes them differently now (an upgrade, a new defaulted
+    // field): the recorded digest and child are adopted instead of re-training finished stages.
+    let same_generation = prev.observed_generation.is_some() && prev.observed_generation == generation;
+    let plan: Vec<PlannedStage> = plan
+        .iter()
+        .map(|ps| match prev.stages.iter().find(|s| s.name == ps.name) {
+            Some(StageStatus { settings_digest: Some(d), job_name: Some(j), .. }) if same_generation => {
+                PlannedStage { name: ps.name, digest: d.clone(), child: j.clone() }
+            }
+            _ => ps.clone(),
+        })
+        .collect();
+    let plan = plan.as_slice();
     for ps in plan {
         let before = prev.stages.iter().find(|s| s.name == ps.name);
         let same = before.is_some_and(|b| b.settings_digest.as_deref() == Some(ps.digest.as_str()));
