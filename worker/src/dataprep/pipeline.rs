@@ -22,7 +22,7 @@ use super::config::{DataPrepConfig, Source};
 use super::examples::SimilarCase;
 use super::examples::out::{DecisionRef, PreferencePairRef, RoutingExampleRef};
 use super::exception::{self, ExceptionInput};
-use super::log::{LogError, LogReader, ValidRecord, parse_line, validate};
+use super::log::{LogError, LogReader, ValidRecord, parse_line};
 use super::preference::{self, PairInput};
 use super::split::{Groups, Split, assign};
 use super::synth::Generator;
@@ -30,8 +30,9 @@ use super::tokens::{self, fnv};
 use super::trace::{self, TraceInput};
 use crate::progress::Progress;
 use crate::sap::catalog::{CompactSchema, compact_schema};
+use crate::sap::documents::LooseDate;
 use crate::sap::documents::signals;
-use crate::sap::routing::{self, EXCEPTION_ENDPOINT};
+use crate::sap::routing::{self, EXCEPTION_ENDPOINT, RoutingDecision};
 use crate::sap::rules::RuleContext;
 
 const CHUNK: usize = 4096;
@@ -43,14 +44,33 @@ enum Input {
 }
 
 impl Input {
-    /// Calls `f` with each chunk of records (validated, in input order).
-    fn chunks(&self, mut f: impl FnMut(Vec<Result<ValidRecord, LogError>>) -> Result<()>) -> Result<()> {
+    /// Calls `f` with each chunk of records (validated, in input order). Synthetic records come
+    /// with the reference decision the generator already computed (a log file's do not).
+    fn chunks(&self, mut f: impl FnMut(Vec<Result<Record, LogError>>) -> Result<()>) -> Result<()> {
         match self {
             Input::Synthetic(g, n) => {
                 let mut start = 0;
                 while start < *n {
                     let end = (start + CHUNK as u64).min(*n);
-                    let recs = (start..end).into_par_iter().map(|i| validate(i + 1, g.log(i))).collect();
+                    let recs = (start..end)
+                        .into_par_iter()
+                        .map(|i| {
+                            let s = g.record(i);
+                            let rec = ValidRecord {
+                                line: i + 1,
+                                doc_type: s.doc.doc_type(),
+                                processed_at: s
+                                    .log
+                                    .processed_at
+                                    .as_deref()
+                                    .and_then(LooseDate::parse)
+                                    .map(|d| d.0),
+                                log: s.log,
+                                doc: s.doc,
+                            };
+                            Ok((rec, Some(s.decision)))
+                        })
+                        .collect();
                     f(recs)?;
                     start = end;
                 }
@@ -63,13 +83,16 @@ impl Input {
                     if lines.is_empty() {
                         break;
                     }
-                    f(lines.into_par_iter().map(|(n, l)| parse_line(n, &l)).collect())?;
+                    f(lines.into_par_iter().map(|(n, l)| parse_line(n, &l).map(|r| (r, None))).collect())?;
                 }
             }
         }
         Ok(())
     }
 }
+
+/// A validated record and, when known, its reference routing decision.
+type Record = (ValidRecord, Option<RoutingDecision>);
 
 /// Pass 1's result for one record: summary, terms, id key, fingerprint.
 type Pass1Row = (Meta, Vec<String>, u64, Option<u64>);
@@ -125,7 +148,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
         let prepared: Vec<Result<Pass1Row, LogError>> = chunk
             .into_par_iter()
             .map(|r| {
-                r.map(|rec| {
+                r.map(|(rec, _)| {
                     let t = tokens::terms_of_json(rec.doc_type.as_str(), &rec.log.extracted_data);
                     let fp = tokens::fingerprint(&rec.doc);
                     let id_key = fnv(format!("id|{}", rec.log.document_id).as_bytes());
@@ -222,11 +245,14 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
     let mut similar_total = 0u64;
     let pass2_start = Instant::now();
     input.chunks(|chunk| {
-        let valid: Vec<ValidRecord> = chunk.into_iter().filter_map(Result::ok).collect();
+        let valid: Vec<Record> = chunk.into_iter().filter_map(Result::ok).collect();
         let base = ordinal;
         ordinal += valid.len();
-        let results: Vec<Result<Produced>> =
-            valid.into_par_iter().enumerate().map(|(i, rec)| produce(&shared, base + i, rec)).collect();
+        let results: Vec<Result<Produced>> = valid
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, (rec, d))| produce(&shared, base + i, rec, d))
+            .collect();
         for p in results {
             let p = p?;
             out.write(&p)?;
@@ -281,7 +307,7 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn produce(s: &Shared, ord: usize, rec: ValidRecord) -> Result<Produced> {
+fn produce(s: &Shared, ord: usize, rec: ValidRecord, decision: Option<RoutingDecision>) -> Result<Produced> {
     let cfg = s.cfg;
     let split = s.split[ord];
     let meta = &s.metas[ord];
@@ -294,7 +320,7 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord) -> Result<Produced> {
     }
     let ctx =
         RuleContext { today: rec.processed_at, references: &rec.log.reference_lines, ..Default::default() };
-    let decision = routing::route(&cfg.catalog, &rec.doc, &ctx);
+    let decision = decision.unwrap_or_else(|| routing::route(&cfg.catalog, &rec.doc, &ctx));
     let detection = signals::detect(&rec.log.extracted_data);
     let log = &rec.log;
     let corrected = log.feedback.get("correct_endpoint").and_then(Value::as_str);

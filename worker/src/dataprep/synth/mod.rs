@@ -62,6 +62,10 @@ pub struct Generator {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Synthetic {
     pub log: TransactionLog,
+    /// The parsed (noisy) document, as data-prep will read it.
+    pub doc: AdcDocument,
+    /// The reference routing of `doc` the outcome was simulated from.
+    pub decision: routing::RoutingDecision,
     pub variant: &'static str,
     /// Index of the record this one resubmits.
     pub duplicate_of: Option<u64>,
@@ -119,8 +123,15 @@ impl Generator {
         let mut nr = rng_for(self.seed, 3, index);
         noise::apply(&mut adc, &mut nr, 1.0);
         let doc = AdcDocument::from_json(t, &adc).expect("generated documents parse back after noise");
-        let log = self.outcome(index, t, adc, &doc, g.references, duplicate_of.is_some(), &mut nr);
-        Synthetic { log, variant: if incomplete { "incomplete" } else { g.variant }, duplicate_of }
+        let (log, decision) =
+            self.outcome(index, t, adc, &doc, g.references, duplicate_of.is_some(), &mut nr);
+        Synthetic {
+            log,
+            doc,
+            decision,
+            variant: if incomplete { "incomplete" } else { g.variant },
+            duplicate_of,
+        }
     }
 
     fn pick_type(&self, u: f64) -> DocType {
@@ -137,7 +148,7 @@ impl Generator {
         references: Vec<crate::sap::rules::ReferenceLine>,
         resubmission: bool,
         r: &mut SmallRng,
-    ) -> TransactionLog {
+    ) -> (TransactionLog, routing::RoutingDecision) {
         let ctx = RuleContext { today: Some(self.today), references: &references, ..Default::default() };
         let decision = routing::route(&self.catalog, doc, &ctx);
         let mut log = TransactionLog {
@@ -155,19 +166,19 @@ impl Generator {
             let reasons: Vec<String> = decision.blocking().map(|o| o.message.clone()).collect();
             log.sap_payload = None;
             log.feedback = json!({"note": "sent to exception handling", "reasons": reasons});
-            return log;
+            return (log, decision);
         }
         let payload = decision.payload.clone().unwrap_or(Value::Null);
         let api = decision.api.clone().unwrap_or_default();
         // A resubmitted invoice is what SAP's duplicate check exists for.
         if resubmission && t == DocType::SupplierInvoice {
             let g = scenarios::generate(Scenario::DuplicateInvoice, &payload, self.today, r);
-            return self.failed(log, g.request, &g.failure);
+            return (self.failed(log, g.request, &g.failure), decision);
         }
         if !r.random_bool(self.error_rate) {
             log.feedback =
                 json!({"sap_document": format!("{}", 5_100_000_000u64 + r.random_range(0..99_999_999u64))});
-            return log;
+            return (log, decision);
         }
         if r.random_bool(0.3) {
             // Misrouted to a plausible neighbour and corrected by a clerk.
@@ -184,13 +195,13 @@ impl Generator {
                 log.sap_payload = None;
                 log.success = false;
                 log.feedback = json!({"correct_endpoint": decision.endpoint, "note": format!("routed to {w} by mistake; corrected by a clerk")});
-                return log;
+                return (log, decision);
             }
         }
         let options = scenarios::applicable(&api, &payload);
         let s = options[r.random_range(0..options.len())];
         let g = scenarios::generate(s, &payload, self.today, r);
-        self.failed(log, g.request, &g.failure)
+        (self.failed(log, g.request, &g.failure), decision)
     }
 
     fn failed(

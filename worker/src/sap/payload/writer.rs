@@ -34,8 +34,13 @@ impl<'a> EntityWriter<'a> {
 
     /// A code (company code, unit, currency): trimmed and upper-cased as SAP stores codes.
     pub fn code(&mut self, name: &str, v: Option<&str>) -> &mut Self {
-        let up = v.map(|s| s.trim().to_uppercase());
-        self.text(name, up.as_deref())
+        if let (Some(_), Some(v)) = (self.field(name), v.map(str::trim).filter(|s| !s.is_empty())) {
+            // Most codes arrive upper-case already; only allocate a copy when one does not.
+            let code =
+                if v.bytes().any(|b| b.is_ascii_lowercase()) { v.to_uppercase() } else { v.to_string() };
+            self.out.insert(name.into(), Value::String(code));
+        }
+        self
     }
 
     /// A decimal rounded to the field's scale, as a string.

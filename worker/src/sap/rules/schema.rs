@@ -52,8 +52,10 @@ pub(super) fn check_entity(
     let before = out.len();
     let mut checked_any = false;
     for (name, val) in obj {
-        let path = join(prefix, name);
+        // Paths are built only where an outcome needs one (most fields pass).
+        let path = || join(prefix, name);
         if let Some(nav) = e.navigation(name) {
+            let path = path();
             if nav.many {
                 match nav_results(val) {
                     Some(items) => {
@@ -85,7 +87,7 @@ pub(super) fn check_entity(
                 "unknown_field",
                 Severity::Error,
                 false,
-                path,
+                path(),
                 format!("{name} is not a property of {}; SAP rejects unknown properties", e.entity_type),
             ));
             continue;
@@ -95,7 +97,7 @@ pub(super) fn check_entity(
                 "unknown_field",
                 Severity::Error,
                 false,
-                path,
+                path(),
                 format!("{name} is assigned by SAP (not creatable); leave it out of the create"),
             ));
             continue;
@@ -144,12 +146,12 @@ pub(super) fn check_entity(
 fn check_value(
     f: &crate::sap::catalog::FieldSpec,
     v: &Value,
-    path: &str,
+    path: &dyn Fn() -> String,
     item_number: bool,
     out: &mut Vec<RuleOutcome>,
 ) {
     let fail = |out: &mut Vec<RuleOutcome>, rule: &str, msg: String| {
-        out.push(RuleOutcome::new(rule, Severity::Error, false, path, msg));
+        out.push(RuleOutcome::new(rule, Severity::Error, false, path(), msg));
     };
     match f.edm_type {
         EdmType::String => {
