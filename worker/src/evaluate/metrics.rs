@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn coverage_falls_and_accuracy_rises_as_the_threshold_moves() {
-        let ds = vec![d("po", true, 1.0, 0.95, false, 1.0), d("po", false, 1.0, 0.3, false, 1.0)];
+        let ds = [d("po", true, 1.0, 0.95, false, 1.0), d("po", false, 1.0, 0.3, false, 1.0)];
         let refs: Vec<&ScoredDecision> = ds.iter().collect();
         let curve = coverage_curve(&refs);
         let at = |t: f64| curve.iter().find(|p| (p.threshold - t).abs() < 1e-9).unwrap().clone();

@@ -49,7 +49,7 @@ pub fn check(run: &TrainingRun) -> Result<()> {
         bail!("spec.stages.sft.lora.dropout must be in [0, 1), got {}", lora.dropout);
     }
     let ppo = &s.stages.ppo;
-    if ppo.mini_batch_size == 0 || ppo.batch_size % ppo.mini_batch_size != 0 {
+    if ppo.mini_batch_size == 0 || !ppo.batch_size.is_multiple_of(ppo.mini_batch_size) {
         bail!(
             "spec.stages.ppo.miniBatchSize ({}) must divide batchSize ({})",
             ppo.mini_batch_size,

@@ -251,7 +251,7 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
             &[("loss", loss_sum), ("lr", stats.lr), ("grad_norm", stats.grad_norm), ("tokens_per_s", tps)],
         );
         let at_end = state.step == total_steps;
-        if state.step % cfg.checkpoint_interval == 0 || at_end {
+        if state.step.is_multiple_of(cfg.checkpoint_interval) || at_end {
             checkpoint::save(&ckpt_dir, &model, &opt, &state, &base_name, 2)?;
         }
         if cfg.stop_after.is_some_and(|n| steps_here >= n) && !at_end {
