@@ -83,9 +83,14 @@ impl RunContext {
         }
     }
 
-    /// A path as the operator sees it: relative to the artifact volume root (the run dir's parent).
+    /// A path as the operator sees it: relative to the artifact volume root (the mount point in a
+    /// pod, the run directory's parent in a local run).
     fn rel(&self, p: &Path) -> String {
-        let root = self.run_dir.parent().unwrap_or(Path::new(""));
+        let root = if self.run_dir.starts_with(sapllm_crds::contract::ARTIFACTS_MOUNT) {
+            Path::new(sapllm_crds::contract::ARTIFACTS_MOUNT)
+        } else {
+            self.run_dir.parent().unwrap_or(Path::new(""))
+        };
         p.strip_prefix(root).unwrap_or(p).display().to_string()
     }
 
