@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::eval::EvalStats;
 use super::log::IterLog;
 use super::value_head::ValueHead;
+use crate::inference::profile::PromptProfile;
 use crate::model::mixtral::Mixtral;
 use crate::model::optim::AdamW;
 use crate::model::peft;
@@ -32,7 +33,8 @@ pub struct RlState {
     pub settings_digest: String,
 }
 
-/// Saves adapter, value head (if any), optimizer and state atomically; keeps the newest `keep`.
+/// Saves adapter (with its prompt profile), value head (if any), optimizer and state atomically;
+/// keeps the newest two.
 pub fn save(
     dir: &Path,
     model: &Mixtral,
@@ -40,8 +42,10 @@ pub fn save(
     opt: &AdamW,
     state: &RlState,
     base_name: &str,
-    keep: usize,
+    profile: &PromptProfile,
 ) -> Result<PathBuf> {
+    // The newest two: one to resume from, one in case the newest is damaged on disk.
+    let keep = 2;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let final_dir = dir.join(format!("checkpoint-{:08}", state.iteration));
     let tmp = dir.join(format!(".tmp-checkpoint-{:08}", state.iteration));
@@ -50,6 +54,7 @@ pub fn save(
     }
     std::fs::create_dir_all(&tmp)?;
     peft::save_adapter(model, &tmp.join("adapter"), base_name)?;
+    profile.save(&tmp.join("adapter"))?;
     if let Some(vh) = value_head {
         vh.save(&tmp.join(VALUE_HEAD_FILE))?;
     }
@@ -61,7 +66,7 @@ pub fn save(
     }
     std::fs::rename(&tmp, &final_dir).with_context(|| format!("finalising {}", final_dir.display()))?;
     let all = list(dir)?;
-    for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+    for old in all.iter().take(all.len().saturating_sub(keep)) {
         std::fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
     }
     Ok(final_dir)

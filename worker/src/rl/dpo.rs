@@ -20,10 +20,11 @@ use super::ppo::mean;
 use super::rollout::{Packed, pack, token_logprobs};
 use crate::dataprep::examples::{Decision, PreferencePair, RoutingExample};
 use crate::inference::format::{RoutingAnswer, answer_payload, clip_reasoning, round_confidence};
+use crate::inference::profile::PromptProfile;
 use crate::model::template::response_text;
 use crate::model::tokenizer::Tokenizer;
 use crate::sap::catalog::Catalog;
-use crate::train::data::{read_jsonl, routing_sequence};
+use crate::train::data::{profile_example, read_jsonl, routing_sequence};
 
 /// A tokenized preference pair.
 #[derive(Debug, Clone)]
@@ -52,6 +53,7 @@ pub fn load_pairs(
     catalog: &Catalog,
     tok: &Tokenizer,
     max_seq_len: usize,
+    profile: &PromptProfile,
 ) -> Result<Vec<PairSequences>> {
     let pairs: Vec<PreferencePair> = read_jsonl(&data_dir.join("preference_pairs.jsonl"))?;
     let examples: Vec<RoutingExample> = read_jsonl(&data_dir.join("train_routing_examples.jsonl"))?;
@@ -59,7 +61,10 @@ pub fn load_pairs(
     let mut out = Vec::new();
     for p in pairs.iter().filter(|p| p.split == "train") {
         let Some(ex) = by_id.get(p.doc_id.as_str()) else { continue };
-        let Some((seq, _)) = routing_sequence(catalog, tok, ex, max_seq_len)? else { continue };
+        let Some((seq, _)) = routing_sequence(catalog, tok, &profile_example(ex, profile), max_seq_len)?
+        else {
+            continue;
+        };
         let prompt_len = seq.loss_mask.iter().take_while(|&&m| m == 0).count();
         let chosen = answer_tokens(tok, catalog, ex, &p.chosen)?;
         let rejected = answer_tokens(tok, catalog, ex, &p.rejected)?;

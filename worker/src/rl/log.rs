@@ -47,6 +47,7 @@ impl IterLog {
         push("reward_rules", self.reward_rules);
         push("reward_calibration", self.reward_calibration);
         push("api_accuracy", self.api_accuracy);
+        push("parse_rate", self.parse_rate);
         push("kl", Some(self.kl));
         push("policy_loss", Some(self.policy_loss));
         push("value_loss", self.value_loss);

@@ -50,8 +50,9 @@ use self::checkpoint::RlState;
 use self::eval::{EvalStats, evaluate};
 use self::log::{IterLog, write_history};
 use self::reward::RewardWeights;
-use self::rollout::{Problem, load_problems};
+use self::rollout::{Problem, PromptFit, load_problems};
 use self::value_head::ValueHead;
+use crate::inference::profile::{PROFILE_FILE, PromptProfile};
 use crate::model::checkpoint::load_model;
 use crate::model::linear::Precision;
 use crate::model::mixtral::{Mixtral, ModelOptions};
@@ -159,7 +160,7 @@ impl RlConfig {
         ensure!(self.batch_size >= 1, "ppo.batchSize must be >= 1");
         ensure!(self.mini_batch_size >= 1, "ppo.miniBatchSize must be >= 1");
         ensure!(
-            self.batch_size % self.mini_batch_size == 0,
+            self.batch_size.is_multiple_of(self.mini_batch_size),
             "ppo.miniBatchSize ({}) must divide ppo.batchSize ({})",
             self.mini_batch_size,
             self.batch_size
@@ -268,11 +269,22 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
     peft::load_adapter(&mut reference, &cfg.sft_adapter)?;
     policy.set_training(false);
 
+    // Prompts exactly as SFT rendered them (its profile is saved beside its adapter).
+    let profile = if cfg.sft_adapter.join(PROFILE_FILE).exists() {
+        PromptProfile::load(&cfg.sft_adapter)?
+    } else {
+        PromptProfile::load(&cfg.base_model)?
+    };
     let max_pos = policy.config().max_position_embeddings;
-    let (problems, skipped) =
-        load_problems(&cfg.data_dir, "train", &catalog, &tok, cfg.max_seq_len, cfg.max_new_tokens, max_pos)?;
+    let fit = PromptFit {
+        max_seq_len: cfg.max_seq_len,
+        max_new_tokens: cfg.max_new_tokens,
+        max_positions: max_pos,
+        profile,
+    };
+    let (problems, skipped) = load_problems(&cfg.data_dir, "train", &catalog, &tok, &fit)?;
     let pairs = if cfg.algorithm == RlAlgorithm::Dpo {
-        dpo::load_pairs(&cfg.data_dir, &catalog, &tok, cfg.max_seq_len)?
+        dpo::load_pairs(&cfg.data_dir, &catalog, &tok, cfg.max_seq_len, &fit.profile)?
     } else {
         ensure!(
             !problems.is_empty(),
@@ -283,9 +295,7 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
         );
         Vec::new()
     };
-    let (val, _) =
-        load_problems(&cfg.data_dir, "val", &catalog, &tok, cfg.max_seq_len, cfg.max_new_tokens, max_pos)
-            .unwrap_or_default();
+    let (val, _) = load_problems(&cfg.data_dir, "val", &catalog, &tok, &fit).unwrap_or_default();
     let val: Vec<Problem> = val.into_iter().take(cfg.eval_samples).collect();
 
     let value_head = match cfg.algorithm {
@@ -364,7 +374,7 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
         let log = match outcome.and_then(|l| guard(cfg, l)) {
             Ok(l) => l,
             Err(e) => {
-                let kept = keep_last_good(cfg, &ckpt_dir)?;
+                let kept = keep_last_good(cfg, &ckpt_dir, &fit.profile)?;
                 write_history(&cfg.out_dir, &state.history).ok();
                 return Err(e.context(format!(
                     "RL stopped at iteration {}; the last good adapter is {}",
@@ -378,7 +388,7 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
         progress.update(state.iteration, &log.metrics());
         state.history.push(log);
         let at_end = state.iteration == cfg.iterations;
-        if state.iteration % cfg.checkpoint_interval == 0 || at_end {
+        if state.iteration.is_multiple_of(cfg.checkpoint_interval) || at_end {
             checkpoint::save(
                 &ckpt_dir,
                 &sess.policy,
@@ -386,7 +396,7 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
                 &sess.opt,
                 &state,
                 &base_name,
-                2,
+                &fit.profile,
             )?;
         }
         if cfg.stop_after.is_some_and(|n| here >= n) && !at_end {
@@ -396,6 +406,8 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
 
     let adapter_dir = cfg.out_dir.join("adapter");
     peft::save_adapter(&sess.policy, &adapter_dir, &base_name)?;
+    // Evaluation and serving read the profile beside the adapter they load.
+    fit.profile.save(&adapter_dir)?;
     let after = if val.is_empty() {
         None
     } else {
@@ -446,7 +458,7 @@ fn guard(cfg: &RlConfig, log: IterLog) -> Result<IterLog> {
 }
 
 /// Copies the newest checkpoint's adapter (or the SFT adapter) to `last_good_adapter/`.
-fn keep_last_good(cfg: &RlConfig, ckpt_dir: &Path) -> Result<PathBuf> {
+fn keep_last_good(cfg: &RlConfig, ckpt_dir: &Path, profile: &PromptProfile) -> Result<PathBuf> {
     let src = match checkpoint::list(ckpt_dir)?.pop() {
         Some(ck) => checkpoint::adapter_dir(&ck),
         None => cfg.sft_adapter.clone(),
@@ -462,6 +474,7 @@ fn keep_last_good(cfg: &RlConfig, ckpt_dir: &Path) -> Result<PathBuf> {
             std::fs::copy(&p, dst.join(p.file_name().expect("a file has a name")))?;
         }
     }
+    profile.save(&dst)?;
     Ok(dst)
 }
 

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::reward::{Reward, RewardWeights, score_text};
 use crate::dataprep::examples::RoutingExample;
+use crate::inference::profile::PromptProfile;
 use crate::model::generation::GenerationConfig;
 use crate::model::linear::log_softmax_last;
 use crate::model::loss::shifted_logprobs;
@@ -20,7 +21,7 @@ use crate::model::mixtral::{Mixtral, ModelOutput};
 use crate::model::template::STOP_SEQUENCE;
 use crate::model::tokenizer::Tokenizer;
 use crate::sap::catalog::Catalog;
-use crate::train::data::{read_jsonl, routing_sequence};
+use crate::train::data::{profile_example, read_jsonl, routing_sequence};
 
 /// One routing problem: its example and the prompt tokens the policy reads.
 #[derive(Debug, Clone)]
@@ -30,34 +31,48 @@ pub struct Problem {
 }
 
 /// Loads the routing examples of `split` as problems. Prompts are rendered exactly as SFT
-/// rendered them (same shortening when they do not fit `max_seq_len`); problems whose prompt
-/// leaves no room for `max_new_tokens` within the model's context are skipped.
+/// rendered them (the adapter's prompt profile, the same shortening when they do not fit
+/// `max_seq_len`); problems whose prompt leaves no room for `max_new_tokens` within the model's
+/// context are skipped.
 pub fn load_problems(
     data_dir: &Path,
     split: &str,
     catalog: &Catalog,
     tok: &Tokenizer,
-    max_seq_len: usize,
-    max_new_tokens: usize,
-    max_positions: usize,
+    fit: &PromptFit,
 ) -> Result<(Vec<Problem>, usize)> {
     let path = data_dir.join(format!("{split}_routing_examples.jsonl"));
     let examples: Vec<RoutingExample> = read_jsonl(&path)?;
     let mut out = Vec::new();
     let mut skipped = 0;
     for ex in examples {
-        let Some((seq, _)) = routing_sequence(catalog, tok, &ex, max_seq_len)? else {
+        let Some((seq, _)) =
+            routing_sequence(catalog, tok, &profile_example(&ex, &fit.profile), fit.max_seq_len)?
+        else {
             skipped += 1;
             continue;
         };
         let prompt_len = seq.loss_mask.iter().take_while(|&&m| m == 0).count();
-        if prompt_len + max_new_tokens > max_positions {
+        if prompt_len + fit.max_new_tokens > fit.max_positions {
             skipped += 1;
             continue;
         }
         out.push(Problem { prompt: seq.ids[..prompt_len].to_vec(), example: ex });
     }
     Ok((out, skipped))
+}
+
+/// How prompts are rendered and what must fit.
+#[derive(Debug, Clone)]
+pub struct PromptFit {
+    /// Prompt + response budget of SFT (prompts are shortened the way SFT shortened them).
+    pub max_seq_len: usize,
+    /// Room left after the prompt for the answer.
+    pub max_new_tokens: usize,
+    /// The model's context.
+    pub max_positions: usize,
+    /// The adapter's prompt profile.
+    pub profile: PromptProfile,
 }
 
 /// One sampled answer.
