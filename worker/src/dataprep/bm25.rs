@@ -10,29 +10,52 @@
 //! are the long ones), and keeps the 16 query terms with the highest IDF.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// k1 and b as in Robertson & Zaragoza; the usual defaults.
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
 
-/// Interns token strings to dense ids (shared by the index and the queries).
+/// Interns terms to dense ids. Terms are keyed by their 64-bit hash ([`super::tokens::term_hash`]):
+/// no term strings are kept (a collision between two of a few million terms is ~1e-7 likely and
+/// would only merge two rare terms' postings).
 #[derive(Default)]
 pub struct Vocab {
-    ids: HashMap<String, u32>,
+    ids: HashMap<u64, u32, BuildHasherDefault<PreHashed>>,
+}
+
+/// The keys are already FNV hashes: hashing them again would only cost time.
+#[derive(Default)]
+pub struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
 }
 
 impl Vocab {
+    /// The id of a term given as its string.
     pub fn id(&mut self, term: &str) -> u32 {
-        if let Some(&i) = self.ids.get(term) {
-            return i;
-        }
-        let i = self.ids.len() as u32;
-        self.ids.insert(term.to_string(), i);
-        i
+        self.id_of_hash(super::tokens::term_hash(term))
+    }
+
+    /// The id of a term given as its hash.
+    pub fn id_of_hash(&mut self, h: u64) -> u32 {
+        let next = self.ids.len() as u32;
+        *self.ids.entry(h).or_insert(next)
     }
 
     pub fn get(&self, term: &str) -> Option<u32> {
-        self.ids.get(term).copied()
+        self.ids.get(&super::tokens::term_hash(term)).copied()
     }
 
     pub fn len(&self) -> usize {

@@ -94,16 +94,82 @@ impl Input {
 /// A validated record and, when known, its reference routing decision.
 type Record = (ValidRecord, Option<RoutingDecision>);
 
-/// Pass 1's result for one record: summary, terms, id key, fingerprint.
-type Pass1Row = (Meta, Vec<String>, u64, Option<u64>);
+/// Pass 1's result for one record: summary, term hashes, id key, fingerprint.
+type Pass1Row = (Meta, Vec<u64>, u64, Option<u64>);
 
-/// What pass 1 keeps per valid record.
+/// What pass 1 learns about one record (transient, per chunk).
 struct Meta {
     id: String,
     doc_type: &'static str,
     endpoint: String,
     success: bool,
     summary: String,
+}
+
+/// What pass 1 keeps for all records, packed: the strings live in one growing buffer so 200K
+/// records do not leave ~600K small long-lived allocations between the short-lived ones (glibc
+/// malloc slows down badly on such a heap).
+#[derive(Default)]
+struct MetaStore {
+    text: String,
+    rows: Vec<MetaRow>,
+    endpoints: Vec<String>,
+    endpoint_ids: HashMap<String, u16>,
+}
+
+struct MetaRow {
+    id: (u32, u32),
+    summary: (u32, u32),
+    endpoint: u16,
+    doc_type: &'static str,
+    success: bool,
+}
+
+impl MetaStore {
+    fn put(&mut self, s: &str) -> (u32, u32) {
+        let start = self.text.len() as u32;
+        self.text.push_str(s);
+        (start, self.text.len() as u32)
+    }
+
+    fn push(&mut self, m: Meta) {
+        let next = self.endpoints.len() as u16;
+        let endpoint = *self.endpoint_ids.entry(m.endpoint.clone()).or_insert(next);
+        if endpoint == next {
+            self.endpoints.push(m.endpoint);
+        }
+        let id = self.put(&m.id);
+        let summary = self.put(&m.summary);
+        self.rows.push(MetaRow { id, summary, endpoint, doc_type: m.doc_type, success: m.success });
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    fn str(&self, r: (u32, u32)) -> &str {
+        &self.text[r.0 as usize..r.1 as usize]
+    }
+
+    fn id(&self, i: usize) -> &str {
+        self.str(self.rows[i].id)
+    }
+
+    fn case(&self, i: usize, score: f32) -> SimilarCase {
+        let r = &self.rows[i];
+        SimilarCase {
+            doc_id: self.str(r.id).to_string(),
+            doc_type: r.doc_type.into(),
+            endpoint: self.endpoints[r.endpoint as usize].clone(),
+            success: r.success,
+            score: (score * 1000.0).round() / 1000.0,
+            summary: self.str(r.summary).to_string(),
+        }
+    }
 }
 
 fn resolved_endpoint(rec: &ValidRecord) -> String {
@@ -139,7 +205,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
 
     // Pass 1: terms, keys, summaries.
     let mut vocab = Vocab::default();
-    let mut metas: Vec<Meta> = Vec::new();
+    let mut metas = MetaStore::default();
     let mut offsets: Vec<u32> = vec![0];
     let mut terms: Vec<u32> = Vec::new();
     let mut groups = Groups::default();
@@ -149,7 +215,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
             .into_par_iter()
             .map(|r| {
                 r.map(|(rec, _)| {
-                    let t = tokens::terms_of_json(rec.doc_type.as_str(), &rec.log.extracted_data);
+                    let t = tokens::term_hashes(rec.doc_type.as_str(), &rec.log.extracted_data);
                     let fp = tokens::fingerprint(&rec.doc);
                     let id_key = fnv(format!("id|{}", rec.log.document_id).as_bytes());
                     let endpoint = resolved_endpoint(&rec);
@@ -171,7 +237,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
             card.records_read += 1;
             match p {
                 Ok((meta, t, id_key, fp)) => {
-                    terms.extend(t.iter().map(|s| vocab.id(s)));
+                    terms.extend(t.iter().map(|h| vocab.id_of_hash(*h)));
                     offsets.push(terms.len() as u32);
                     groups.union(id_key, fp);
                     id_keys.push(id_key);
@@ -279,7 +345,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
 
 struct Shared<'a> {
     cfg: &'a DataPrepConfig,
-    metas: &'a [Meta],
+    metas: &'a MetaStore,
     split: &'a [Split],
     group: &'a [u64],
     train: &'a [u32],
@@ -310,8 +376,7 @@ thread_local! {
 fn produce(s: &Shared, ord: usize, rec: ValidRecord, decision: Option<RoutingDecision>) -> Result<Produced> {
     let cfg = s.cfg;
     let split = s.split[ord];
-    let meta = &s.metas[ord];
-    if meta.id != rec.log.document_id {
+    if s.metas.id(ord) != rec.log.document_id {
         bail!(
             "input changed between passes at record {} (line {}): read the log from a file nobody is writing",
             ord + 1,
@@ -353,15 +418,7 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord, decision: Option<RoutingDec
         .map(|h| {
             let j = s.train[h.doc as usize] as usize;
             leaks += u64::from(s.split[j] != Split::Train);
-            let m = &s.metas[j];
-            SimilarCase {
-                doc_id: m.id.clone(),
-                doc_type: m.doc_type.into(),
-                endpoint: m.endpoint.clone(),
-                success: m.success,
-                score: (h.score * 1000.0).round() / 1000.0,
-                summary: m.summary.clone(),
-            }
+            s.metas.case(j, h.score)
         })
         .collect();
     let similar_endpoints: Vec<String> = similar.iter().map(|c| c.endpoint.clone()).collect();
