@@ -88,7 +88,7 @@ fn history(out: &Path) -> Vec<IterLog> {
 }
 
 #[test]
-#[ignore = "fails on the current fixture: PPO lowers the parse rate (credit lands on late tokens of wrong answers); under investigation"]
+#[ignore = "fails today: on this fixture the SFT policy is near-deterministic per problem (entropy ~0.03 nats/token), so PPO mostly pushes down the late tokens of wrong answers and the parse rate falls (0.98 -> 0.75) while API accuracy stays at 0.71"]
 fn ppo_raises_the_reward_of_an_under_trained_sft_policy_with_bounded_kl() {
     let fx = fixture();
     let dir = tempfile::tempdir().unwrap();
@@ -209,4 +209,46 @@ fn bad_settings_are_rejected_naming_the_setting() {
     cfg.sft_adapter = dir.path().join("missing");
     let err = run(&cfg).unwrap_err().to_string();
     assert!(err.contains("run the sft stage first"), "{err}");
+}
+
+#[test]
+fn grpo_and_dpo_train_the_same_adapter_and_report_their_own_metrics() {
+    let fx = fixture();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut grpo = config(fx, dir.path().join("grpo"));
+    grpo.algorithm = sapllm_worker::rl::RlAlgorithm::Grpo;
+    grpo.iterations = 2;
+    grpo.batch_size = 2;
+    grpo.mini_batch_size = 1;
+    grpo.group_size = 4;
+    let s = run(&grpo).expect("GRPO runs");
+    assert!(s.completed && s.first_reward.is_some());
+    for it in history(&dir.path().join("grpo")) {
+        assert!(it.reward.is_some() && it.clip_fraction.is_some());
+        assert!(it.value_loss.is_none(), "GRPO has no value head");
+        assert!(it.kl.is_finite());
+    }
+
+    let mut dpo = config(fx, dir.path().join("dpo"));
+    dpo.algorithm = sapllm_worker::rl::RlAlgorithm::Dpo;
+    dpo.iterations = 2;
+    // One mini-batch per iteration: the first is scored before any update.
+    dpo.batch_size = 2;
+    dpo.mini_batch_size = 2;
+    dpo.kl_coef = 0.1;
+    let s = run(&dpo).expect("DPO runs");
+    assert!(s.completed && s.first_reward.is_none(), "DPO samples nothing");
+    let h = history(&dir.path().join("dpo"));
+    assert_eq!(h[0].kl, 0.0, "before the first step the policy is the reference");
+    assert!(
+        (h[0].policy_loss - std::f64::consts::LN_2).abs() < 1e-4,
+        "the first DPO loss is -log sigmoid(0) = ln 2, got {}",
+        h[0].policy_loss
+    );
+    for it in &h {
+        assert!(it.preference_accuracy.is_some() && it.reward.is_none());
+    }
+    assert!(dir.path().join("dpo/adapter/adapter_model.safetensors").exists());
+    assert!(dir.path().join("dpo/reward_curve.png").exists());
 }

@@ -4,6 +4,19 @@
 //! penalty, clipped policy and value losses), GRPO (group-relative advantages, no value head)
 //! and DPO (offline, on `preference_pairs.jsonl`).
 //!
+//! # Which algorithm
+//! **PPO** (the default) is the full recipe: on-policy samples, a learned value baseline with
+//! GAE for per-token credit, and a per-token KL penalty that keeps the policy near the SFT
+//! model. Pick it when the reward is the verifiable one and there is compute for sampling and
+//! a second forward pass per step. **GRPO** drops the value head: it samples a group of answers
+//! per document and uses each answer's reward relative to its group as the advantage. Pick it
+//! when the critic is the problem (small models, sparse end-of-answer rewards, memory), and
+//! when the policy still varies its answers to one document; a group whose answers all score
+//! the same teaches nothing. **DPO** samples nothing: it raises the likelihood of data-prep's
+//! chosen decisions over the rejected ones relative to the SFT model. Pick it for a cheap,
+//! stable first improvement, or when rollouts are too slow; it cannot discover answers outside
+//! `preference_pairs.jsonl`, and `klPenalty` acts as its beta (TRL's default is 0.1).
+//!
 //! # Policy and reference
 //! The policy is the base model with the SFT adapter loaded as its (trainable) LoRA: RL keeps
 //! training the same adapter, so the result is one PEFT adapter that serving and evaluation load
