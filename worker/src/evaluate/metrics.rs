@@ -40,6 +40,28 @@ pub struct ScoredDecision {
 }
 
 impl ScoredDecision {
+    /// A decision before scoring: wrong, abstained, nothing generated (what a decoding error
+    /// leaves).
+    pub fn unscored(doc_id: &str, doc_type: &str, kind: &str, target: &str, latency_ms: f64) -> Self {
+        ScoredDecision {
+            doc_id: doc_id.into(),
+            doc_type: doc_type.into(),
+            kind: kind.into(),
+            target: target.into(),
+            predicted: String::new(),
+            confidence: 0.0,
+            abstained: true,
+            choice_right: false,
+            field_accuracy: 0.0,
+            latency_ms,
+            tokens: 0,
+            forced_tokens: 0,
+            rules_passed: 0,
+            rules_checked: 0,
+            error: None,
+        }
+    }
+
     /// Payload right enough to count (>= 90 % of fields).
     pub fn payload_right(&self) -> bool {
         self.field_accuracy + 1e-12 >= PAYLOAD_FIELD_THRESHOLD

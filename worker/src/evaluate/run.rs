@@ -111,23 +111,8 @@ fn score_routing(engine: &Engine, ex: &RoutingExample) -> ScoredDecision {
     let result = engine.decide_routing(&ex.adc_json, &ex.doc_type, &ex.api_schemas, &ex.similar_cases);
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let catalog = engine.catalog();
-    let mut scored = ScoredDecision {
-        doc_id: ex.doc_id.clone(),
-        doc_type: ex.doc_type.clone(),
-        kind: "routing".into(),
-        target: ex.target_endpoint.clone(),
-        predicted: String::new(),
-        confidence: 0.0,
-        abstained: true,
-        choice_right: false,
-        field_accuracy: 0.0,
-        latency_ms,
-        tokens: 0,
-        forced_tokens: 0,
-        rules_passed: 0,
-        rules_checked: 0,
-        error: None,
-    };
+    let mut scored =
+        ScoredDecision::unscored(&ex.doc_id, &ex.doc_type, "routing", &ex.target_endpoint, latency_ms);
     let d = match result {
         Ok(d) => d,
         Err(e) => {
@@ -162,23 +147,8 @@ fn score_exception(engine: &Engine, ex: &ExceptionExample) -> ScoredDecision {
     let result = engine.handle_exception(&exception_query(ex), &[]);
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let target = serde_json::to_value(ex.action).unwrap_or(Value::Null);
-    let mut scored = ScoredDecision {
-        doc_id: ex.doc_id.clone(),
-        doc_type: ex.doc_type.clone(),
-        kind: "exception".into(),
-        target: target.as_str().unwrap_or_default().to_string(),
-        predicted: String::new(),
-        confidence: 0.0,
-        abstained: true,
-        choice_right: false,
-        field_accuracy: 0.0,
-        latency_ms,
-        tokens: 0,
-        forced_tokens: 0,
-        rules_passed: 0,
-        rules_checked: 0,
-        error: None,
-    };
+    let target = target.as_str().unwrap_or_default();
+    let mut scored = ScoredDecision::unscored(&ex.doc_id, &ex.doc_type, "exception", target, latency_ms);
     match result {
         Ok(d) => {
             scored.predicted = serde_json::to_value(d.action)
