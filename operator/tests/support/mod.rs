@@ -78,14 +78,18 @@ fn mask_hex(s: &str) -> String {
         }
     }
     out.push_str(rest);
+    // A name suffix may be followed by more text (a condition message quoting the name).
     let parts: Vec<String> = out
         .split('-')
         .map(|p| {
-            if p.len() == 10
-                && p.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-                && p.chars().any(|c| c.is_ascii_digit())
+            let head: String = p.chars().take(10).collect();
+            let boundary = p.chars().nth(10).is_none_or(|c| !c.is_ascii_alphanumeric());
+            if head.len() == 10
+                && boundary
+                && head.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+                && head.chars().any(|c| c.is_ascii_digit())
             {
-                "<d10>".to_string()
+                format!("<d10>{}", &p[10..])
             } else {
                 p.to_string()
             }
