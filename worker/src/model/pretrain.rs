@@ -9,11 +9,9 @@
 //!   when both exist); any other line contributes itself as plain text.
 //! - Tokenizer: an existing one (`tokenizer` option) or a byte-level BPE trained on the corpus.
 //! - Every document becomes `<s> ids </s>`; documents are concatenated into one stream, the
-//!   last `eval_fraction` is held out, and each step samples `batch_size` windows of `seq_len`
-//!   tokens that START AT A DOCUMENT START (a routing document's decision lies hundreds of tokens
-//!   after its type and fields; a window cut at random would mostly separate the two). The
-//!   choice is derived from (seed, step), so a resumed run samples exactly what an
-//!   uninterrupted one would.
+//!   last `eval_fraction` is held out, and each step samples `batch_size` random windows of
+//!   `seq_len` tokens (the window start is derived from (seed, step), so a resumed run samples
+//!   exactly what an uninterrupted one would).
 //! - AdamW + global-norm clipping + linear warmup + cosine decay; checkpoints (model, optimizer
 //!   moments, step, losses) every `checkpoint_every` steps in `output/checkpoint/`, resumed
 //!   automatically; progress through the shared reporter; a loss-curve PNG at the end.
@@ -166,21 +164,10 @@ fn step_rng(seed: u64, step: usize) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-fn batch(
-    stream: &[u32],
-    doc_starts: &[usize],
-    batch: usize,
-    len: usize,
-    rng: &mut impl Rng,
-    device: &Device,
-) -> Result<Tensor> {
+fn batch(stream: &[u32], batch: usize, len: usize, rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
     let mut ids = Vec::with_capacity(batch * len);
-    let last = stream.len() - len;
     for _ in 0..batch {
-        let start = match doc_starts.len() {
-            0 => rng.random_range(0..=last),
-            n => doc_starts[rng.random_range(0..n)].min(last),
-        };
+        let start = rng.random_range(0..=stream.len() - len);
         ids.extend_from_slice(&stream[start..start + len]);
     }
     Ok(Tensor::from_vec(ids, (batch, len), device)?)
@@ -211,7 +198,7 @@ fn eval_loss(model: &Mixtral, held: &[u32], cfg: &PretrainConfig, device: &Devic
     let mut total = 0.0;
     let n = 8usize.div_ceil(cfg.batch_size).max(1);
     for _ in 0..n {
-        let ids = batch(held, &[], cfg.batch_size.min(8), cfg.seq_len, &mut rng, device)?;
+        let ids = batch(held, cfg.batch_size.min(8), cfg.seq_len, &mut rng, device)?;
         let out = model.forward(&ids, None)?;
         total += causal_lm_loss(&out.logits, &ids, None)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     }
@@ -241,9 +228,7 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
         t
     };
     let mut stream = Vec::new();
-    let mut doc_starts = Vec::with_capacity(texts.len());
     for t in &texts {
-        doc_starts.push(stream.len());
         stream.extend(tok.bos_id);
         stream.extend(tok.encode(t)?);
         stream.push(tok.eos_id);
@@ -251,7 +236,6 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
     let corpus_tokens = stream.len();
     let n_held = (stream.len() as f64 * cfg.eval_fraction) as usize;
     let held = stream.split_off(stream.len() - n_held);
-    doc_starts.retain(|&s| s < stream.len());
     if stream.len() < cfg.seq_len {
         bail!("corpus has {} training tokens, fewer than one sequence of {}", stream.len(), cfg.seq_len);
     }
@@ -334,7 +318,7 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
             });
         }
         let mut rng = step_rng(cfg.seed, state.step);
-        let ids = batch(&stream, &doc_starts, cfg.batch_size, cfg.seq_len, &mut rng, &device)?;
+        let ids = batch(&stream, cfg.batch_size, cfg.seq_len, &mut rng, &device)?;
         let (loss, grads) =
             model.forward_backward(&ids, None, &mut |o| causal_lm_loss(&o.logits, &ids, None))?;
         let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
