@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use super::gae::mean_std;
 use super::log::IterLog;
 use super::ppo::{mean, rollout_log};
-use super::rollout::{Rollout, SampleSettings, masked_mean, pack, sample, token_logprobs};
+use super::rollout::{Rollout, masked_mean, pack, token_logprobs};
 use super::score::{mean_kl, score};
 use super::{Session, mix};
 
@@ -33,20 +33,7 @@ pub fn iteration(sess: &mut Session, it: u64) -> Result<IterLog> {
     let g = cfg.group_size;
     let problems = sess.pick(sess.problems.len(), cfg.batch_size, it);
     let which: Vec<usize> = problems.iter().flat_map(|&p| std::iter::repeat_n(p, g)).collect();
-    let settings = SampleSettings {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: cfg.temperature,
-        seed: mix(cfg.seed, it),
-    };
-    let rollouts = sample(
-        &sess.policy,
-        &sess.tok,
-        &sess.catalog,
-        &cfg.reward_weights,
-        &sess.problems,
-        &which,
-        &settings,
-    )?;
+    let rollouts = sess.rollouts(&which, it)?;
     let chunk = cfg.mini_batch_size * g;
     let scored = score(sess, &rollouts, chunk)?;
     let rewards: Vec<f64> = rollouts.iter().map(|r| r.reward.total).collect();

@@ -240,6 +240,26 @@ pub struct Session<'a> {
 impl Session<'_> {
     /// Indices of the problems of `iteration` (`n` of them, sampled without replacement from
     /// `len`, seeded by the iteration so a resumed run draws the same).
+    /// Samples one answer for each problem index in `which` (repeats give a group), seeded by
+    /// the iteration so a resumed run samples what an uninterrupted one would.
+    pub fn rollouts(&self, which: &[usize], iteration: u64) -> Result<Vec<rollout::Rollout>> {
+        let cfg = self.cfg;
+        let settings = rollout::SampleSettings {
+            max_new_tokens: cfg.max_new_tokens,
+            temperature: cfg.temperature,
+            seed: mix(cfg.seed, iteration),
+        };
+        rollout::sample(
+            &self.policy,
+            &self.tok,
+            &self.catalog,
+            &cfg.reward_weights,
+            &self.problems,
+            which,
+            &settings,
+        )
+    }
+
     pub fn pick(&self, len: usize, n: usize, iteration: u64) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..len).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(mix(self.cfg.seed, iteration));

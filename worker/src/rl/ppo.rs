@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 
 use super::gae::{gae, shaped_rewards, whiten};
 use super::log::IterLog;
-use super::rollout::{Rollout, SampleSettings, masked_mean, pack, sample, token_logprobs};
+use super::rollout::{Rollout, masked_mean, pack, token_logprobs};
 use super::score::{mean_kl, score};
 use super::{Session, mix};
 
@@ -17,20 +17,7 @@ use super::{Session, mix};
 pub fn iteration(sess: &mut Session, it: u64) -> Result<IterLog> {
     let cfg = sess.cfg;
     let which = sess.pick(sess.problems.len(), cfg.batch_size, it);
-    let settings = SampleSettings {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: cfg.temperature,
-        seed: mix(cfg.seed, it),
-    };
-    let rollouts = sample(
-        &sess.policy,
-        &sess.tok,
-        &sess.catalog,
-        &cfg.reward_weights,
-        &sess.problems,
-        &which,
-        &settings,
-    )?;
+    let rollouts = sess.rollouts(&which, it)?;
     let scored = score(sess, &rollouts, cfg.mini_batch_size)?;
     let values = scored.values.as_ref().context("PPO runs with a value head")?;
 
