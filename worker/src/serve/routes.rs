@@ -31,9 +31,10 @@ pub async fn submit<T>(
     state: &SharedState,
     make: impl FnOnce(Instant, oneshot::Sender<T>) -> Job,
 ) -> Result<T, ApiError> {
-    if state.is_draining() {
-        return Err(ApiError::unavailable("the server is shutting down"));
-    }
+    // No draining check here: a request that reached a handler was accepted before shutdown
+    // began, and graceful shutdown promises to finish it (hyper stops reading new requests from
+    // connections once draining, so nothing new gets this far). Refusing here turned accepted
+    // requests into 503s when SIGTERM raced their body parsing.
     let deadline = Instant::now() + state.request_timeout;
     let (tx, rx) = oneshot::channel();
     match state.queue.submit(make(deadline, tx)) {
