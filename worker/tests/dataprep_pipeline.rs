@@ -66,8 +66,12 @@ fn synthetic_run_writes_every_file_with_the_documented_fields() {
             );
             assert!(trace[0].as_str().unwrap().contains(r["doc_type"].as_str().unwrap()));
             assert!(
-                r["api_schemas"][0]["doc_types"].as_array().unwrap().iter().any(|d| d == &r["doc_type"]),
-                "the serving API comes first among the candidates"
+                r["api_schemas"].as_array().unwrap().iter().any(|c| c["doc_types"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|d| d == &r["doc_type"])),
+                "an API serving the document type is among the candidates"
             );
         }
     }
@@ -251,4 +255,24 @@ fn bad_configuration_is_rejected_with_the_setting_named() {
     };
     let e = format!("{:#}", dataprep::run(&missing).unwrap_err());
     assert!(e.contains("/nonexistent/log.jsonl"), "{e}");
+}
+
+#[test]
+fn candidate_order_carries_no_cue_about_the_target() {
+    // The catalog lists the serving API first; examples must not, or "take the first
+    // candidate" scores perfectly and the model never learns to match the document type.
+    let tmp = tempfile::tempdir().unwrap();
+    run(tmp.path(), 600, 7);
+    let rows = read(tmp.path(), "train_routing_examples.jsonl");
+    let multi: Vec<&Value> =
+        rows.iter().filter(|r| r["api_schemas"].as_array().unwrap().len() >= 3).collect();
+    let first_is_target =
+        multi.iter().filter(|r| r["api_schemas"][0]["endpoint"] == r["target_endpoint"]).count();
+    assert!(multi.len() > 100, "{} examples with 3+ candidates", multi.len());
+    let share = first_is_target as f64 / multi.len() as f64;
+    assert!(share < 0.6, "the target is the first candidate in {:.0} % of examples", 100.0 * share);
+    // Deterministic: the same seed gives the same order.
+    let again = tempfile::tempdir().unwrap();
+    run(again.path(), 600, 7);
+    assert_eq!(read(again.path(), "train_routing_examples.jsonl"), rows);
 }

@@ -436,6 +436,10 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord, decision: Option<RoutingDec
     });
     let confidence = trace::confidence(rec.doc_type, &detection, &decision.outcomes);
     let (schemas, candidates) = &s.schemas[doc_type];
+    // The catalog lists the serving API first; left in that order the model would learn "take
+    // the first candidate" instead of matching the document type, and fail on callers that
+    // order their candidates otherwise. A per-document (seeded) shuffle removes the cue.
+    let schemas = &shuffled(schemas, cfg.seed ^ fnv(log.document_id.as_bytes()));
     let rule_failures: Vec<_> = decision.outcomes.iter().filter(|o| !o.passed).cloned().collect();
     let rule_ids = rule_failures.iter().map(|o| o.rule_id.clone()).collect();
     let example = RoutingExampleRef {
@@ -617,4 +621,19 @@ fn write_card(dir: &Path, card: &DatasetCard) -> Result<()> {
     let md = dir.join("dataset_card.md");
     std::fs::write(&md, card.to_markdown()).with_context(|| format!("cannot write {}", md.display()))?;
     Ok(())
+}
+
+/// `items` in a pseudo-random order fixed by `seed` (Fisher-Yates over splitmix64).
+fn shuffled<T: Clone>(items: &[T], seed: u64) -> Vec<T> {
+    let mut out = items.to_vec();
+    let mut state = seed;
+    for i in (1..out.len()).rev() {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        out.swap(i, (z % (i as u64 + 1)) as usize);
+    }
+    out
 }

@@ -27,11 +27,13 @@ pub const MAX_REASONING_STEPS: usize = 4;
 /// Characters kept per reasoning step.
 pub const MAX_REASONING_CHARS: usize = 160;
 
-/// One candidate API as the prompt shows it.
+/// One candidate API as the prompt shows it. Field order is deliberate: the document types an
+/// API serves come right before its endpoint, so "the endpoint after my document type" is a
+/// copy the model can learn (an induction pattern) rather than a lookup backwards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptCandidate {
-    pub endpoint: String,
     pub doc_types: Vec<String>,
+    pub endpoint: String,
     pub schema: String,
 }
 
@@ -43,13 +45,15 @@ pub struct PromptCase {
     pub summary: String,
 }
 
-/// The `### Request` JSON of a routing prompt.
+/// The `### Request` JSON of a routing prompt. Field order is deliberate: the document type is
+/// written LAST, next to the answer whose first choice (the endpoint) depends on it most, and
+/// the candidates just before it; a small model attends to near tokens far more reliably.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoutingPrompt {
-    pub doc_type: String,
     pub document: Value,
-    pub candidates: Vec<PromptCandidate>,
     pub similar: Vec<PromptCase>,
+    pub candidates: Vec<PromptCandidate>,
+    pub doc_type: String,
 }
 
 /// The `### Response` JSON of a routing decision. Field order is the generation order.
@@ -100,17 +104,7 @@ pub struct ExceptionAnswer {
 /// The routing prompt text (shared template) for a query.
 pub fn routing_prompt(q: &RoutingQuery) -> Result<String> {
     let prompt = RoutingPrompt {
-        doc_type: q.doc_type.clone(),
         document: q.adc_json.clone(),
-        candidates: q
-            .api_schemas
-            .iter()
-            .map(|c| PromptCandidate {
-                endpoint: c.endpoint.clone(),
-                doc_types: c.doc_types.clone(),
-                schema: c.schema.clone(),
-            })
-            .collect(),
         similar: q
             .similar_cases
             .iter()
@@ -120,6 +114,16 @@ pub fn routing_prompt(q: &RoutingQuery) -> Result<String> {
                 summary: c.summary.clone(),
             })
             .collect(),
+        candidates: q
+            .api_schemas
+            .iter()
+            .map(|c| PromptCandidate {
+                doc_types: c.doc_types.clone(),
+                endpoint: c.endpoint.clone(),
+                schema: c.schema.clone(),
+            })
+            .collect(),
+        doc_type: q.doc_type.clone(),
     };
     template::routing_prompt(&prompt)
 }

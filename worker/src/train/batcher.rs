@@ -35,30 +35,34 @@ pub struct Batch {
     pub input_ids: Tensor,
     /// `[B, T]` 1 for tokens, 0 for padding.
     pub attention_mask: Tensor,
-    /// `[B, T]` 1 where the token is a response token the loss counts (f32).
+    /// `[B, T]` the loss weight of each target token (f32): 0 on the prompt and padding, 1 on
+    /// response tokens, more on tokens the data marks as weighing more (the decision's choice).
     pub loss_mask: Tensor,
     /// Response tokens counted by the loss.
     pub loss_tokens: usize,
+    /// Sum of the loss weights (the loss is the weighted mean over it).
+    pub loss_weight: f64,
     /// Non-padding tokens.
     pub tokens: usize,
 }
 
-/// Right-pads `seqs` (ids and loss masks) to the longest one.
+/// Right-pads `seqs` (ids and loss weights, see [`Batch::loss_mask`]) to the longest one.
 pub fn collate(seqs: &[(&[u32], &[u8])], pad_id: u32, device: &Device) -> Result<Batch> {
     let b = seqs.len();
     let t = seqs.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0).max(1);
     let mut ids = vec![pad_id; b * t];
     let mut attn = vec![0u32; b * t];
     let mut loss = vec![0f32; b * t];
-    let (mut loss_tokens, mut tokens) = (0, 0);
+    let (mut loss_tokens, mut tokens, mut loss_weight) = (0, 0, 0.0);
     for (row, (s, m)) in seqs.iter().enumerate() {
-        for (j, (&id, &keep)) in s.iter().zip(m.iter()).enumerate() {
+        for (j, (&id, &weight)) in s.iter().zip(m.iter()).enumerate() {
             ids[row * t + j] = id;
             attn[row * t + j] = 1;
             // The first token is never predicted (no previous position), so it cannot count.
-            if keep == 1 && j > 0 {
-                loss[row * t + j] = 1.0;
+            if weight > 0 && j > 0 {
+                loss[row * t + j] = f32::from(weight);
                 loss_tokens += 1;
+                loss_weight += f64::from(weight);
             }
         }
         tokens += s.len();
@@ -69,6 +73,7 @@ pub fn collate(seqs: &[(&[u32], &[u8])], pad_id: u32, device: &Device) -> Result
         loss_mask: Tensor::from_vec(loss, (b, t), device)?,
         loss_tokens,
         tokens,
+        loss_weight,
     })
 }
 
@@ -113,5 +118,14 @@ mod tests {
             vec![vec![0., 0., 1., 1.], vec![0., 1., 0., 0.]]
         );
         assert_eq!((batch.loss_tokens, batch.tokens), (3, 6));
+        assert_eq!(batch.loss_weight, 3.0);
+    }
+
+    #[test]
+    fn collate_keeps_loss_weights() {
+        let a: (&[u32], &[u8]) = (&[1, 5, 6, 2], &[0, 4, 4, 1]);
+        let batch = collate(&[a], 0, &Device::Cpu).unwrap();
+        assert_eq!(batch.loss_mask.to_vec2::<f32>().unwrap(), vec![vec![0., 4., 4., 1.]]);
+        assert_eq!((batch.loss_tokens, batch.loss_weight), (3, 9.0));
     }
 }

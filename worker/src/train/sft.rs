@@ -212,12 +212,12 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
                 .collect();
             window.push(collate(&seqs, tok.pad_id, &device)?);
         }
-        let window_tokens: usize = window.iter().map(|b| b.loss_tokens).sum();
-        ensure!(window_tokens > 0, "a training window has no response token (check the data)");
+        let window_weight: f64 = window.iter().map(|b| b.loss_weight).sum();
+        ensure!(window_weight > 0.0, "a training window has no response token (check the data)");
         let mut acc: Option<GradStore> = None;
         let mut loss_sum = 0.0;
         for batch in &window {
-            let denom = window_tokens as f64;
+            let denom = window_weight;
             let (loss, grads) =
                 model.forward_backward(&batch.input_ids, Some(&batch.attention_mask), &mut |out| {
                     let lp = shifted_logprobs(&out.logits, &batch.input_ids)?;
