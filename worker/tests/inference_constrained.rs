@@ -207,3 +207,53 @@ fn the_grammar_admits_training_answers() {
         assert_eq!(d.confidence_parts.generated, Some(a.confidence));
     }
 }
+
+/// Prompt-lookup drafts only save forward calls: the same answers come out (model's own and
+/// replayed reference answers), and on answers that copy their document drafts are accepted.
+#[test]
+fn prompt_lookup_drafts_change_the_forward_calls_not_the_answers() {
+    use sapllm_worker::dataprep::{self, DataPrepConfig, RoutingExample};
+    use sapllm_worker::inference::format::{routing_answer, routing_query};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg =
+        DataPrepConfig { examples: 80, seed: 5, output_dir: tmp.path().to_path_buf(), ..Default::default() };
+    dataprep::run(&cfg).expect("data-prep");
+    let text = std::fs::read_to_string(tmp.path().join("train_routing_examples.jsonl")).unwrap();
+    let examples: Vec<RoutingExample> =
+        text.lines().take(3).map(|l| serde_json::from_str(l).expect("example")).collect();
+    let queries: Vec<RoutingQuery> = examples.iter().map(routing_query).collect();
+    let engine_with = |speculate: usize| {
+        let decode = DecodeOptions { max_new_tokens: 1500, speculate, ..DecodeOptions::default() };
+        tiny_engine(EngineConfig { abstain_threshold: 0.0, decode, ..EngineConfig::default() }, 7)
+            .expect("engine")
+            .0
+    };
+    let (on, off) = (engine_with(4), engine_with(0));
+    let answers: Vec<_> = examples.iter().map(|e| routing_answer(on.catalog(), e)).collect();
+
+    let (with, t_with) = on.replay_routing_batch(&queries, &answers).expect("replay");
+    let (without, t_without) = off.replay_routing_batch(&queries, &answers).expect("replay");
+    let mut kept = 0;
+    for ((a, b), want) in with.iter().zip(&without).zip(&answers) {
+        let (a, b) = (a.as_ref().expect("decision"), b.as_ref().expect("decision"));
+        assert_eq!((&a.payload, &a.reasoning), (&want.payload, &want.reasoning));
+        assert_eq!((&a.payload, &a.reasoning), (&b.payload, &b.reasoning));
+        assert_eq!(b.stats.accepted_draft_tokens, 0);
+        kept += a.stats.accepted_draft_tokens;
+    }
+    assert!(kept > 0, "answers that copy their documents accept some drafts");
+    assert!(
+        t_with.forward_calls < t_without.forward_calls,
+        "{} forward calls with drafts, {} without",
+        t_with.forward_calls,
+        t_without.forward_calls
+    );
+
+    let own_with = on.decide_routing_batch(&queries[..2]).expect("decisions");
+    let own_without = off.decide_routing_batch(&queries[..2]).expect("decisions");
+    for (a, b) in own_with.iter().zip(&own_without) {
+        let (a, b) = (a.as_ref().expect("decision"), b.as_ref().expect("decision"));
+        assert_eq!((&a.endpoint, &a.payload, &a.reasoning), (&b.endpoint, &b.payload, &b.reasoning));
+    }
+}

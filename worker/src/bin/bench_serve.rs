@@ -125,15 +125,16 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
     );
     println!("\n## Library latency per decision (batch 1), {} documents\n", queries.len());
     println!(
-        "| answers | forced tokens | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | answer tok |"
+        "| answers | forced tokens | drafts | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let speculate = DecodeOptions::default().speculate;
     for reference in [true, false] {
-        for ff in [true, false] {
+        for (ff, spec) in [(true, speculate), (true, 0), (false, 0)] {
             let config = EngineConfig {
                 abstain_threshold: 0.0,
                 max_batch: 1,
-                decode: DecodeOptions { use_forced_tokens: ff, ..DecodeOptions::default() },
+                decode: DecodeOptions { use_forced_tokens: ff, speculate: spec, ..DecodeOptions::default() },
                 limits: args.limits,
                 ..EngineConfig::default()
             };
@@ -142,7 +143,7 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
                 load_engine(base, args.adapter.as_deref(), precision, Catalog::builtin(), config)?;
             let t = Instant::now();
             let n = engine.precompile_grammars()?;
-            if ff && reference {
+            if ff && spec > 0 && reference {
                 eprintln!("({n} answer grammars compiled in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
             }
             for q in queries.iter().take(2) {
@@ -151,6 +152,7 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
             let mut lat = Vec::new();
             let (mut calls, mut sampled, mut forced, mut total, mut n) =
                 (0usize, 0usize, 0usize, 0usize, 0usize);
+            let (mut drafted, mut kept) = (0usize, 0usize);
             let mut phases = [0f64; 4];
             for (q, a) in queries.iter().zip(&answers) {
                 let t = Instant::now();
@@ -171,6 +173,8 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
                         sampled += d.stats.sampled_tokens;
                         forced += d.stats.forced_tokens;
                         total += d.stats.response_tokens;
+                        drafted += d.stats.draft_tokens;
+                        kept += d.stats.accepted_draft_tokens;
                         n += 1;
                     }
                     Err(e) => eprintln!("decision failed: {e:#}"),
@@ -181,9 +185,10 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
             let per = |x: usize| x as f64 / n.max(1) as f64;
             let ph = |i: usize| phases[i] / lat.len() as f64;
             println!(
-                "| {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
                 if reference { "reference (data-prep targets)" } else { "model's own (this checkpoint)" },
                 if ff { "on" } else { "off" },
+                if spec > 0 { format!("prompt lookup, {spec}") } else { "off".into() },
                 percentile(&lat, 50.0),
                 percentile(&lat, 95.0),
                 ph(0),
@@ -193,6 +198,8 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
                 per(calls),
                 per(sampled),
                 per(forced),
+                per(kept),
+                per(drafted),
                 per(total)
             );
         }

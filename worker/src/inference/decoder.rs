@@ -13,6 +13,13 @@
 //!    sampling, and all pending tokens go through the model in one forward call, so a run of k
 //!    forced tokens costs one step instead of k.
 //!
+//! 5. (greedy only) drafts: after the pending tokens, proposes up to `speculate` more by prompt
+//!    lookup (`draft.rs`), checked against the grammar, and feeds them in the same forward.
+//!    Each draft token is kept only while it is the token the model picks from the logits
+//!    before it (the same pick as without drafting); the first other pick is kept as a fresh
+//!    token and the rest of the draft is dropped from the cache. The answer is unchanged; the
+//!    forward calls fall by the accepted drafts.
+//!
 //! Rows finish independently; a finished row rides along masked out until the batch is done.
 
 use std::time::Instant;
@@ -22,6 +29,7 @@ use llguidance::Matcher;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use super::draft;
 use super::forward::{Step, forward_branches, forward_select};
 use super::grammar::GrammarCache;
 use super::logits::{log_prob, pick_allowed, softmax};
@@ -41,6 +49,8 @@ pub struct DecodeOptions {
     pub seed: u64,
     /// Score all options in one tree-attention forward (else one forward per option index).
     pub tree_scoring: bool,
+    /// Draft tokens proposed by prompt lookup per forward (greedy decoding only; 0 = off).
+    pub speculate: usize,
 }
 
 impl Default for DecodeOptions {
@@ -51,6 +61,7 @@ impl Default for DecodeOptions {
             temperature: 0.0,
             seed: 0,
             tree_scoring: true,
+            speculate: 4,
         }
     }
 }
@@ -102,6 +113,9 @@ pub struct BatchTiming {
     pub generate_s: f64,
     pub mask_s: f64,
     pub forward_calls: usize,
+    /// Draft tokens proposed / kept (prompt lookup).
+    pub drafted: usize,
+    pub accepted: usize,
 }
 
 struct Live {
@@ -113,6 +127,10 @@ struct Live {
     in_body: bool,
     sampled: usize,
     forced: usize,
+    /// The last `draft` tokens of `pending` are unverified guesses (not consumed by `matcher`).
+    draft: usize,
+    drafted: usize,
+    accepted: usize,
     done: bool,
     error: Option<String>,
     /// Answer tokens allowed: `max_new_tokens`, capped by the context left after the prompt.
@@ -158,7 +176,7 @@ pub fn decode_batch(
     let t1 = Instant::now();
     let tree = opts.tree_scoring && model.cfg.sliding_window.is_none();
     let (scores, mut branches) = if tree {
-        let mut scratch = snapshot.clone();
+        let mut scratch = snapshot.fork()?;
         let feeds: Vec<Vec<&[u32]>> =
             rows.iter().map(|r| r.options.iter().map(|o| o.suffix.as_slice()).collect()).collect();
         let logits = forward_branches(model, &mut scratch, &feeds, pad)?;
@@ -199,7 +217,7 @@ pub fn decode_batch(
             rows.iter().zip(&choice).map(|(r, &c)| r.options[c].suffix.as_slice()).collect();
         let step = Step::right_padded(&feeds, pad);
         let select: Vec<(usize, usize)> = feeds.iter().enumerate().map(|(r, f)| (r, f.len() - 1)).collect();
-        let mut cache = snapshot.clone();
+        let mut cache = snapshot.fork()?;
         let l = forward_select(model, &step, &mut cache, &select)?;
         timing.forward_calls += 1;
         (cache, l)
@@ -210,6 +228,8 @@ pub fn decode_batch(
     // 4. Constrained generation.
     let t2 = Instant::now();
     let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+    // Drafts are checked against the greedy pick; sampling would need rejection sampling.
+    let speculate = if opts.temperature > 0.0 { 0 } else { opts.speculate };
     let mut live: Vec<Live> = Vec::with_capacity(b);
     for ((r, &c), last_logits) in rows.iter().zip(&choice).zip(last) {
         let answer_prefix: Vec<u32> = [r.prefix.as_slice(), r.options[c].suffix.as_slice()].concat();
@@ -222,6 +242,9 @@ pub fn decode_batch(
             in_body: true,
             sampled: 0,
             forced: 0,
+            draft: 0,
+            drafted: 0,
+            accepted: 0,
             done: false,
             error: None,
             budget: opts.max_new_tokens.min(model.cfg.max_position_embeddings.saturating_sub(r.prompt.len())),
@@ -232,6 +255,7 @@ pub fn decode_batch(
         } else if opts.use_forced_tokens {
             take_forced(&mut l, eos);
         }
+        add_draft(&mut l, r, speculate);
         live.push(l);
     }
     loop {
@@ -244,13 +268,8 @@ pub fn decode_batch(
             if !l.done && opts.use_forced_tokens {
                 take_forced(l, eos);
             }
-            if l.tokens.len() > l.budget {
-                l.error = Some(format!(
-                    "answer exceeded its budget of {} tokens (max_new_tokens or the context)",
-                    l.budget
-                ));
-                l.done = true;
-            }
+            check_budget(l);
+            add_draft(l, r, speculate);
         }
         timing.mask_s += tm.elapsed().as_secs_f64();
         if live.iter().all(|l| l.done || l.pending.is_empty()) {
@@ -259,16 +278,42 @@ pub fn decode_batch(
         let feeds: Vec<&[u32]> =
             live.iter().map(|l| if l.done { &[][..] } else { l.pending.as_slice() }).collect();
         let step = Step::right_padded(&feeds, pad);
-        let select: Vec<(usize, usize)> =
-            feeds.iter().enumerate().filter(|(_, f)| !f.is_empty()).map(|(r, f)| (r, f.len() - 1)).collect();
-        let logits = forward_select(model, &step, &mut cache, &select)?;
+        // Logits after the last real token, and after each draft token before it.
+        let select: Vec<(usize, usize)> = feeds
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.is_empty())
+            .flat_map(|(r, f)| (f.len() - 1 - live[r].draft..f.len()).map(move |c| (r, c)))
+            .collect();
+        let fed: Vec<usize> = feeds.iter().map(|f| f.len()).collect();
+        let mut logits = forward_select(model, &step, &mut cache, &select)?.into_iter();
         timing.forward_calls += 1;
-        for (&(r, _), lg) in select.iter().zip(logits) {
-            live[r].last_logits = lg;
-            live[r].pending.clear();
+        let base = cache.len() - step.len;
+        for (r, l) in live.iter_mut().enumerate() {
+            if fed[r] == 0 {
+                continue;
+            }
+            let lgs: Vec<Vec<f32>> = logits.by_ref().take(l.draft + 1).collect();
+            if l.draft == 0 {
+                l.last_logits = lgs.into_iter().next().unwrap_or_default();
+                l.pending.clear();
+                continue;
+            }
+            let rejected = verify(l, &rows[r], lgs, &trie, eos, opts, &mut rng);
+            // Rejected draft tokens leave the cache as padding (masked, no position).
+            for m in &mut cache.mask[r][base + fed[r] - rejected..base + fed[r]] {
+                *m = 0;
+            }
+            if !l.done {
+                check_budget(l);
+                add_draft(l, &rows[r], speculate);
+            }
         }
+        cache.trim_padding_tail()?;
     }
     timing.generate_s = t2.elapsed().as_secs_f64();
+    timing.drafted = live.iter().map(|l| l.drafted).sum();
+    timing.accepted = live.iter().map(|l| l.accepted).sum();
 
     let outputs = live
         .into_iter()
@@ -294,6 +339,8 @@ pub fn decode_batch(
                     sampled_tokens: l.sampled,
                     forced_tokens: l.forced,
                     forward_calls: timing.forward_calls,
+                    draft_tokens: l.drafted,
+                    accepted_draft_tokens: l.accepted,
                 },
             })
         })
@@ -335,7 +382,7 @@ fn score_sequential(
         let step = Step::right_padded(&feeds, pad);
         let select: Vec<(usize, usize)> =
             feeds.iter().enumerate().flat_map(|(r, f)| (0..f.len()).map(move |c| (r, c))).collect();
-        let mut cache = snapshot.clone();
+        let mut cache = snapshot.fork()?;
         let logits = forward_select(model, &step, &mut cache, &select)?;
         timing.forward_calls += 1;
         let mut it = logits.into_iter();
@@ -425,6 +472,90 @@ fn follow_reference(
         }
     }
     best.map(|(t, _)| t)
+}
+
+/// Fails the row once its answer is past its token budget.
+fn check_budget(l: &mut Live) {
+    if !l.done && l.tokens.len() > l.budget {
+        l.error = Some(format!(
+            "answer exceeded its budget of {} tokens (max_new_tokens or the context)",
+            l.budget
+        ));
+        l.done = true;
+    }
+}
+
+/// Appends up to `max` prompt-lookup draft tokens that the grammar accepts to `l.pending`
+/// (not consumed: `verify` does that for the ones the model agrees with).
+fn add_draft(l: &mut Live, r: &RowSpec, max: usize) {
+    l.draft = 0;
+    if l.done || l.pending.is_empty() {
+        return;
+    }
+    let room = max.min(l.budget.saturating_sub(l.tokens.len()));
+    if room == 0 {
+        return;
+    }
+    let context = [r.prompt.as_slice(), l.tokens.as_slice()].concat();
+    let mut guess = draft::propose(&context, room);
+    let valid = l.matcher.validate_tokens(&guess).unwrap_or(0);
+    guess.truncate(valid);
+    l.drafted += guess.len();
+    l.draft = guess.len();
+    l.pending.extend_from_slice(&guess);
+}
+
+/// Keeps the longest prefix of the row's draft that the model picks itself, given the
+/// logits after the last committed token (`lgs[0]`) and after each draft token. The first
+/// token the model picks differently (or the one after a fully kept draft) is kept as a fresh
+/// pending token, with the grammar's forced tokens after it. Returns how many draft tokens
+/// were rejected (they are still in the cache; the caller masks them out).
+fn verify(
+    l: &mut Live,
+    r: &RowSpec,
+    mut lgs: Vec<Vec<f32>>,
+    trie: &toktrie::TokTrie,
+    eos: u32,
+    opts: &DecodeOptions,
+    rng: &mut rand::rngs::StdRng,
+) -> usize {
+    let guess: Vec<u32> = l.pending.split_off(l.pending.len() - l.draft);
+    l.draft = 0;
+    l.pending.clear();
+    let mut i = 0;
+    loop {
+        l.last_logits = std::mem::take(&mut lgs[i]);
+        sample_one(l, r, trie, eos, opts, rng);
+        if l.done {
+            break;
+        }
+        let picked = *l.tokens.last().expect("sample_one appended a token");
+        if i < guess.len() && picked == guess[i] {
+            // Already in the cache: nothing to feed.
+            l.pending.pop();
+            l.accepted += 1;
+            i += 1;
+            if opts.use_forced_tokens {
+                take_forced(l, eos);
+                if l.done {
+                    break;
+                }
+                if !l.pending.is_empty() {
+                    if !guess[i..].starts_with(&l.pending) {
+                        break; // the forced tokens part from the draft: feed them instead
+                    }
+                    i += l.pending.len();
+                    l.pending.clear();
+                }
+            }
+        } else {
+            if opts.use_forced_tokens {
+                take_forced(l, eos);
+            }
+            break;
+        }
+    }
+    guess.len() - i
 }
 
 /// Appends the grammar's forced tokens to `l.pending` (and consumes them).

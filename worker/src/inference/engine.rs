@@ -248,6 +248,8 @@ impl Engine {
             total.generate_s += t.generate_s;
             total.mask_s += t.mask_s;
             total.forward_calls += t.forward_calls;
+            total.drafted += t.drafted;
+            total.accepted += t.accepted;
             for ((i, row), o) in chunk.iter().zip(outputs) {
                 out[*i] = Some(o.and_then(|o| to_decision(&items[*i], row, o)));
             }

@@ -12,6 +12,7 @@
 pub mod chat;
 pub mod confidence;
 pub mod decoder;
+pub mod draft;
 pub mod engine;
 pub mod format;
 pub mod forward;

@@ -46,6 +46,10 @@ pub struct DecodeStats {
     pub forced_tokens: usize,
     /// Model forward calls spent on this decision's batch after the prompt prefill.
     pub forward_calls: usize,
+    /// Prompt-lookup draft tokens proposed, and those the model agreed with (fed without a
+    /// forward call of their own).
+    pub draft_tokens: usize,
+    pub accepted_draft_tokens: usize,
 }
 
 /// A routing decision.

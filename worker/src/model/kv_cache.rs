@@ -7,29 +7,70 @@ use candle_core::Tensor;
 use super::mixtral::Mixtral;
 
 /// Keys and values of one layer, `[B, n_kv_heads, S, head_dim]` (after rotary embedding).
-#[derive(Debug, Clone, Default)]
+///
+/// Stored in buffers with spare room along S that new positions are written into in place, so
+/// a decode step costs the new token's keys, not a copy of the whole cache (`Tensor::cat` per
+/// step copied every cached position, every layer, every token). Because writes are in place,
+/// two caches must never share buffers: [`LayerCache::fork`] copies, and there is no `Clone`.
+#[derive(Debug, Default)]
 pub struct LayerCache {
     k: Option<Tensor>,
     v: Option<Tensor>,
+    len: usize,
 }
 
+/// Spare positions allocated beyond what is needed when a buffer grows.
+const MIN_HEADROOM: usize = 256;
+
 impl LayerCache {
-    /// Appends new keys/values and returns the full ones.
+    /// Appends new keys/values `[B, n_kv, t, hd]` and returns the full ones (views of the
+    /// buffers on CPU, contiguous copies elsewhere).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match (&self.k, &self.v) {
-            (Some(pk), Some(pv)) => {
-                (Tensor::cat(&[pk, &k.detach()], 2)?, Tensor::cat(&[pv, &v.detach()], 2)?)
-            }
-            _ => (k.detach(), v.detach()),
+        let t = k.dim(2)?;
+        let need = self.len + t;
+        let cap = self.k.as_ref().map_or(Ok(0), |b| b.dim(2))?;
+        if need > cap {
+            let new_cap = need.max(2 * cap).max(need + MIN_HEADROOM);
+            self.k = Some(grow(self.k.as_ref(), k, self.len, new_cap)?);
+            self.v = Some(grow(self.v.as_ref(), v, self.len, new_cap)?);
+        }
+        let (kb, vb) = (self.k.as_ref().context("cache")?, self.v.as_ref().context("cache")?);
+        kb.slice_set(&k.detach().contiguous()?, 2, self.len)?;
+        vb.slice_set(&v.detach().contiguous()?, 2, self.len)?;
+        self.len = need;
+        let (k, v) = (kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?);
+        // candle's CPU matmul reads these strided views directly; other backends want them
+        // contiguous.
+        if k.device().is_cpu() { Ok((k, v)) } else { Ok((k.contiguous()?, v.contiguous()?)) }
+    }
+
+    /// Keeps the first `len` positions (later writes reuse the rest).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// An independent copy (its own buffers, with headroom).
+    pub fn fork(&self) -> Result<Self> {
+        let copy = |b: &Option<Tensor>| {
+            b.as_ref().map(|b| grow(Some(b), b, self.len, self.len + MIN_HEADROOM)).transpose()
         };
-        self.k = Some(k.clone());
-        self.v = Some(v.clone());
-        Ok((k, v))
+        Ok(LayerCache { k: copy(&self.k)?, v: copy(&self.v)?, len: self.len })
     }
 }
 
+/// A new zeroed buffer of `cap` positions shaped like `like`, holding the first `len`
+/// positions of `old`.
+fn grow(old: Option<&Tensor>, like: &Tensor, len: usize, cap: usize) -> Result<Tensor> {
+    let (b, h, _, d) = like.dims4().context("cache entries are [batch, kv_heads, seq, head_dim]")?;
+    let buf = Tensor::zeros((b, h, cap, d), like.dtype(), like.device())?;
+    if let Some(old) = old.filter(|_| len > 0) {
+        buf.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+    }
+    Ok(buf)
+}
+
 /// The cache of a whole model for one batch of sequences, with the key padding mask.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KvCache {
     pub layers: Vec<LayerCache>,
     /// Per sequence, 1 for a real token and 0 for padding, over every cached position.
@@ -38,7 +79,10 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(model: &Mixtral, batch: usize) -> Self {
-        KvCache { layers: vec![LayerCache::default(); model.layers.len()], mask: vec![Vec::new(); batch] }
+        KvCache {
+            layers: (0..model.layers.len()).map(|_| LayerCache::default()).collect(),
+            mask: vec![Vec::new(); batch],
+        }
     }
 
     /// Number of cached positions.
@@ -48,6 +92,32 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Drops trailing positions that are padding in every row (rejected draft tokens, step
+    /// padding): they are invisible to attention anyway, and keeping them costs every later
+    /// step a longer attention and copy.
+    pub fn trim_padding_tail(&mut self) -> Result<()> {
+        let keep = self.mask.iter().map(|m| m.iter().rposition(|&x| x != 0).map_or(0, |p| p + 1)).max();
+        let Some(keep) = keep else { return Ok(()) };
+        if keep >= self.len() {
+            return Ok(());
+        }
+        for row in &mut self.mask {
+            row.truncate(keep);
+        }
+        for layer in &mut self.layers {
+            layer.truncate(keep);
+        }
+        Ok(())
+    }
+
+    /// An independent copy to continue differently (option branches from one prompt).
+    pub fn fork(&self) -> Result<Self> {
+        Ok(KvCache {
+            layers: self.layers.iter().map(LayerCache::fork).collect::<Result<_>>()?,
+            mask: self.mask.clone(),
+        })
     }
 }
 

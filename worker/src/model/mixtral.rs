@@ -134,15 +134,6 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?)?)
 }
 
-/// `[B, n_kv, S, hd] -> [B, n_kv * rep, S, hd]` (HF `repeat_kv`).
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, n, s, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, n, rep, s, hd))?.reshape((b, n * rep, s, hd))?)
-}
-
 impl Attention {
     /// `x [B, T, H]`; with a cache, the new keys/values are appended and attention covers the
     /// cached positions too (generation only, never during training).
@@ -158,13 +149,19 @@ impl Attention {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let k = repeat_kv(&k, nh / nkv)?.contiguous()?;
-        let v = repeat_kv(&v, nh / nkv)?.contiguous()?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        // Grouped-query attention without materialising HF's `repeat_kv`: the `rep` query heads
+        // that share a key/value head (consecutive, as `repeat_kv` orders them) are stacked
+        // along the query axis, so each kv head is read in place by one matmul. Same sums as
+        // repeating K/V, minus two copies of the whole cache per layer and step.
+        let rep = nh / nkv;
+        let s = k.dim(2)?;
+        let qg = q.reshape((b, nkv, rep * t, hd))?;
+        let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.reshape((b, nh, t, s))?;
         let acc = acc_dtype(x.dtype());
         let scores = scores.to_dtype(acc)?.broadcast_add(&inp.bias.to_dtype(acc)?)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let out = probs.reshape((b, nkv, rep * t, s))?.matmul(&v)?.reshape((b, nh, t, hd))?;
+        let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.o_proj.forward(&out)
     }
 }
