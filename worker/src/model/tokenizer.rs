@@ -48,6 +48,9 @@ fn token_name(v: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// `[start, end)` byte offsets into a text.
+pub type ByteSpan = (usize, usize);
+
 impl Tokenizer {
     /// Wraps a `tokenizers` tokenizer, finding BOS/EOS/PAD among common names (or as given in
     /// a neighbouring `tokenizer_config.json`, see [`Tokenizer::from_dir`]).
@@ -160,7 +163,7 @@ impl Tokenizer {
     }
 
     /// Token ids of `text` (no special tokens) with the byte span of `text` each one covers.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteSpan>)> {
         let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
