@@ -58,6 +58,10 @@ pub struct PretrainArgs {
     /// Stop after this many steps in this invocation, leaving a checkpoint (a rerun resumes).
     #[arg(long)]
     pub max_steps_this_run: Option<usize>,
+    /// Share of the windows that end a quarter-window into a response (prompt/response
+    /// corpora): the end of a prompt next to the start of its answer.
+    #[arg(long, default_value_t = 0.5)]
+    pub anchored_fraction: f64,
 }
 
 /// Runs the stage and prints the report as JSON on success.
@@ -81,6 +85,7 @@ pub fn execute(args: PretrainArgs, progress: ProgressMode) -> anyhow::Result<Exi
         grad_checkpoint: args.grad_checkpoint,
         seed: args.seed,
         max_steps_this_run: args.max_steps_this_run,
+        anchored_fraction: args.anchored_fraction,
     };
     let report = run(&cfg, progress)?;
     eprintln!("{}", serde_json::to_string_pretty(&report)?);

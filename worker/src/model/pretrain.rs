@@ -12,6 +12,10 @@
 //!   last `eval_fraction` is held out, and each step samples `batch_size` random windows of
 //!   `seq_len` tokens (the window start is derived from (seed, step), so a resumed run samples
 //!   exactly what an uninterrupted one would).
+//! - Response-anchored windows: for prompt/response documents, a share (`anchored_fraction`)
+//!   of the windows end a quarter-window into a response, so they hold the end of a prompt
+//!   next to the start of its answer. Prompts are longer than a window, so random windows
+//!   almost never show a question with its answer's first tokens (the decision itself).
 //! - AdamW + global-norm clipping + linear warmup + cosine decay; checkpoints (model, optimizer
 //!   moments, step, losses) every `checkpoint_every` steps in `output/checkpoint/`, resumed
 //!   automatically; progress through the shared reporter; a loss-curve PNG at the end.
@@ -58,6 +62,9 @@ pub struct PretrainConfig {
     /// Stop after this many steps in this invocation, leaving a checkpoint to resume from
     /// (time-sliced jobs); None runs to `steps`.
     pub max_steps_this_run: Option<usize>,
+    /// Share of the windows anchored at a response start (0 = all random).
+    #[serde(default)]
+    pub anchored_fraction: f64,
 }
 
 impl PretrainConfig {
@@ -82,6 +89,7 @@ impl PretrainConfig {
             grad_checkpoint: false,
             seed: 0,
             max_steps_this_run: None,
+            anchored_fraction: 0.5,
         }
     }
 }
@@ -114,6 +122,18 @@ struct TrainState {
 
 /// The texts of a corpus file or folder.
 pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
+    Ok(read_documents(path)?.into_iter().map(|d| d.text).collect())
+}
+
+/// One corpus document: its text and, for prompt/response lines, the byte where the
+/// response starts.
+pub struct CorpusDoc {
+    pub text: String,
+    pub response_at: Option<usize>,
+}
+
+/// The documents of a corpus file or folder.
+pub fn read_documents(path: &Path) -> Result<Vec<CorpusDoc>> {
     let mut files = Vec::new();
     if path.is_dir() {
         for e in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
@@ -136,26 +156,27 @@ pub fn read_corpus(path: &Path) -> Result<Vec<String>> {
             if line.trim().is_empty() {
                 continue;
             }
-            texts.push(line_text(line));
+            texts.push(line_doc(line));
         }
     }
     ensure!(!texts.is_empty(), "corpus {} is empty", path.display());
     Ok(texts)
 }
 
-fn line_text(line: &str) -> String {
+fn line_doc(line: &str) -> CorpusDoc {
+    let plain = |text: String| CorpusDoc { text, response_at: None };
     let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(line) else {
-        return line.to_string();
+        return plain(line.to_string());
     };
     let s = |k: &str| o.get(k).and_then(|v| v.as_str());
     if let Some(t) = s("text") {
-        return t.to_string();
+        return plain(t.to_string());
     }
     match (s("prompt"), s("response").or_else(|| s("completion"))) {
-        (Some(p), Some(r)) => format!("{p}{r}"),
-        (Some(p), None) => p.to_string(),
-        (None, Some(r)) => r.to_string(),
-        (None, None) => line.to_string(),
+        (Some(p), Some(r)) => CorpusDoc { text: format!("{p}{r}"), response_at: Some(p.len()) },
+        (Some(p), None) => plain(p.to_string()),
+        (None, Some(r)) => plain(r.to_string()),
+        (None, None) => plain(line.to_string()),
     }
 }
 
@@ -164,13 +185,34 @@ fn step_rng(seed: u64, step: usize) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-fn batch(stream: &[u32], batch: usize, len: usize, rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
-    let mut ids = Vec::with_capacity(batch * len);
-    for _ in 0..batch {
-        let start = rng.random_range(0..=stream.len() - len);
-        ids.extend_from_slice(&stream[start..start + len]);
+/// Where the training windows come from.
+struct Windows<'a> {
+    stream: &'a [u32],
+    /// Stream positions where a response starts.
+    anchors: &'a [usize],
+    anchored_fraction: f64,
+    len: usize,
+}
+
+impl Windows<'_> {
+    fn start(&self, rng: &mut impl Rng) -> usize {
+        let max = self.stream.len() - self.len;
+        if !self.anchors.is_empty() && rng.random::<f64>() < self.anchored_fraction {
+            let a = self.anchors[rng.random_range(0..self.anchors.len())];
+            // A quarter of the window inside the response, the rest on the prompt's end.
+            return (a + self.len / 4).saturating_sub(self.len).min(max);
+        }
+        rng.random_range(0..=max)
     }
-    Ok(Tensor::from_vec(ids, (batch, len), device)?)
+
+    fn batch(&self, batch: usize, rng: &mut impl Rng, device: &Device) -> Result<Tensor> {
+        let mut ids = Vec::with_capacity(batch * self.len);
+        for _ in 0..batch {
+            let start = self.start(rng);
+            ids.extend_from_slice(&self.stream[start..start + self.len]);
+        }
+        Ok(Tensor::from_vec(ids, (batch, self.len), device)?)
+    }
 }
 
 fn save_checkpoint(dir: &Path, model: &Mixtral, opt: &AdamW, state: &TrainState) -> Result<()> {
@@ -198,7 +240,8 @@ fn eval_loss(model: &Mixtral, held: &[u32], cfg: &PretrainConfig, device: &Devic
     let mut total = 0.0;
     let n = 8usize.div_ceil(cfg.batch_size).max(1);
     for _ in 0..n {
-        let ids = batch(held, cfg.batch_size.min(8), cfg.seq_len, &mut rng, device)?;
+        let windows = Windows { stream: held, anchors: &[], anchored_fraction: 0.0, len: cfg.seq_len };
+        let ids = windows.batch(cfg.batch_size.min(8), &mut rng, device)?;
         let out = model.forward(&ids, None)?;
         total += causal_lm_loss(&out.logits, &ids, None)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     }
@@ -215,7 +258,9 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ckpt_dir = out.join("checkpoint");
 
-    let texts = read_corpus(&cfg.corpus)?;
+    ensure!((0.0..=1.0).contains(&cfg.anchored_fraction), "pretrain: anchored_fraction must be in [0, 1]");
+    let docs = read_documents(&cfg.corpus)?;
+    let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
     // The tokenizer is saved before training starts, so a resumed run reuses the same one.
     let tok = if out.join("tokenizer.json").exists() {
         Tokenizer::from_dir(out)?
@@ -228,9 +273,16 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
         t
     };
     let mut stream = Vec::new();
-    for t in &texts {
+    let mut anchors = Vec::new();
+    for d in &docs {
         stream.extend(tok.bos_id);
-        stream.extend(tok.encode(t)?);
+        let (ids, spans) = tok.encode_with_offsets(&d.text)?;
+        if let Some(at) = d.response_at
+            && let Some(i) = spans.iter().position(|&(from, _)| from >= at)
+        {
+            anchors.push(stream.len() + i);
+        }
+        stream.extend(ids);
         stream.push(tok.eos_id);
     }
     let corpus_tokens = stream.len();
@@ -239,6 +291,14 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
     if stream.len() < cfg.seq_len {
         bail!("corpus has {} training tokens, fewer than one sequence of {}", stream.len(), cfg.seq_len);
     }
+    // Anchors whose window would reach into the held-out part are not trained on.
+    anchors.retain(|&a| a + cfg.seq_len / 4 <= stream.len());
+    let windows = Windows {
+        stream: &stream,
+        anchors: &anchors,
+        anchored_fraction: cfg.anchored_fraction,
+        len: cfg.seq_len,
+    };
 
     let mut mcfg = MixtralConfig::preset(cfg.preset, tok.vocab_size());
     ensure!(
@@ -318,7 +378,7 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
             });
         }
         let mut rng = step_rng(cfg.seed, state.step);
-        let ids = batch(&stream, cfg.batch_size, cfg.seq_len, &mut rng, &device)?;
+        let ids = windows.batch(cfg.batch_size, &mut rng, &device)?;
         let (loss, grads) =
             model.forward_backward(&ids, None, &mut |o| causal_lm_loss(&o.logits, &ids, None))?;
         let loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -395,4 +455,33 @@ fn smooth(xs: &[f64], w: usize) -> Vec<f64> {
         out.push(sum / (i + 1).min(w) as f64);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchored_windows_hold_a_prompt_end_and_its_response_start() {
+        let stream: Vec<u32> = (0..1000).collect();
+        let anchors = [300, 700];
+        let w = Windows { stream: &stream, anchors: &anchors, anchored_fraction: 1.0, len: 64 };
+        let mut rng = step_rng(3, 0);
+        for _ in 0..20 {
+            let s = w.start(&mut rng);
+            let hit = anchors.iter().find(|&&a| s < a && a < s + 64).expect("an anchor inside the window");
+            assert_eq!(s + 64 - hit, 16, "a quarter of the window is response");
+        }
+        let random = Windows { anchored_fraction: 0.0, ..w };
+        let starts: Vec<usize> = (0..20).map(|_| random.start(&mut rng)).collect();
+        assert!(starts.iter().any(|s| ![300 - 48, 700 - 48].contains(s)), "plain windows are random");
+    }
+
+    #[test]
+    fn prompt_response_lines_mark_where_the_response_starts() {
+        let d = line_doc(r#"{"prompt": "Q: two?\n", "response": "2"}"#);
+        assert_eq!((d.text.as_str(), d.response_at), ("Q: two?\n2", Some(8)));
+        assert_eq!(line_doc("plain text").response_at, None);
+        assert_eq!(line_doc(r#"{"text": "t"}"#).response_at, None);
+    }
 }
