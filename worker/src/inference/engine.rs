@@ -303,13 +303,23 @@ impl Engine {
         let texts: Vec<String> =
             endpoints.iter().map(|e| format!("{{\"endpoint\":{},\"payload", json_str(e))).collect();
         let (prefix, suffixes) = self.encode_options(&texts)?;
+        // A payload never has more items than its document has lines: bounding the item arrays
+        // by the line count stops a small model from repeating items until its token budget
+        // runs out (the answer would be lost, the decision with it).
+        let limits = match crate::sap::documents::line_count(&q.adc_json) {
+            Some(n) => GrammarLimits {
+                max_array_items: n.clamp(1, self.config.limits.max_array_items),
+                ..self.config.limits
+            },
+            None => self.config.limits,
+        };
         let options = endpoints
             .iter()
             .zip(suffixes)
             .map(|(e, suffix)| OptionSpec {
                 label: e.clone(),
                 suffix,
-                schema: routing_answer_schema(e, self.payload_schema(e).as_ref(), &self.config.limits),
+                schema: routing_answer_schema(e, self.payload_schema(e).as_ref(), &limits),
             })
             .collect();
         Ok(RowSpec {

@@ -221,6 +221,10 @@ pub struct RlSummary {
     pub after: Option<EvalStats>,
     pub resumed_from_iteration: Option<u64>,
     pub completed: bool,
+    /// True when the run made the validation reward worse and `adapter_dir` holds the starting
+    /// adapter instead of the trained one.
+    #[serde(default)]
+    pub kept_starting_adapter: bool,
 }
 
 /// Everything an algorithm's iteration works with.
@@ -454,7 +458,19 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
             cfg.max_new_tokens,
         )?)
     };
-    let out = summary(cfg, &state, sess.problems.len(), after, resumed_from, true);
+    // RL that made held-out answers worse is not kept: the stage's adapter stays the one it
+    // started from (the validation reward is the same verifiable reward, greedy decoding).
+    let kept_start = validation_got_worse(state.before.as_ref(), after.as_ref());
+    if kept_start {
+        copy_adapter(&cfg.sft_adapter, &adapter_dir, &fit.profile)?;
+        progress.println(&format!(
+            "validation reward fell ({:.3} -> {:.3}): keeping the starting adapter",
+            state.before.as_ref().map_or(f64::NAN, |b| b.mean_reward),
+            after.as_ref().map_or(f64::NAN, |a| a.mean_reward)
+        ));
+    }
+    let mut out = summary(cfg, &state, sess.problems.len(), after, resumed_from, true);
+    out.kept_starting_adapter = kept_start;
     write_history(&cfg.out_dir, &state.history)?;
     std::fs::write(cfg.out_dir.join("rl_summary.json"), serde_json::to_vec_pretty(&out)?)?;
     let mut fin = vec![("kl", out.final_kl)];
@@ -497,18 +513,28 @@ fn keep_last_good(cfg: &RlConfig, ckpt_dir: &Path, profile: &PromptProfile) -> R
         None => cfg.sft_adapter.clone(),
     };
     let dst = cfg.out_dir.join("last_good_adapter");
+    copy_adapter(&src, &dst, profile)?;
+    Ok(dst)
+}
+
+/// Whether the held-out validation reward fell over the run (unknown counts as not).
+fn validation_got_worse(before: Option<&EvalStats>, after: Option<&EvalStats>) -> bool {
+    matches!((before, after), (Some(b), Some(a)) if a.mean_reward < b.mean_reward)
+}
+
+/// Replaces `dst` with the adapter files of `src` (and the prompt profile).
+fn copy_adapter(src: &Path, dst: &Path, profile: &PromptProfile) -> Result<()> {
     if dst.exists() {
-        std::fs::remove_dir_all(&dst)?;
+        std::fs::remove_dir_all(dst)?;
     }
-    std::fs::create_dir_all(&dst)?;
-    for entry in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let p = entry?.path();
         if p.is_file() {
             std::fs::copy(&p, dst.join(p.file_name().expect("a file has a name")))?;
         }
     }
-    profile.save(&dst)?;
-    Ok(dst)
+    profile.save(dst)
 }
 
 fn summary(
@@ -531,5 +557,30 @@ fn summary(
         after,
         resumed_from_iteration: resumed_from,
         completed,
+        kept_starting_adapter: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(mean_reward: f64) -> EvalStats {
+        EvalStats {
+            problems: 32,
+            mean_reward,
+            api_accuracy: 0.5,
+            parse_rate: 1.0,
+            mean_rules: 0.5,
+            mean_calibration: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_run_that_lowers_the_validation_reward_keeps_its_start() {
+        assert!(validation_got_worse(Some(&stats(0.20)), Some(&stats(-0.31))));
+        assert!(!validation_got_worse(Some(&stats(0.20)), Some(&stats(0.20))), "a tie keeps the trained one");
+        assert!(!validation_got_worse(Some(&stats(-0.4)), Some(&stats(0.1))));
+        assert!(!validation_got_worse(None, Some(&stats(0.1))), "no validation split: nothing to compare");
     }
 }
