@@ -13,6 +13,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::int8::Int8Tensor;
+use super::int8_matmul;
 use super::nf4::Nf4Tensor;
 
 /// How the base (non-adapter) linear weights are held.
@@ -295,8 +296,13 @@ impl Linear {
 
     /// `x [.., in] -> [.., out]` in the dtype of `x`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.base.weight(x.dtype())?;
-        let y = if self.base.var().is_some() { matmul_t(x, &w)? } else { frozen_matmul_t(x, &w)? };
+        let y = match &self.base {
+            BaseWeight::Int8(q) if int8_matmul::applies(x) => int8_matmul::matmul_t(x, q)?,
+            _ => {
+                let w = self.base.weight(x.dtype())?;
+                if self.base.var().is_some() { matmul_t(x, &w)? } else { frozen_matmul_t(x, &w)? }
+            }
+        };
         match &self.lora {
             Some(lora) if self.control.enabled() => {
                 let mut h = x.clone();

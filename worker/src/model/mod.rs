@@ -55,6 +55,7 @@ pub mod config;
 pub mod generation;
 pub mod grad_checkpoint;
 pub mod int8;
+pub mod int8_matmul;
 pub mod kv_cache;
 pub mod linear;
 pub mod loss;
