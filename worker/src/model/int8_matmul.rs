@@ -62,8 +62,8 @@ impl candle_core::CustomOp1 for Int8MatmulT {
         let (candle_core::Storage::Cpu(q_st), candle_core::Storage::Cpu(s_st)) = (&*q_st, &*s_st) else {
             candle_core::bail!("int8-matmul: weights are not on the CPU")
         };
-        let q: &[u8] = cpu_slice(q_st, &q_l)?;
-        let s: &[f32] = cpu_slice(s_st, &s_l)?;
+        let q: &[u8] = cpu_slice(q_st, q_l)?;
+        let s: &[f32] = cpu_slice(s_st, s_l)?;
         let mut y = vec![0f32; m * n];
         for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
             let shift = 128.0 * xi.iter().sum::<f32>();
