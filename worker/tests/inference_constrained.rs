@@ -187,6 +187,7 @@ fn the_grammar_admits_training_answers() {
             continue;
         }
         answers.push(RoutingAnswer {
+            doc_type: q.doc_type.clone(),
             payload: answer_payload(engine.catalog(), &endpoint, &payload),
             endpoint,
             reasoning: vec!["Document type and partner match the target API.".into()],

@@ -46,7 +46,7 @@ fn config(fx: &rl_fixture::Fixture, out: PathBuf) -> RlConfig {
     c.batch_size = 8;
     c.mini_batch_size = 4;
     c.ppo_epochs = 2;
-    c.max_new_tokens = 48;
+    c.max_new_tokens = 64;
     c.max_seq_len = 512;
     c.eval_samples = 0;
     c.progress = ProgressMode::Quiet;
@@ -67,7 +67,7 @@ fn expected_reward(fx: &rl_fixture::Fixture, adapter: &Path) -> EvalStats {
     let catalog = Catalog::builtin();
     let fit = PromptFit {
         max_seq_len: 512,
-        max_new_tokens: 48,
+        max_new_tokens: 64,
         max_positions: 1024,
         profile: PromptProfile::default(),
     };
@@ -76,7 +76,7 @@ fn expected_reward(fx: &rl_fixture::Fixture, adapter: &Path) -> EvalStats {
     let mut all = Vec::new();
     for round in 0..4u64 {
         let which: Vec<usize> = (0..problems.len().min(12)).collect();
-        let s = SampleSettings { max_new_tokens: 48, temperature: 0.7, seed: 1000 + round };
+        let s = SampleSettings { max_new_tokens: 64, temperature: 0.7, seed: 1000 + round };
         all.extend(sample(&model, &tok, &catalog, &RewardWeights::default(), &problems, &which, &s).unwrap());
     }
     EvalStats::of(&all)

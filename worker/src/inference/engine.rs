@@ -300,8 +300,12 @@ impl Engine {
         DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
         ensure!(q.adc_json.is_object(), "adc_json: must be a JSON object");
         let endpoints = Self::allowed_endpoints(q);
-        let texts: Vec<String> =
-            endpoints.iter().map(|e| format!("{{\"endpoint\":{},\"payload", json_str(e))).collect();
+        let texts: Vec<String> = endpoints
+            .iter()
+            .map(|e| {
+                format!("{{\"doc_type\":{},\"endpoint\":{},\"payload", json_str(&q.doc_type), json_str(e))
+            })
+            .collect();
         let (prefix, suffixes) = self.encode_options(&texts)?;
         // A payload never has more items than its document has lines: bounding the item arrays
         // by the line count stops a small model from repeating items until its token budget

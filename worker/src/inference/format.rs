@@ -27,12 +27,14 @@ pub const MAX_REASONING_STEPS: usize = 4;
 /// Characters kept per reasoning step.
 pub const MAX_REASONING_CHARS: usize = 160;
 
-/// One candidate API as the prompt shows it. Field order is deliberate: the document types an
-/// API serves come right before its endpoint, so "the endpoint after my document type" is a
-/// copy the model can learn (an induction pattern) rather than a lookup backwards.
+/// One (document type, candidate API) pair as the prompt shows it: an API serving two types is
+/// listed twice. The answer starts by echoing the request's document type in the same layout
+/// (`{"doc_type":"X","endpoint":"`), so choosing the endpoint is copying what followed the same
+/// text in the prompt, a pattern even a small model learns quickly, instead of a two-step
+/// lookup ("which candidate lists my type, and what is its endpoint").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptCandidate {
-    pub doc_types: Vec<String>,
+    pub doc_type: String,
     pub endpoint: String,
     pub schema: String,
 }
@@ -59,6 +61,9 @@ pub struct RoutingPrompt {
 /// The `### Response` JSON of a routing decision. Field order is the generation order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoutingAnswer {
+    /// The request's document type, echoed (the decoder writes it as part of the prefix every
+    /// option shares; see [`PromptCandidate`]).
+    pub doc_type: String,
     pub endpoint: String,
     /// `null` for exception handling and read-only APIs.
     pub payload: Value,
@@ -117,10 +122,14 @@ pub fn routing_prompt(q: &RoutingQuery) -> Result<String> {
         candidates: q
             .api_schemas
             .iter()
-            .map(|c| PromptCandidate {
-                doc_types: c.doc_types.clone(),
-                endpoint: c.endpoint.clone(),
-                schema: c.schema.clone(),
+            .flat_map(|c| {
+                // An API with no known document type is still a candidate.
+                let types = if c.doc_types.is_empty() { vec![String::new()] } else { c.doc_types.clone() };
+                types.into_iter().map(move |doc_type| PromptCandidate {
+                    doc_type,
+                    endpoint: c.endpoint.clone(),
+                    schema: c.schema.clone(),
+                })
             })
             .collect(),
         doc_type: q.doc_type.clone(),
@@ -230,6 +239,7 @@ pub fn exception_query(ex: &ExceptionExample) -> ExceptionQuery {
 /// The target answer of a routing example.
 pub fn routing_answer(catalog: &Catalog, ex: &RoutingExample) -> RoutingAnswer {
     RoutingAnswer {
+        doc_type: ex.doc_type.clone(),
         endpoint: ex.target_endpoint.clone(),
         payload: answer_payload(catalog, &ex.target_endpoint, &ex.target_payload),
         reasoning: clip_reasoning(&ex.reasoning_trace),

@@ -104,12 +104,15 @@ pub fn routing_answer_schema(endpoint: &str, payload: Option<&Value>, l: &Gramma
         "x-guidance": compact_options(),
         "type": "object",
         "properties": {
+            // The decoder writes the request's type itself (answer prefix), so any short
+            // string is accepted here and one grammar serves every document type.
+            "doc_type": {"type": "string", "maxLength": 64},
             "endpoint": {"const": endpoint},
             "payload": payload,
             "reasoning": reasoning_schema(l),
             "confidence": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01},
         },
-        "required": ["endpoint", "payload", "reasoning", "confidence"],
+        "required": ["doc_type", "endpoint", "payload", "reasoning", "confidence"],
         "additionalProperties": false,
     })
 }

@@ -68,8 +68,8 @@ pub fn tokenizer_corpus(queries: &[RoutingQuery]) -> Vec<String> {
         }
         for c in &q.api_schemas {
             texts.push(format!(
-                "{{\"endpoint\":\"{}\",\"payload\":null,\"reasoning\":[\"ok\"],\"confidence\":0.9}}",
-                c.endpoint
+                "{{\"doc_type\":\"{}\",\"endpoint\":\"{}\",\"payload\":null,\"reasoning\":[\"ok\"],\"confidence\":0.9}}",
+                q.doc_type, c.endpoint
             ));
         }
         if let Ok(p) = format::exception_prompt(&sample_exception(q), &[]) {

@@ -36,6 +36,7 @@ pub struct PairSequences {
 
 fn answer_tokens(tok: &Tokenizer, catalog: &Catalog, ex: &RoutingExample, d: &Decision) -> Result<Vec<u32>> {
     let answer = RoutingAnswer {
+        doc_type: ex.doc_type.clone(),
         endpoint: d.endpoint.clone(),
         payload: answer_payload(catalog, &d.endpoint, &d.payload),
         reasoning: clip_reasoning(&ex.reasoning_trace),

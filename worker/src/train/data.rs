@@ -48,9 +48,14 @@ impl SftSequence {
     }
 }
 
-/// Byte offset just past the value of the response's first field (`{"endpoint":"..."`).
+/// The answer fields that hold a decision's choice.
+const CHOICE_KEYS: [&str; 2] = ["\"endpoint\":", "\"action\":"];
+
+/// Byte offset just past the value of the response's choice (`"endpoint":"..."` of a routing
+/// answer, `"action":"..."` of an exception answer); everything before it is weighted too (the
+/// echoed document type, forced at inference, costs nothing to weigh).
 fn choice_end(response: &str) -> Option<usize> {
-    let colon = response.find("\":")? + 2;
+    let colon = CHOICE_KEYS.iter().filter_map(|k| response.find(k).map(|i| i + k.len())).min()?;
     let mut values = serde_json::Deserializer::from_str(&response[colon..]).into_iter::<serde_json::Value>();
     values.next()?.ok()?;
     Some(colon + values.byte_offset())
@@ -169,7 +174,7 @@ mod tests {
 
     #[test]
     fn the_choice_weighs_more_the_body_one_and_the_prompt_nothing() {
-        let resp = r#"{"endpoint":"API_SALES_ORDER_SRV/A_SalesOrder","payload":{"SalesOrderType":"OR"}}"#;
+        let resp = r#"{"doc_type":"sales_order","endpoint":"API_SALES_ORDER_SRV/A_SalesOrder","payload":{"SalesOrderType":"OR"}}"#;
         let texts = vec![resp.to_string(); 20];
         let tok = Tokenizer::train_bpe(texts.iter(), 300).unwrap();
         let prompt = "### Request\n{\"doc_type\":\"sales_order\"}\n### Response\n";
@@ -195,5 +200,7 @@ mod tests {
         let r = r#"{"action":"retry","correction":[]}"#;
         assert_eq!(&r[..choice_end(r).unwrap()], r#"{"action":"retry""#);
         assert_eq!(choice_end("not json"), None);
+        let r = r#"{"doc_type":"x","endpoint":"E/S","payload":null}"#;
+        assert_eq!(&r[..choice_end(r).unwrap()], r#"{"doc_type":"x","endpoint":"E/S""#);
     }
 }
