@@ -128,7 +128,7 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
         "| answers | forced tokens | drafts | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let speculate = DecodeOptions::default().speculate;
+    let speculate = 4;
     for reference in [true, false] {
         for (ff, spec) in [(true, speculate), (true, 0), (false, 0)] {
             let config = EngineConfig {

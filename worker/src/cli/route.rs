@@ -65,6 +65,11 @@ pub struct DecodeLimitArgs {
     /// Items of an array whose schema sets no bound (order items) at most.
     #[arg(long, default_value_t = 64)]
     pub max_array_items: usize,
+    /// Prompt-lookup draft tokens checked per forward (0 = off). They pay off where a forward
+    /// costs about the same for 1 or 5 tokens (GPUs, large models); on a CPU with the tiny
+    /// preset they cost 4-8 % (bench_serve), hence off by default.
+    #[arg(long, default_value_t = 0)]
+    pub draft_tokens: usize,
 }
 
 impl DecodeLimitArgs {
@@ -101,6 +106,7 @@ pub fn run(args: RouteArgs) -> Result<ExitCode> {
         decode: DecodeOptions {
             use_forced_tokens: !args.no_forced_tokens,
             max_new_tokens: args.limits.max_new_tokens,
+            speculate: args.limits.draft_tokens,
             ..DecodeOptions::default()
         },
         limits: args.limits.limits(),

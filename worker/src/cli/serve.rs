@@ -120,7 +120,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let engine_cfg = EngineConfig {
         abstain_threshold: args.abstain_threshold,
         max_batch: args.max_batch,
-        decode: DecodeOptions { max_new_tokens: args.limits.max_new_tokens, ..DecodeOptions::default() },
+        decode: DecodeOptions {
+            max_new_tokens: args.limits.max_new_tokens,
+            speculate: args.limits.draft_tokens,
+            ..DecodeOptions::default()
+        },
         limits: args.limits.limits(),
         ..EngineConfig::default()
     };

@@ -49,7 +49,8 @@ pub struct DecodeOptions {
     pub seed: u64,
     /// Score all options in one tree-attention forward (else one forward per option index).
     pub tree_scoring: bool,
-    /// Draft tokens proposed by prompt lookup per forward (greedy decoding only; 0 = off).
+    /// Draft tokens proposed by prompt lookup per forward (greedy decoding only; 0 = off, the
+    /// default: measured net cost on CPU with the tiny preset, see `bench_serve`).
     pub speculate: usize,
 }
 
@@ -61,7 +62,7 @@ impl Default for DecodeOptions {
             temperature: 0.0,
             seed: 0,
             tree_scoring: true,
-            speculate: 4,
+            speculate: 0,
         }
     }
 }
