@@ -147,3 +147,73 @@ impl Mixtral {
         Ok(logits.detach())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn kv(start: f32, t: usize) -> Tensor {
+        let v: Vec<f32> = (0..2 * t * 3).map(|i| start + i as f32).collect();
+        Tensor::from_vec(v, (1, 2, t, 3), &Device::Cpu).unwrap()
+    }
+
+    fn as_vec(t: &Tensor) -> Vec<f32> {
+        t.contiguous().unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn appends_past_the_capacity_keep_every_position() {
+        let mut c = LayerCache::default();
+        let mut want = Vec::new();
+        for step in 0..(MIN_HEADROOM + 40) {
+            let k = kv(step as f32 * 100.0, 1);
+            want.push(k.clone());
+            let (all_k, all_v) = c.append(&k, &k).unwrap();
+            assert_eq!(all_k.dims(), &[1, 2, step + 1, 3]);
+            assert_eq!(as_vec(&all_v), as_vec(&all_k));
+        }
+        let (all_k, _) = c.append(&kv(-1.0, 2), &kv(-1.0, 2)).unwrap();
+        want.push(kv(-1.0, 2));
+        let expected = Tensor::cat(&want.iter().collect::<Vec<_>>(), 2).unwrap();
+        assert_eq!(as_vec(&all_k), as_vec(&expected), "growth copies the old positions");
+    }
+
+    #[test]
+    fn a_fork_is_independent_of_its_source() {
+        // Writes are in place: without a real copy, a branch would overwrite its sibling.
+        let mut a = LayerCache::default();
+        a.append(&kv(0.0, 4), &kv(0.0, 4)).unwrap();
+        let mut b = a.fork().unwrap();
+        let (b_k, _) = b.append(&kv(1000.0, 2), &kv(1000.0, 2)).unwrap();
+        let (a_k, _) = a.append(&kv(-1000.0, 2), &kv(-1000.0, 2)).unwrap();
+        let b_again = b.k.as_ref().unwrap().narrow(2, 0, b.len).unwrap();
+        assert_eq!(as_vec(&b_again), as_vec(&b_k), "the fork kept its own tokens");
+        assert_ne!(as_vec(&a_k), as_vec(&b_k));
+        assert_eq!(as_vec(&a_k.narrow(2, 0, 4).unwrap()), as_vec(&kv(0.0, 4)), "shared prefix intact");
+    }
+
+    #[test]
+    fn truncation_drops_positions_and_later_writes_reuse_them() {
+        let mut c = LayerCache::default();
+        c.append(&kv(0.0, 5), &kv(0.0, 5)).unwrap();
+        c.truncate(3);
+        let (k, _) = c.append(&kv(7.0, 1), &kv(7.0, 1)).unwrap();
+        assert_eq!(k.dims(), &[1, 2, 4, 3]);
+        let tail = as_vec(&k.narrow(2, 3, 1).unwrap());
+        assert_eq!(tail, as_vec(&kv(7.0, 1)));
+    }
+
+    #[test]
+    fn trailing_padding_of_every_row_is_trimmed() {
+        let mut layer = LayerCache::default();
+        layer.append(&kv(0.0, 5), &kv(0.0, 5)).unwrap();
+        let mut c = KvCache { layers: vec![layer], mask: vec![vec![1, 1, 1, 0, 0]] };
+        c.trim_padding_tail().unwrap();
+        assert_eq!((c.len(), c.layers[0].len), (3, 3));
+        c.mask[0][2] = 0;
+        c.trim_padding_tail().unwrap();
+        assert_eq!(c.len(), 2);
+    }
+}
