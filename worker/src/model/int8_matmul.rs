@@ -65,12 +65,7 @@ impl candle_core::CustomOp1 for Int8MatmulT {
         let q: &[u8] = cpu_slice(q_st, q_l)?;
         let s: &[f32] = cpu_slice(s_st, s_l)?;
         let mut y = vec![0f32; m * n];
-        for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
-            let shift = 128.0 * xi.iter().sum::<f32>();
-            for ((yv, qn), &sn) in yi.iter_mut().zip(q.chunks_exact(k)).zip(s) {
-                *yv = sn * (dot_u8(xi, qn) - shift);
-            }
-        }
+        rows_times_weight(x, q, s, k, &mut y);
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -81,27 +76,39 @@ impl candle_core::CustomOp1 for Int8MatmulT {
     }
 }
 
-/// `sum(x[i] * q[i])`, vectorised with AVX2 where the CPU has it (checked once per call site
-/// by `is_x86_feature_detected!`, which caches).
-fn dot_u8(x: &[f32], q: &[u8]) -> f32 {
+/// `y[i, n] = s[n] * (x_i . q_n - 128 * sum(x_i))` for every row `i` of `x` and `n` of `q`.
+/// The CPU is asked once per call whether it has AVX2, not once per dot product.
+fn rows_times_weight(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { dot_u8_avx2(x, q) };
+        return unsafe { rows_times_weight_avx2(x, q, s, k, y) };
     }
-    dot_u8_portable(x, q)
+    rows_times_weight_portable(x, q, s, k, y)
 }
 
+/// The same loop compiled with AVX2 enabled (the inlined body vectorises 8-wide).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_u8_avx2(x: &[f32], q: &[u8]) -> f32 {
-    dot_u8_portable(x, q)
+unsafe fn rows_times_weight_avx2(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut [f32]) {
+    rows_times_weight_portable(x, q, s, k, y)
+}
+
+#[inline(always)]
+fn rows_times_weight_portable(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut [f32]) {
+    let n = s.len();
+    for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
+        let shift = 128.0 * xi.iter().sum::<f32>();
+        for ((yv, qn), &sn) in yi.iter_mut().zip(q.chunks_exact(k)).zip(s) {
+            *yv = sn * (dot_u8(xi, qn) - shift);
+        }
+    }
 }
 
 /// Eight independent partial sums, so the compiler can keep them in one vector register
 /// (float addition is not reassociated otherwise).
 #[inline(always)]
-fn dot_u8_portable(x: &[f32], q: &[u8]) -> f32 {
+fn dot_u8(x: &[f32], q: &[u8]) -> f32 {
     let mut acc = [0f32; 8];
     let (xc, qc) = (x.chunks_exact(8), q.chunks_exact(8));
     let (xr, qr) = (xc.remainder(), qc.remainder());

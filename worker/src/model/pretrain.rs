@@ -239,8 +239,8 @@ fn eval_loss(model: &Mixtral, held: &[u32], cfg: &PretrainConfig, device: &Devic
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0xE7A1);
     let mut total = 0.0;
     let n = 8usize.div_ceil(cfg.batch_size).max(1);
+    let windows = Windows { stream: held, anchors: &[], anchored_fraction: 0.0, len: cfg.seq_len };
     for _ in 0..n {
-        let windows = Windows { stream: held, anchors: &[], anchored_fraction: 0.0, len: cfg.seq_len };
         let ids = windows.batch(cfg.batch_size.min(8), &mut rng, device)?;
         let out = model.forward(&ids, None)?;
         total += causal_lm_loss(&out.logits, &ids, None)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
