@@ -171,6 +171,13 @@ fn serving_children_are_exact() {
     let args = c0.args.clone().unwrap();
     assert!(args.windows(2).any(|w| w == ["--auth-token-file", "/etc/sapllm-auth/token"]));
     assert!(args.windows(2).any(|w| w == ["--precision", "int8"]));
+    assert!(args.windows(2).any(|w| w == ["--max-batch", "8"]), "an explicit maxBatch is passed on");
+    // Left out, the server's own default applies (1 on the CPU): no flag at all.
+    let mut unset = r.clone();
+    unset.spec.batching.max_batch = None;
+    let unset_args = endpoint::build::serve_args(&unset, &c);
+    assert!(!unset_args.iter().any(|a| a == "--max-batch"), "{unset_args:?}");
+    assert_eq!(unset_args.len() + 2, args.len(), "only the --max-batch pair differs: {unset_args:?}");
     assert_eq!(
         c0.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
         Some("/readyz")

@@ -142,6 +142,7 @@ fn no_document_in_two_splits_near_duplicates_together_and_no_leaks() {
                 let id = c["doc_id"].as_str().unwrap();
                 assert_eq!(split_of[id], "train", "{s} example {me} retrieved non-train case {id}");
                 assert_ne!(id, me, "an example must not retrieve itself");
+                assert_eq!(c["doc_type"], r["doc_type"], "{me} retrieved a case of another document type");
                 assert_ne!(
                     group_partner.get(me).map(String::as_str),
                     Some(id),
@@ -151,7 +152,9 @@ fn no_document_in_two_splits_near_duplicates_together_and_no_leaks() {
             with_similar += usize::from(!r["similar_cases"].as_array().unwrap().is_empty());
         }
     }
-    assert!(with_similar > n * 9 / 10, "most examples get similar cases ({with_similar})");
+    // A case must be of the same type AND share an identifier (partner, reference, material):
+    // about four in five synthetic documents have one in the train split.
+    assert!(with_similar > n * 7 / 10, "most examples get similar cases ({with_similar})");
 }
 
 #[test]

@@ -30,8 +30,10 @@ fn engine() -> &'static (Engine, Vec<RoutingQuery>) {
 }
 
 fn check_routing(catalog: &Catalog, q: &RoutingQuery, d: &sapllm_worker::inference::RoutingDecision) {
-    let allowed = Engine::allowed_endpoints(q);
-    assert!(allowed.contains(&d.endpoint), "endpoint {} not among {allowed:?}", d.endpoint);
+    assert!(Engine::allowed_endpoints(q).contains(&d.endpoint), "endpoint {} is no candidate", d.endpoint);
+    // Offered: the candidates serving the document's type, and exception handling.
+    let allowed = Engine::offered_endpoints(q, false);
+    assert!(allowed.len() < Engine::allowed_endpoints(q).len() || q.api_schemas.len() == 1);
     let mut alts: Vec<&str> = d.alternatives.iter().map(|(e, _)| e.as_str()).collect();
     alts.sort();
     let mut want: Vec<&str> = allowed.iter().map(String::as_str).collect();
@@ -140,8 +142,10 @@ fn exception_decisions_pick_one_of_the_five_actions() {
 
 #[test]
 fn tree_attention_scoring_equals_one_forward_per_option() {
-    let (engine, queries) = engine();
+    // Every candidate offered, so there are several options to score.
     let mut cfg = config();
+    cfg.any_candidate = true;
+    let (engine, queries) = tiny_engine(cfg.clone(), 7).expect("engine");
     cfg.decode.tree_scoring = false;
     let (sequential, _) = tiny_engine(cfg, 7).expect("engine");
     let batch: Vec<RoutingQuery> = queries.iter().skip(4).take(2).cloned().collect();

@@ -45,6 +45,39 @@ fn trained_bpe_is_byte_level_without_prefix_space() {
     assert_eq!(again.eos_id, 2);
 }
 
+#[test]
+fn domain_words_are_one_token_each_within_the_vocabulary_and_survive_a_reload() {
+    let words = sapllm_worker::sap::catalog::Catalog::builtin().domain_tokens();
+    assert!(words.iter().any(|w| w == "sales_quotation") && words.iter().any(|w| w == "EXCEPTION_HANDLING"));
+    assert!(words.iter().any(|w| w == "API_SALES_QUOTATION_SRV/A_SalesQuotation"), "{words:?}");
+    let tok = Tokenizer::train_bpe_with_words(corpus().into_iter(), 400, &words).unwrap();
+    assert!(tok.vocab_size() <= 400, "vocab {}", tok.vocab_size());
+    let dir = tempfile::tempdir().unwrap();
+    tok.save(dir.path()).unwrap();
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    for w in &words {
+        assert_eq!(tok.encode(w).unwrap().len(), 1, "{w} is one token");
+    }
+    // Matched inside JSON text too, and everything round-trips.
+    let text = r#"{"doc_type":"sales_quotation","endpoint":"API_SALES_QUOTATION_SRV/A_SalesQuotation"}"#;
+    let ids = tok.encode(text).unwrap();
+    assert!(ids.contains(&tok.token_to_id("sales_quotation").unwrap()));
+    assert_eq!(tok.decode(&ids).unwrap(), text);
+    // Inside a longer word it is matched too, and the text still round-trips.
+    let ids = tok.encode("sales_orders").unwrap();
+    assert_eq!(tok.decode(&ids).unwrap(), "sales_orders");
+    // The grammar engine sees them as ordinary tokens (forced tokens need their bytes).
+    let env = sapllm_worker::inference::tok_env::ModelTokEnv::new(&tok).unwrap();
+    let id = tok.token_to_id("sales_order").unwrap();
+    use toktrie::TokenizerEnv;
+    assert_eq!(env.tok_trie().token(id), b"sales_order");
+    assert_eq!(env.tokenize_bytes(b"\"sales_order\""), tok.encode("\"sales_order\"").unwrap());
+    // Too many words for the vocabulary: a clear error, not a silently larger vocabulary.
+    let many: Vec<String> = (0..200).map(|i| format!("word_{i}")).collect();
+    let e = Tokenizer::train_bpe_with_words(corpus().into_iter(), 400, &many).unwrap_err();
+    assert!(e.to_string().contains("whole words"), "{e}");
+}
+
 #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
 struct Decision {
     process: String,

@@ -52,13 +52,12 @@ pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate) -> Vec<String> {
     if let Some(ad) = &c.artifacts.adapter {
         a.extend(["--adapter".into(), pod::artifact_path(ad)]);
     }
+    a.extend(["--precision".into(), s.precision.as_str().into(), "--port".into(), s.port.to_string()]);
+    // Unset: the server's default (see `Batching::max_batch`).
+    if let Some(m) = s.batching.max_batch {
+        a.extend(["--max-batch".into(), m.to_string()]);
+    }
     a.extend([
-        "--precision".into(),
-        s.precision.as_str().into(),
-        "--port".into(),
-        s.port.to_string(),
-        "--max-batch".into(),
-        s.batching.max_batch.to_string(),
         "--max-wait-ms".into(),
         s.batching.max_wait_ms.to_string(),
         "--max-queue".into(),

@@ -6,7 +6,10 @@
 //! - peak RSS of a training step with and without gradient checkpointing (VmHWM, reset
 //!   between measurements through /proc/self/clear_refs);
 //! - load time of a multi-shard checkpoint (f32 and quantizing to NF4 while loading);
-//! - NF4 bits per parameter of the quantized linears.
+//! - NF4 bits per parameter of the quantized linears;
+//! - `--decode-steps` (only this table): milliseconds of one cached forward of k new tokens
+//!   over a cache of n positions (tiny, int8, batch 1), the cost model behind drafting and
+//!   forced-token runs: drafting pays only where k tokens cost about what one does.
 //!
 //! `--threads 1,2` re-runs the whole bench in child processes with CANDLE_NUM_THREADS and
 //! RAYON_NUM_THREADS set to each value. `--quick` uses fewer/shorter runs.
@@ -99,6 +102,9 @@ fn main() -> Result<()> {
             anyhow::ensure!(status.success(), "bench child with {n} threads failed");
         }
         return Ok(());
+    }
+    if args.iter().any(|a| a == "--decode-steps") {
+        return decode_steps();
     }
     let reps = if quick { 1 } else { 3 };
     // `--json PATH`: also write the measurements (bench/compare_torch.py reads them).
@@ -264,4 +270,44 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("bench_model_{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// One cached forward of `k` new tokens after `n` cached positions, in milliseconds (median of
+/// 50, the cache cut back to `n` after each).
+fn decode_steps() -> Result<()> {
+    use sapllm_worker::model::kv_cache::KvCache;
+    let m = Mixtral::new_random(
+        &MixtralConfig::preset(Preset::Tiny, VOCAB),
+        &ModelOptions { precision: Precision::Int8, ..Default::default() },
+        &Device::Cpu,
+    )?;
+    println!("\n## one cached forward (tiny, int8, batch 1): ms, median of 50");
+    println!("| cached positions | 1 token | 2 tokens | 4 tokens | 8 tokens | 8 tokens / 1 token |");
+    println!("|---|---|---|---|---|---|");
+    for n in [128usize, 512, 768] {
+        let mut base = KvCache::new(&m, 1);
+        m.forward_cached(&ids(1, n)?, &[vec![1u8; n]], &mut base)?;
+        let mut row = Vec::new();
+        for k in [1usize, 2, 4, 8] {
+            let input = ids(1, k)?;
+            let mut times = Vec::new();
+            for _ in 0..51 {
+                let mut cache = base.fork()?;
+                let start = Instant::now();
+                m.forward_cached(&input, &[vec![1u8; k]], &mut cache)?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            times.sort_by(f64::total_cmp);
+            row.push(times[times.len() / 2]);
+        }
+        println!(
+            "| {n} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[3] / row[0]
+        );
+    }
+    Ok(())
 }

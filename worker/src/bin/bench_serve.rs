@@ -4,7 +4,8 @@
 //!    `compute_ff_tokens` saves in forward calls and milliseconds. Two kinds of answers: the
 //!    data-prep reference decisions replayed through the full decoder
 //!    (`Engine::replay_routing_batch`: the latency of a model that writes the right answer),
-//!    and the checkpoint's own answers.
+//!    and the checkpoint's own answers. One row turns the fused inference kernels off
+//!    (`model::fused`), so what they save is measured in the same run.
 //! 2. HTTP load: the real server (`serve::start`) on a loopback port, N requests at each
 //!    concurrency level from a hyper client: throughput and P50/P95/P99 latency.
 //!
@@ -13,8 +14,8 @@
 //! model's: pessimistic figures).
 //!
 //! `cargo run --release -p sapllm-worker --bin bench_serve -- [--base-model DIR] [--adapter DIR]
-//!  [--precision f32] [--requests 40] [--concurrency 1,2,4,8] [--max-batch 8] [--max-wait-ms 5]
-//!  [--max-reasoning-steps 4] [--max-reasoning-chars 160] [--engine-only]`
+//!  [--precision f32] [--requests 40] [--concurrency 1,2,4,8] [--max-batch 1 (as serve)] [--max-wait-ms 5]
+//!  [--max-reasoning-steps 2] [--max-reasoning-chars 160] [--engine-only]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,7 +60,7 @@ fn parse_args() -> Result<Args> {
             .split(',')
             .map(|s| s.trim().parse().context("--concurrency"))
             .collect::<Result<_>>()?,
-        max_batch: get("--max-batch").map(|s| s.parse()).transpose()?.unwrap_or(8),
+        max_batch: get("--max-batch").map(|s| s.parse()).transpose()?.unwrap_or(1),
         max_wait_ms: get("--max-wait-ms").map(|s| s.parse()).transpose()?.unwrap_or(5),
         engine_only: argv.iter().any(|a| a == "--engine-only"),
         limits: GrammarLimits {
@@ -125,12 +126,16 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
     );
     println!("\n## Library latency per decision (batch 1), {} documents\n", queries.len());
     println!(
-        "| answers | forced tokens | drafts | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
+        "| answers | forced tokens | drafts | fused ops | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let speculate = 4;
     for reference in [true, false] {
-        for (ff, spec) in [(true, speculate), (true, 0), (false, 0)] {
+        // The last row turns off the fused inference kernels (`model::fused`): what they save.
+        for (ff, spec, fused) in
+            [(true, speculate, true), (true, 0, true), (false, 0, true), (true, 0, false)]
+        {
+            sapllm_worker::model::fused::set_enabled(fused);
             let config = EngineConfig {
                 abstain_threshold: 0.0,
                 max_batch: 1,
@@ -185,10 +190,11 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
             let per = |x: usize| x as f64 / n.max(1) as f64;
             let ph = |i: usize| phases[i] / lat.len() as f64;
             println!(
-                "| {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
                 if reference { "reference (data-prep targets)" } else { "model's own (this checkpoint)" },
                 if ff { "on" } else { "off" },
                 if spec > 0 { format!("prompt lookup, {spec}") } else { "off".into() },
+                if fused { "on" } else { "off" },
                 percentile(&lat, 50.0),
                 percentile(&lat, 95.0),
                 ph(0),
@@ -204,6 +210,7 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
             );
         }
     }
+    sapllm_worker::model::fused::set_enabled(true);
     Ok(())
 }
 

@@ -42,6 +42,10 @@ pub struct EvaluateArgs {
     /// Report folder.
     #[arg(long)]
     pub out: PathBuf,
+    /// Offer the model every candidate, not only those serving the document's type: measures
+    /// its own choice between APIs.
+    #[arg(long)]
+    pub any_candidate: bool,
 }
 
 /// Runs the evaluation and maps the verdict to the exit code.
@@ -64,6 +68,7 @@ pub fn run(args: EvaluateArgs, progress: ProgressMode) -> anyhow::Result<ExitCod
         out_dir: args.out,
         model_version: version::model_version(&folders)?,
         progress,
+        any_candidate: args.any_candidate,
     };
     let out = match evaluate(&cfg) {
         Ok(out) => out,

@@ -62,6 +62,13 @@ pub struct PretrainArgs {
     /// corpora): the end of a prompt next to the start of its answer.
     #[arg(long, default_value_t = 0.5)]
     pub anchored_fraction: f64,
+    /// Strings the trained BPE keeps as one token each (comma-separated): document types and
+    /// API endpoints. Default: those of the API catalog (`--catalog`, or the built-in one).
+    #[arg(long, value_delimiter = ',')]
+    pub domain_tokens: Option<Vec<String>>,
+    /// API catalog JSON the default domain tokens come from (default: the built-in catalog).
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
 }
 
 /// Runs the stage and prints the report as JSON on success.
@@ -86,6 +93,13 @@ pub fn execute(args: PretrainArgs, progress: ProgressMode) -> anyhow::Result<Exi
         seed: args.seed,
         max_steps_this_run: args.max_steps_this_run,
         anchored_fraction: args.anchored_fraction,
+        domain_tokens: match args.domain_tokens {
+            Some(t) => t,
+            None => match &args.catalog {
+                Some(p) => crate::sap::catalog::Catalog::load(p)?.domain_tokens(),
+                None => crate::sap::catalog::Catalog::builtin().domain_tokens(),
+            },
+        },
     };
     let report = run(&cfg, progress)?;
     eprintln!("{}", serde_json::to_string_pretty(&report)?);

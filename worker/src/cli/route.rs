@@ -70,6 +70,11 @@ pub struct DecodeLimitArgs {
     /// preset they cost 4-8 % (bench_serve), hence off by default.
     #[arg(long, default_value_t = 0)]
     pub draft_tokens: usize,
+    /// Let the model pick any candidate, also one that does not serve the request's document
+    /// type (default: only the type's candidates and exception handling are offered). For
+    /// callers whose document types are unreliable.
+    #[arg(long)]
+    pub any_candidate: bool,
 }
 
 impl DecodeLimitArgs {
@@ -110,6 +115,7 @@ pub fn run(args: RouteArgs) -> Result<ExitCode> {
             ..DecodeOptions::default()
         },
         limits: args.limits.limits(),
+        any_candidate: args.limits.any_candidate,
         ..EngineConfig::default()
     };
     let precision = parse_precision(&args.precision)?;

@@ -159,6 +159,10 @@ impl MetaStore {
         self.str(self.rows[i].id)
     }
 
+    fn doc_type(&self, i: usize) -> &'static str {
+        self.rows[i].doc_type
+    }
+
     fn case(&self, i: usize, score: f32) -> SimilarCase {
         let r = &self.rows[i];
         SimilarCase {
@@ -277,7 +281,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
     let doc_terms = |i: usize| &terms[offsets[i] as usize..offsets[i + 1] as usize];
     let index = Bm25::build(train.iter().map(|i| doc_terms(*i as usize)), vocab.len());
     card.retrieval = RetrievalCard {
-        method: "BM25 (k1=1.2, b=0.75) over identifier terms of the train split".into(),
+        method: "BM25 (k1=1.2, b=0.75) over identifier terms of the train split, same document type".into(),
         k: cfg.k_similar,
         train_documents_indexed: train.len() as u64,
         ..RetrievalCard::default()
@@ -401,15 +405,22 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord, decision: Option<RoutingDec
         decision.payload.clone().unwrap_or(Value::Null)
     };
 
-    // Similar cases from the train split, never from this record's own group.
+    // Similar cases from the train split, of the same document type, never from this record's
+    // own group. Without the type filter, shared identifiers make the nearest "case" of a goods
+    // receipt its purchase order and of a quotation an order for the same customer (measured on
+    // the tiny run's train split: the top case routed like the record for 3 % of purchase
+    // orders, 20 % of goods receipts, 30 % of quotations), which teaches a model that process
+    // memory is noise.
     let own_group = s.group[ord];
+    let own_type = rec.doc_type.as_str();
     let hits = SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         if scratch.len() != s.index.len() {
             *scratch = vec![0.0; s.index.len()];
         }
         s.index.search((s.terms)(ord), cfg.k_similar, &mut scratch, |d| {
-            s.group[s.train[d as usize] as usize] != own_group
+            let j = s.train[d as usize] as usize;
+            s.group[j] != own_group && s.metas.doc_type(j) == own_type
         })
     });
     let mut leaks = 0;

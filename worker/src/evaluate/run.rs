@@ -41,6 +41,8 @@ pub struct EvalConfig {
     /// Version label written in the report (the content digest).
     pub model_version: String,
     pub progress: ProgressMode,
+    /// Offer every candidate, not only the document type's (measures the model's own choice).
+    pub any_candidate: bool,
 }
 
 /// What an evaluation concluded.
@@ -59,8 +61,12 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome> {
     let routing: Vec<RoutingExample> = read_jsonl(&cfg.examples)?;
     ensure!(!routing.is_empty(), "{} holds no routing example", cfg.examples.display());
     let exceptions = sibling_exceptions(&cfg.examples)?;
-    let engine_cfg =
-        EngineConfig { abstain_threshold: cfg.abstain_threshold, max_batch: 1, ..EngineConfig::default() };
+    let engine_cfg = EngineConfig {
+        abstain_threshold: cfg.abstain_threshold,
+        max_batch: 1,
+        any_candidate: cfg.any_candidate,
+        ..EngineConfig::default()
+    };
     let (engine, _info) =
         load_engine(&cfg.base_model, cfg.adapter.as_deref(), cfg.precision, Catalog::builtin(), engine_cfg)?;
     let routing: Vec<&RoutingExample> = routing.iter().take(cfg.samples).collect();

@@ -39,6 +39,9 @@ pub struct EngineConfig {
     /// How routing prompts are rendered (what the model was trained with; `load_engine` reads it
     /// from the adapter folder).
     pub prompt: super::profile::PromptProfile,
+    /// Offer every candidate, even those that do not serve the request's document type (see
+    /// [`Engine::allowed_endpoints`]); false (the default) keeps the type-consistent ones.
+    pub any_candidate: bool,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             max_batch: 8,
             limits: GrammarLimits::default(),
             prompt: super::profile::PromptProfile::default(),
+            any_candidate: false,
         }
     }
 }
@@ -275,9 +279,30 @@ impl Engine {
 
     /// The allowed endpoints of a query: its candidates (deduplicated) + exception handling.
     pub fn allowed_endpoints(q: &RoutingQuery) -> Vec<String> {
+        Self::endpoints_where(q, |_| true)
+    }
+
+    /// The endpoints the decoder offers: with `any_candidate` off, only the candidates that
+    /// serve the request's document type or declare no type (+ exception handling), unless
+    /// none does, then all of them. A candidate whose schema says it creates other document
+    /// types cannot be right for this one (a quotation posted as a sales order is a wrong
+    /// business document, not a routing preference), so the decoder does not let the model
+    /// pick it; what remains for the model is the decision between posting and exception
+    /// handling, and the payload. Callers that send no reliable type turn it off.
+    pub fn offered_endpoints(q: &RoutingQuery, any_candidate: bool) -> Vec<String> {
+        let serves = |c: &CompactSchema| c.doc_types.is_empty() || c.doc_types.contains(&q.doc_type);
+        let typed = Self::endpoints_where(q, serves);
+        if any_candidate || typed.len() == 1 { Self::allowed_endpoints(q) } else { typed }
+    }
+
+    fn endpoints_where(q: &RoutingQuery, keep: impl Fn(&CompactSchema) -> bool) -> Vec<String> {
         let mut eps: Vec<String> = Vec::new();
         for c in &q.api_schemas {
-            if !c.endpoint.is_empty() && c.endpoint != EXCEPTION_ENDPOINT && !eps.contains(&c.endpoint) {
+            if !c.endpoint.is_empty()
+                && c.endpoint != EXCEPTION_ENDPOINT
+                && keep(c)
+                && !eps.contains(&c.endpoint)
+            {
                 eps.push(c.endpoint.clone());
             }
         }
@@ -299,7 +324,7 @@ impl Engine {
     fn routing_row(&self, q: &RoutingQuery) -> Result<RowSpec> {
         DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
         ensure!(q.adc_json.is_object(), "adc_json: must be a JSON object");
-        let endpoints = Self::allowed_endpoints(q);
+        let endpoints = Self::offered_endpoints(q, self.config.any_candidate);
         let texts: Vec<String> = endpoints
             .iter()
             .map(|e| {
@@ -429,5 +454,40 @@ mod tests {
         let (p, s) = split_prefix(&[vec![1, 2], vec![1, 2, 3]]);
         assert_eq!(p, vec![1], "a suffix may not be empty even when one option is a prefix of another");
         assert_eq!(s, vec![vec![2], vec![2, 3]]);
+    }
+
+    #[test]
+    fn only_candidates_serving_the_document_type_are_offered_unless_none_does() {
+        use super::{EXCEPTION_ENDPOINT, Engine};
+        use crate::sap::catalog::CompactSchema;
+        let c = |endpoint: &str, types: &[&str]| CompactSchema {
+            api: endpoint.into(),
+            endpoint: endpoint.into(),
+            doc_types: types.iter().map(|t| t.to_string()).collect(),
+            read_only: false,
+            schema: String::new(),
+        };
+        let mut q = crate::inference::types::RoutingQuery {
+            adc_json: serde_json::json!({}),
+            doc_type: "sales_quotation".into(),
+            api_schemas: vec![
+                c("SO/A_SalesOrder", &["sales_order"]),
+                c("SQ/A_SalesQuotation", &["sales_quotation"]),
+                c("Z/A_Unknown", &[]),
+                c("SQ/A_SalesQuotation", &["sales_quotation"]),
+            ],
+            similar_cases: vec![],
+        };
+        let ex = EXCEPTION_ENDPOINT.to_string();
+        assert_eq!(
+            Engine::offered_endpoints(&q, false),
+            vec!["SQ/A_SalesQuotation".to_string(), "Z/A_Unknown".into(), ex.clone()]
+        );
+        assert_eq!(Engine::offered_endpoints(&q, true), Engine::allowed_endpoints(&q));
+        assert_eq!(Engine::allowed_endpoints(&q).len(), 4, "deduplicated, exception handling last");
+        // No candidate serves the type: the model chooses among all of them.
+        q.doc_type = "customer_return".into();
+        q.api_schemas.remove(2);
+        assert_eq!(Engine::offered_endpoints(&q, false), Engine::allowed_endpoints(&q));
     }
 }

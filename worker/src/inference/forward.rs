@@ -103,7 +103,6 @@ pub fn forward_branches(
     branches: &[Vec<&[u32]>],
     pad: u32,
 ) -> Result<Vec<Vec<BranchLogits>>> {
-    use crate::model::mixtral::AttnInputs;
     ensure!(model.cfg.sliding_window.is_none(), "branch scoring needs full attention");
     let b = branches.len();
     ensure!(cache.mask.len() == b, "cache is for batch {}, got {b} rows", cache.mask.len());
@@ -147,19 +146,8 @@ pub fn forward_branches(
     for (row, m) in cache.mask.iter_mut().zip(&new_mask) {
         row.extend_from_slice(m);
     }
-    let hd = model.cfg.head_dim;
     let dev = model.device();
-    let inv: Vec<f32> =
-        (0..hd / 2).map(|i| 1.0 / (model.cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
-    let inv = Tensor::from_vec(inv, (1, hd / 2), dev)?;
-    let freqs = Tensor::from_vec(pos, (b * q, 1), dev)?.matmul(&inv)?;
-    let emb = Tensor::cat(&[&freqs, &freqs], 1)?.reshape((b, 1, q, hd))?;
-    let dtype = model.dtype();
-    let inp = AttnInputs {
-        cos: emb.cos()?.to_dtype(dtype)?,
-        sin: emb.sin()?.to_dtype(dtype)?,
-        bias: Tensor::from_vec(bias, (b, 1, q, k_len), dev)?,
-    };
+    let inp = model.attn_inputs_from(pos, bias, b, q, k_len)?;
     let input = Tensor::from_vec(ids, (b, q), dev)?;
     let mut x = model.embed(&input)?;
     for (layer, lc) in model.layers.iter().zip(cache.layers.iter_mut()) {

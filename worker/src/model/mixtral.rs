@@ -11,6 +11,9 @@
 //! - full-sequence logits `[B, T, V]`.
 //!
 //! Weight names are HF's, so a real checkpoint loads by name (see `checkpoint.rs`).
+//!
+//! Inference, where no input tracks a gradient, takes exact shortcuts through fused kernels
+//! (`fused.rs`): same arithmetic, fewer ops per decoded token.
 
 use std::sync::Arc;
 
@@ -20,6 +23,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use rand::SeedableRng;
 
 use super::config::MixtralConfig;
+use super::fused;
 use super::kv_cache::LayerCache;
 use super::linear::{BaseWeight, Linear, LoraAdapter, LoraConfig, LoraControl, Param, Precision};
 
@@ -95,6 +99,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.tensor();
+        if fused::enabled(&[x, w]) {
+            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, self.eps as f32)?);
+        }
         let dt = x.dtype();
         let xf = x.to_dtype(acc_dtype(dt))?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -110,6 +118,9 @@ pub struct AttnInputs {
     pub sin: Tensor,
     /// Additive bias `[B, 1, T_q, T_k]`.
     pub bias: Tensor,
+    /// `[B, T, head_dim / 2]`, contiguous: the tables of the fused rotary kernel.
+    pub cos_half: Tensor,
+    pub sin_half: Tensor,
 }
 
 #[derive(Debug, Clone)]
@@ -143,8 +154,14 @@ impl Attention {
         let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
         let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = apply_rope(&q, &inp.cos, &inp.sin)?;
-        let k = apply_rope(&k, &inp.cos, &inp.sin)?;
+        let (q, k) = if fused::enabled(&[&q, &k, &inp.cos_half]) {
+            (
+                candle_nn::rotary_emb::rope(&q, &inp.cos_half, &inp.sin_half)?,
+                candle_nn::rotary_emb::rope(&k, &inp.cos_half, &inp.sin_half)?,
+            )
+        } else {
+            (apply_rope(&q, &inp.cos, &inp.sin)?, apply_rope(&k, &inp.cos, &inp.sin)?)
+        };
         let (k, v) = match cache {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
@@ -159,7 +176,11 @@ impl Attention {
         let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.reshape((b, nh, t, s))?;
         let acc = acc_dtype(x.dtype());
         let scores = scores.to_dtype(acc)?.broadcast_add(&inp.bias.to_dtype(acc)?)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?;
+        let probs = if fused::enabled(&[&scores]) {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?
+        };
         let out = probs.reshape((b, nkv, rep * t, s))?.matmul(&v)?.reshape((b, nh, t, hd))?;
         let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.o_proj.forward(&out)
@@ -195,6 +216,12 @@ impl SparseMoe {
         let (b, t, h) = x.dims3()?;
         let xs = x.reshape((b * t, h))?;
         let router_logits = self.gate.forward(&xs)?;
+        if fused::enabled(&[&xs, &router_logits]) {
+            return Ok((
+                self.forward_routed_on_host(&xs, &router_logits)?.reshape((b, t, h))?,
+                router_logits,
+            ));
+        }
         let probs = candle_nn::ops::softmax(&router_logits.to_dtype(acc_dtype(x.dtype()))?, D::Minus1)?;
         // The selection itself is discrete; the gradient reaches the router through `gather`.
         let idx = probs.detach().arg_sort_last_dim(false)?.narrow(1, 0, self.top_k)?.contiguous()?;
@@ -225,6 +252,45 @@ impl SparseMoe {
             out = out.index_add(&rows_t, &ye.broadcast_mul(&we)?, 0)?;
         }
         Ok((out.reshape((b, t, h))?, router_logits))
+    }
+
+    /// The same block without gradients: routing decided on the host (`fused::route`), each
+    /// chosen expert run on its rows, weighted, summed. `xs` `[N, H]`, `router_logits` `[N, E]`.
+    fn forward_routed_on_host(&self, xs: &Tensor, router_logits: &Tensor) -> Result<Tensor> {
+        let n = xs.dim(0)?;
+        let routes = fused::route(&router_logits.to_dtype(DType::F32)?.to_vec2::<f32>()?, self.top_k);
+        let mut out: Option<Tensor> = None;
+        for (e, expert) in self.experts.iter().enumerate() {
+            let (rows, weights): (Vec<u32>, Vec<f32>) = routes
+                .iter()
+                .enumerate()
+                .filter_map(|(row, r)| r.iter().find(|c| c.0 == e).map(|c| (row as u32, c.1)))
+                .unzip();
+            if rows.is_empty() {
+                continue;
+            }
+            let w = Tensor::from_vec(weights, (rows.len(), 1), xs.device())?.to_dtype(xs.dtype())?;
+            if rows.len() == n {
+                // Every row (single-row decoding): no gather, no scatter.
+                let y = expert.forward(xs)?.broadcast_mul(&w)?;
+                out = Some(match out {
+                    Some(o) => (o + y)?,
+                    None => y,
+                });
+            } else {
+                let idx = Tensor::from_vec(rows.clone(), rows.len(), xs.device())?;
+                let y = expert.forward(&xs.index_select(&idx, 0)?)?.broadcast_mul(&w)?;
+                let base = match out {
+                    Some(o) => o,
+                    None => xs.zeros_like()?,
+                };
+                out = Some(base.index_add(&idx, &y, 0)?);
+            }
+        }
+        match out {
+            Some(o) => Ok(o),
+            None => Ok(xs.zeros_like()?),
+        }
     }
 }
 
@@ -667,6 +733,19 @@ impl Mixtral {
                 }
             }
         }
+        self.attn_inputs_from(pos, bias, b, q_len, k_len)
+    }
+
+    /// [`AttnInputs`] from per-query positions `[B * T_q]` and the additive bias
+    /// `[B * T_q * T_k]` (row-major), for callers that lay attention out themselves.
+    pub fn attn_inputs_from(
+        &self,
+        pos: Vec<f32>,
+        bias: Vec<f32>,
+        b: usize,
+        q_len: usize,
+        k_len: usize,
+    ) -> Result<AttnInputs> {
         let hd = self.cfg.head_dim;
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / (self.cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
@@ -675,10 +754,13 @@ impl Mixtral {
         let pos = Tensor::from_vec(pos, (b * q_len, 1), &self.device)?;
         let freqs = pos.matmul(&inv)?;
         let emb = Tensor::cat(&[&freqs, &freqs], 1)?.reshape((b, 1, q_len, hd))?;
+        let (cos_half, sin_half) = fused::half_tables(&freqs, b, q_len, self.opts.dtype)?;
         Ok(AttnInputs {
             cos: emb.cos()?.to_dtype(self.opts.dtype)?,
             sin: emb.sin()?.to_dtype(self.opts.dtype)?,
             bias: Tensor::from_vec(bias, (b, 1, q_len, k_len), &self.device)?,
+            cos_half,
+            sin_half,
         })
     }
 

@@ -52,6 +52,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod fused;
 pub mod generation;
 pub mod grad_checkpoint;
 pub mod int8;

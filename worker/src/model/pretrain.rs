@@ -65,6 +65,12 @@ pub struct PretrainConfig {
     /// Share of the windows anchored at a response start (0 = all random).
     #[serde(default)]
     pub anchored_fraction: f64,
+    /// Strings a trained BPE keeps whole, one token each (ignored with `tokenizer`): the
+    /// document types and endpoints a routing answer chooses between. Split into subwords, a
+    /// choice such as `sales_order` / `sales_quotation` is decided by its third token, after
+    /// two that every sales type shares; a small model learns to look at the first one.
+    #[serde(default)]
+    pub domain_tokens: Vec<String>,
 }
 
 impl PretrainConfig {
@@ -90,6 +96,7 @@ impl PretrainConfig {
             seed: 0,
             max_steps_this_run: None,
             anchored_fraction: 0.5,
+            domain_tokens: Vec::new(),
         }
     }
 }
@@ -267,7 +274,7 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
     } else {
         let t = match &cfg.tokenizer {
             Some(dir) => Tokenizer::from_dir(dir)?,
-            None => Tokenizer::train_bpe(texts.iter(), cfg.vocab_size)?,
+            None => Tokenizer::train_bpe_with_words(texts.iter(), cfg.vocab_size, &cfg.domain_tokens)?,
         };
         t.save(out)?;
         t

@@ -109,6 +109,42 @@ impl Tokenizer {
         I: Iterator<Item = S> + Send,
         S: AsRef<str> + Send,
     {
+        Self::train_bpe_with_words(texts, vocab_size, &[])
+    }
+
+    /// [`Tokenizer::train_bpe`], plus `words` kept whole: each is one (non-special) added
+    /// token, matched wherever it occurs in a text before the BPE splits the rest, inside
+    /// the same `vocab_size`.
+    pub fn train_bpe_with_words<I, S>(texts: I, vocab_size: usize, words: &[String]) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
+        let mut words: Vec<&str> = words.iter().map(String::as_str).filter(|w| !w.is_empty()).collect();
+        words.sort_unstable();
+        words.dedup();
+        ensure!(
+            vocab_size > 256 + SPECIAL_TOKENS.len() + words.len(),
+            "BPE vocab_size must exceed {} (the byte alphabet + specials + {} whole words)",
+            256 + SPECIAL_TOKENS.len() + words.len(),
+            words.len()
+        );
+        let mut tok = Self::train_plain_bpe(texts, vocab_size - words.len())?;
+        let added: Vec<AddedToken> = words.iter().map(|w| AddedToken::from(w.to_string(), false)).collect();
+        tok.inner.add_tokens(added).map_err(|e| anyhow!("adding whole-word tokens: {e}"))?;
+        ensure!(
+            tok.inner.get_vocab_size(true) <= vocab_size,
+            "{} tokens with the whole words, more than vocab_size {vocab_size}",
+            tok.inner.get_vocab_size(true)
+        );
+        Ok(tok)
+    }
+
+    fn train_plain_bpe<I, S>(texts: I, vocab_size: usize) -> Result<Self>
+    where
+        I: Iterator<Item = S> + Send,
+        S: AsRef<str> + Send,
+    {
         ensure!(
             vocab_size > 256 + SPECIAL_TOKENS.len(),
             "BPE vocab_size must exceed 260 (the byte alphabet + specials)"

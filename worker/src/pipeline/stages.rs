@@ -355,6 +355,7 @@ fn pretrain_stage(ctx: &RunContext) -> Result<StageResult> {
     cfg.checkpoint_every = p.checkpoint_interval as usize;
     cfg.warmup_steps = (p.steps as usize / 20).max(1);
     cfg.seed = spec.stages.data_prep.seed;
+    cfg.domain_tokens = catalog()?.domain_tokens();
     let report = pretrain::run(&cfg, ctx.progress)?;
     profile.save(&dir.join("model"))?;
     Ok(ok(format!(
@@ -436,6 +437,7 @@ fn evaluation_stage(ctx: &RunContext) -> Result<StageResult> {
         out_dir: ctx.dir(StageName::Evaluation),
         model_version: version::model_version(&[&base, &adapter])?,
         progress: ctx.progress,
+        any_candidate: false,
     };
     let out = evaluate::run(&cfg)?;
     let m = &out.summary.metrics;

@@ -240,6 +240,21 @@ impl Catalog {
         serde_json::from_str(BUILTIN_JSON).expect("built-in catalog JSON is valid")
     }
 
+    /// The strings a routing answer chooses between: every document type, every endpoint and
+    /// exception handling, sorted. A tokenizer trained for this catalog keeps them whole (see
+    /// `model::pretrain::PretrainConfig::domain_tokens`).
+    pub fn domain_tokens(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .apis
+            .iter()
+            .flat_map(|a| a.doc_types.iter().cloned().chain(std::iter::once(a.endpoint())))
+            .chain(std::iter::once(crate::sap::routing::EXCEPTION_ENDPOINT.to_string()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Reads a catalog written by [`Catalog::save`] or `catalog import`.
     pub fn load(path: &Path) -> Result<Catalog, CatalogError> {
         let p = path.display().to_string();

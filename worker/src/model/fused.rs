@@ -1,0 +1,139 @@
+//! Shortcuts for inference, where nothing needs a gradient: the same arithmetic as the
+//! differentiable path in `mixtral.rs`, in fewer candle ops.
+//!
+//! Decoding one token through the tiny model is a few hundred small ops, and on a CPU each op
+//! costs about as much in dispatch and allocation as in arithmetic. Four blocks are the most
+//! op-heavy and have an exact shortcut when no input tracks a gradient:
+//! - RMSNorm: candle's fused `rms_norm` (one op instead of seven);
+//! - rotary embeddings: candle's fused `rope` over half-width tables (one op instead of seven);
+//! - attention softmax: candle's fused `softmax_last_dim` (one op and one buffer instead of
+//!   five and four);
+//! - the MoE router: softmax and top-k of a handful of logits on the host, then each chosen
+//!   expert runs on its rows with host-built weights (no arg_sort / gather / index_add when
+//!   every row goes to the expert, as in single-row decoding).
+//!
+//! None of candle's fused ops has a backward pass, which is why training never takes them:
+//! [`enabled`] is false as soon as one input tracks an op. [`set_enabled`] turns the shortcuts
+//! off for the calling thread, for the equivalence tests and the side-by-side benchmark
+//! (thread-local, so a test cannot change the path of another test running beside it).
+
+use std::cell::Cell;
+
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+
+thread_local! {
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Turns the shortcuts on or off for forwards run on this thread (default on).
+pub fn set_enabled(on: bool) {
+    ENABLED.with(|e| e.set(on));
+}
+
+/// Whether a block over these inputs may take its shortcut: switched on for this thread, f32 (the fused CPU
+/// kernels accumulate in f32, which is the reference arithmetic only for f32 activations) and
+/// no input tracking a gradient.
+pub fn enabled(inputs: &[&Tensor]) -> bool {
+    ENABLED.with(Cell::get) && inputs.iter().all(|t| t.dtype() == DType::F32 && !t.track_op())
+}
+
+/// Per row, the `top_k` experts with the largest router logits and their weights: the softmax
+/// over all experts restricted to the chosen ones and renormalised, which is the softmax over
+/// the chosen logits alone (as HF's `routing_weights /= routing_weights.sum()` computes).
+/// Ties go to the lower expert index.
+pub fn route(logits: &[Vec<f32>], top_k: usize) -> Vec<Vec<(usize, f32)>> {
+    logits
+        .iter()
+        .map(|row| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            order.truncate(top_k);
+            let max = order.iter().map(|&e| row[e]).fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = order.iter().map(|&e| (row[e] - max).exp()).collect();
+            let z: f32 = exps.iter().sum();
+            order.into_iter().zip(exps).map(|(e, x)| (e, x / z)).collect()
+        })
+        .collect()
+}
+
+/// `[B, T, hd/2]` cos / sin tables for candle's fused `rope` from per-row positions
+/// `[B*T, hd/2]` frequencies.
+pub fn half_tables(freqs: &Tensor, b: usize, t: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+    let half = freqs.dim(1)?;
+    let f = freqs.reshape((b, t, half))?;
+    Ok((f.cos()?.to_dtype(dtype)?.contiguous()?, f.sin()?.to_dtype(dtype)?.contiguous()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::model::config::{MixtralConfig, Preset};
+    use crate::model::kv_cache::KvCache;
+    use crate::model::linear::Precision;
+    use crate::model::mixtral::{Mixtral, ModelOptions};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn shortcuts_give_the_logits_of_the_differentiable_path() {
+        for precision in [Precision::F32, Precision::Int8] {
+            let cfg = MixtralConfig::preset(Preset::Tiny, 256);
+            let m =
+                Mixtral::new_random(&cfg, &ModelOptions { precision, ..Default::default() }, &Device::Cpu)
+                    .unwrap();
+            let dev = Device::Cpu;
+            let ids: Vec<u32> = (0..18u32).map(|i| (i * 37 + 3) % 256).collect();
+            let ids = Tensor::from_vec(ids, (2, 9), &dev).unwrap();
+            // A left-padded row and a full one: several rows per expert, and row-wise positions.
+            let mask = vec![vec![0, 0, 1, 1, 1, 1, 1, 1, 1], vec![1u8; 9]];
+            let step = Tensor::from_vec(vec![5u32, 7], (2, 1), &dev).unwrap();
+            let run = |on: bool| {
+                set_enabled(on);
+                let mut cache = KvCache::new(&m, 2);
+                let prefill = m.forward_cached(&ids, &mask, &mut cache).unwrap();
+                let decode = m.forward_cached(&step, &[vec![1], vec![1]], &mut cache).unwrap();
+                let one_row = m.forward(&ids.narrow(0, 1, 1).unwrap(), None).unwrap().logits;
+                set_enabled(true);
+                (prefill, decode, one_row)
+            };
+            let (p0, d0, f0) = run(false);
+            let (p1, d1, f1) = run(true);
+            // Exact up to float summation order.
+            assert!(max_diff(&p0, &p1) < 1e-4, "prefill {precision:?}: {}", max_diff(&p0, &p1));
+            assert!(max_diff(&d0, &d1) < 1e-4, "decode {precision:?}: {}", max_diff(&d0, &d1));
+            assert!(max_diff(&f0, &f1) < 1e-4, "forward {precision:?}: {}", max_diff(&f0, &f1));
+            assert!(max_diff(&p0, &p0.zeros_like().unwrap()) > 1e-3, "non-trivial logits");
+        }
+    }
+
+    #[test]
+    fn anything_that_tracks_a_gradient_takes_the_differentiable_path() {
+        let plain = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(enabled(&[&plain]));
+        let var = Var::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(!enabled(&[&plain, var.as_tensor()]));
+        let derived = (var.as_tensor() * 2.0).unwrap();
+        assert!(!enabled(&[&derived]), "a tensor computed from a Var tracks it");
+        assert!(!enabled(&[&plain.to_dtype(DType::F64).unwrap()]), "only f32 has the reference arithmetic");
+        set_enabled(false);
+        assert!(!enabled(&[&plain]));
+        set_enabled(true);
+    }
+
+    #[test]
+    fn routing_keeps_the_largest_logits_and_renormalises_their_softmax() {
+        let r = route(&[vec![0.1, 2.0, -1.0, 1.0]], 2);
+        assert_eq!(r[0].iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 3]);
+        let (a, b) = (r[0][0].1, r[0][1].1);
+        assert!((a + b - 1.0).abs() < 1e-6);
+        assert!((a / b - 1.0f32.exp()).abs() < 1e-5, "weights keep the softmax ratio e^(2-1)");
+        // Ties: the lower index first.
+        let t = route(&[vec![1.0, 1.0, 1.0]], 2);
+        assert_eq!(t[0].iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
+    }
+}
