@@ -4,15 +4,22 @@
 //! Decoding one token through the tiny model is a few hundred small ops, and on a CPU each op
 //! costs about as much in dispatch and allocation as in arithmetic. Four blocks are the most
 //! op-heavy and have an exact shortcut when no input tracks a gradient:
-//! - RMSNorm: candle's fused `rms_norm` (one op instead of seven);
-//! - rotary embeddings: candle's fused `rope` over half-width tables (one op instead of seven);
-//! - attention softmax: candle's fused `softmax_last_dim` (one op and one buffer instead of
-//!   five and four);
+//! - RMSNorm: one pass per row ([`RmsNormOp`], one op instead of seven);
+//! - rotary embeddings of one new position: candle's fused `rope` over half-width tables (one
+//!   op instead of seven);
+//! - attention softmax: one pass per row ([`SoftmaxOp`], one op and one buffer instead of five
+//!   and four);
 //! - the MoE router: softmax and top-k of a handful of logits on the host, then each chosen
 //!   expert runs on its rows with host-built weights (no arg_sort / gather / index_add when
 //!   every row goes to the expert, as in single-row decoding).
 //!
-//! None of candle's fused ops has a backward pass, which is why training never takes them:
+//! RMSNorm and softmax are our own sequential kernels, not candle's `rms_norm` /
+//! `softmax_last_dim`: those split rows over rayon even for one row, and a call from outside
+//! the pool parks the caller until a pool thread has run it, two context switches per op
+//! (measured: decoding 50 % slower than without any shortcut, a fifth of the time in the
+//! scheduler).
+//!
+//! None of the fused ops has a backward pass, which is why training never takes them:
 //! [`enabled`] is false as soon as one input tracks an op. [`set_enabled`] turns the shortcuts
 //! off for the calling thread, for the equivalence tests and the side-by-side benchmark
 //! (thread-local, so a test cannot change the path of another test running beside it).
@@ -20,7 +27,7 @@
 use std::cell::Cell;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -35,7 +42,78 @@ pub fn set_enabled(on: bool) {
 /// kernels accumulate in f32, which is the reference arithmetic only for f32 activations) and
 /// no input tracking a gradient.
 pub fn enabled(inputs: &[&Tensor]) -> bool {
-    ENABLED.with(Cell::get) && inputs.iter().all(|t| t.dtype() == DType::F32 && !t.track_op())
+    ENABLED.with(Cell::get)
+        && inputs.iter().all(|t| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op())
+}
+
+/// The contiguous f32 data of a CPU tensor argument and its last dimension.
+fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], usize)> {
+    let CpuStorage::F32(v) = s else { candle_core::bail!("fused kernels take f32") };
+    let Some((from, to)) = l.contiguous_offsets() else {
+        candle_core::bail!("fused kernels take contiguous input")
+    };
+    let d = *l.dims().last().unwrap_or(&1);
+    Ok((&v[from..to], d.max(1)))
+}
+
+/// Softmax over the last dimension, row by row on the calling thread.
+pub struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "sapllm-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (src, d) = rows(s, l)?;
+        let mut dst = vec![0f32; src.len()];
+        for (x, y) in src.chunks(d).zip(dst.chunks_mut(d)) {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (xi, yi) in x.iter().zip(y.iter_mut()) {
+                *yi = (xi - max).exp();
+                sum += *yi;
+            }
+            for yi in y.iter_mut() {
+                *yi /= sum;
+            }
+        }
+        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+}
+
+/// `x / sqrt(mean(x^2) + eps) * w` over the last dimension, row by row on the calling thread.
+pub struct RmsNormOp {
+    pub eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "sapllm-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (src, d) = rows(s1, l1)?;
+        let (w, dw) = rows(s2, l2)?;
+        if w.len() != d || dw != d {
+            candle_core::bail!("rms-norm weight has {} values for rows of {d}", w.len());
+        }
+        let mut dst = vec![0f32; src.len()];
+        for (x, y) in src.chunks(d).zip(dst.chunks_mut(d)) {
+            let mean = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let denom = (mean + self.eps).sqrt();
+            for ((xi, yi), wi) in x.iter().zip(y.iter_mut()).zip(w) {
+                *yi = xi / denom * wi;
+            }
+        }
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
 }
 
 /// Per row, the `top_k` experts with the largest router logits and their weights: the softmax

@@ -101,7 +101,8 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.tensor();
         if fused::enabled(&[x, w]) {
-            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, self.eps as f32)?);
+            let op = fused::RmsNormOp { eps: self.eps as f32 };
+            return Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?);
         }
         let dt = x.dtype();
         let xf = x.to_dtype(acc_dtype(dt))?;
@@ -154,7 +155,9 @@ impl Attention {
         let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
         let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let (q, k) = if fused::enabled(&[&q, &k, &inp.cos_half]) {
+        // candle's rope runs one-position inputs on the calling thread and longer ones on
+        // rayon (see `fused.rs` on why that costs more than it saves here).
+        let (q, k) = if t == 1 && fused::enabled(&[&q, &k, &inp.cos_half]) {
             (
                 candle_nn::rotary_emb::rope(&q, &inp.cos_half, &inp.sin_half)?,
                 candle_nn::rotary_emb::rope(&k, &inp.cos_half, &inp.sin_half)?,
@@ -177,7 +180,7 @@ impl Attention {
         let acc = acc_dtype(x.dtype());
         let scores = scores.to_dtype(acc)?.broadcast_add(&inp.bias.to_dtype(acc)?)?;
         let probs = if fused::enabled(&[&scores]) {
-            candle_nn::ops::softmax_last_dim(&scores)?
+            scores.contiguous()?.apply_op1_no_bwd(&fused::SoftmaxOp)?.to_dtype(x.dtype())?
         } else {
             candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?
         };
