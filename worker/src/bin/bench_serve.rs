@@ -222,7 +222,7 @@ fn main() -> Result<()> {
             let dir = std::env::temp_dir().join(format!("sapllm-bench-serve-{}", std::process::id()));
             write_tiny_model(&dir, 11)?;
             // As the tiny preset is trained (examples/trainingrun-tiny.yaml): candidates by name.
-            PromptProfile { candidate_schemas: false, max_similar_cases: 1 }.save(&dir)?;
+            PromptProfile { candidate_schemas: false, max_similar_cases: 1, pre_checks: true }.save(&dir)?;
             println!("(random tiny-preset checkpoint written to {})", dir.display());
             dir
         }

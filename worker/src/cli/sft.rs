@@ -71,6 +71,9 @@ pub struct SftArgs {
     /// Similar past cases shown in prompts at most.
     #[arg(long, default_value_t = 3)]
     pub max_similar_cases: usize,
+    /// Leave the validator's blocking findings out of prompts (saved with the adapter).
+    #[arg(long)]
+    pub no_pre_checks: bool,
     /// Stop after this many steps in this invocation (a rerun resumes from the checkpoint).
     #[arg(long)]
     pub stop_after: Option<u64>,
@@ -106,6 +109,7 @@ pub fn execute(args: SftArgs, progress: ProgressMode) -> anyhow::Result<ExitCode
             prompt: PromptProfile {
                 candidate_schemas: !args.no_candidate_schemas,
                 max_similar_cases: args.max_similar_cases,
+                pre_checks: !args.no_pre_checks,
             },
             stop_after: None,
             progress,

@@ -352,7 +352,10 @@ impl Engine {
             })
             .collect();
         Ok(RowSpec {
-            prompt: self.prompt_ids(&format::routing_prompt(&self.config.prompt.apply(q))?)?,
+            prompt: self.prompt_ids(&format::routing_prompt(
+                &self.config.prompt.apply(q),
+                self.config.prompt.checks(&self.catalog, q),
+            )?)?,
             prefix,
             options,
             body_end: ",\"reasoning\":".into(),

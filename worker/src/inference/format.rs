@@ -13,6 +13,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::profile::PromptProfile;
 use super::types::{ExceptionQuery, RoutingQuery, SimilarException};
 use crate::dataprep::examples::{ExceptionExample, RoutingExample};
 use crate::model::template;
@@ -59,6 +60,12 @@ pub struct RoutingPrompt {
     pub document: Value,
     pub similar: Vec<PromptCase>,
     pub candidates: Vec<PromptCandidate>,
+    /// The validator's blocking findings ([`crate::sap::preflight`]), when the prompt profile
+    /// shows them; left out of the text entirely when it does not (older models' prompts are
+    /// unchanged). Next to the type and the answer: they decide between posting and exception
+    /// handling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<String>>,
     pub doc_type: String,
 }
 
@@ -110,8 +117,9 @@ pub struct ExceptionAnswer {
     pub reasoning: Vec<String>,
 }
 
-/// The routing prompt text (shared template) for a query.
-pub fn routing_prompt(q: &RoutingQuery) -> Result<String> {
+/// The routing prompt text (shared template) for a query, with the pre-flight findings
+/// `checks` when the model's profile shows them ([`PromptProfile::checks`]).
+pub fn routing_prompt(q: &RoutingQuery, checks: Option<Vec<String>>) -> Result<String> {
     let prompt = RoutingPrompt {
         document: q.adc_json.clone(),
         similar: q
@@ -128,6 +136,7 @@ pub fn routing_prompt(q: &RoutingQuery) -> Result<String> {
             .iter()
             .map(|c| PromptCandidate { endpoint: c.endpoint.clone(), schema: c.schema.clone() })
             .collect(),
+        checks,
         doc_type: q.doc_type.clone(),
     };
     template::routing_prompt(&prompt)
@@ -254,10 +263,15 @@ pub fn exception_answer(ex: &ExceptionExample) -> ExceptionAnswer {
     }
 }
 
-/// (prompt text, response text) of a routing example, exactly as serving prompts and parses.
-/// SFT tokenizes them with `template::encode_example`.
-pub fn routing_training_pair(catalog: &Catalog, ex: &RoutingExample) -> Result<(String, String)> {
-    let prompt = routing_prompt(&routing_query(ex))?;
+/// (prompt text, response text) of a routing example as `profile` shows it, exactly as serving
+/// prompts and parses. SFT tokenizes them with `template::encode_example`.
+pub fn routing_training_pair(
+    catalog: &Catalog,
+    ex: &RoutingExample,
+    profile: &PromptProfile,
+) -> Result<(String, String)> {
+    let q = routing_query(ex);
+    let prompt = routing_prompt(&profile.apply(&q), profile.checks(catalog, &q))?;
     Ok((prompt, template::response_text(&routing_answer(catalog, ex))?))
 }
 
@@ -301,13 +315,36 @@ mod tests {
                 candidate("API_SALES_QUOTATION_SRV/A_SalesQuotation", &["sales_quotation"]),
             ],
         );
-        let prompt = routing_prompt(&q).unwrap();
+        let prompt = routing_prompt(&q, None).unwrap();
         assert_eq!(prompt.matches("sales_quotation").count(), 1, "{prompt}");
         assert!(!prompt.contains("sales_order"), "{prompt}");
         assert!(
             prompt.contains("API_SALES_ORDER_SRV/A_SalesOrder") && !prompt.contains("\"schema\""),
             "{prompt}"
         );
+    }
+
+    #[test]
+    fn findings_sit_between_the_candidates_and_the_type_and_are_absent_without_a_profile_flag() {
+        let q = query(
+            "supplier_invoice",
+            vec![candidate("API_SUPPLIERINVOICE_PROCESS_SRV/A_SupplierInvoice", &[])],
+        );
+        let without = routing_prompt(&q, None).unwrap();
+        assert!(!without.contains("checks"), "{without}");
+        let with =
+            routing_prompt(&q, Some(vec!["required_field A_SupplierInvoice.InvoicingParty".into()])).unwrap();
+        let (c, k, t) = (
+            with.find("\"candidates\"").unwrap(),
+            with.find("\"checks\"").unwrap(),
+            with.find("\"doc_type\"").unwrap(),
+        );
+        assert!(c < k && k < t, "{with}");
+        assert!(
+            with.contains(r#""checks":["required_field A_SupplierInvoice.InvoicingParty"],"doc_type""#),
+            "{with}"
+        );
+        assert!(routing_prompt(&q, Some(vec![])).unwrap().contains(r#""checks":[]"#));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::types::RoutingQuery;
+use crate::sap::catalog::Catalog;
 
 /// File name of the profile inside an adapter (or base model) folder.
 pub const PROFILE_FILE: &str = "sapllm_prompt.json";
@@ -24,11 +25,18 @@ pub struct PromptProfile {
     pub candidate_schemas: bool,
     /// Similar past cases shown at most.
     pub max_similar_cases: usize,
+    /// Show the business-rule validator's blocking findings ([`crate::sap::preflight`]).
+    /// Absent (false) in profiles written before the prompt had them: those models never saw
+    /// them, and a prompt they were not trained on would only confuse them.
+    #[serde(default)]
+    pub pre_checks: bool,
 }
 
 impl Default for PromptProfile {
     fn default() -> Self {
-        PromptProfile { candidate_schemas: true, max_similar_cases: usize::MAX }
+        // A model folder without a profile was trained outside this pipeline: show what any
+        // model can read (schemas, every similar case), but not findings it never learned.
+        PromptProfile { candidate_schemas: true, max_similar_cases: usize::MAX, pre_checks: false }
     }
 }
 
@@ -41,6 +49,11 @@ impl PromptProfile {
         }
         q.similar_cases.truncate(self.max_similar_cases);
         q
+    }
+
+    /// The pre-flight findings the prompt shows for `q` (`None` when the profile shows none).
+    pub fn checks(&self, catalog: &Catalog, q: &RoutingQuery) -> Option<Vec<String>> {
+        self.pre_checks.then(|| crate::sap::preflight::blocking_findings(catalog, &q.doc_type, &q.adc_json))
     }
 
     /// Reads the profile of a model folder; the default (everything shown) when it has none.
@@ -80,7 +93,7 @@ mod tests {
             3
         ];
         assert!(q.api_schemas.iter().any(|s| !s.schema.is_empty()));
-        let p = PromptProfile { candidate_schemas: false, max_similar_cases: 1 };
+        let p = PromptProfile { candidate_schemas: false, max_similar_cases: 1, pre_checks: true };
         let shown = p.apply(&q);
         assert!(shown.api_schemas.iter().all(|s| s.schema.is_empty()));
         assert_eq!(shown.api_schemas.len(), q.api_schemas.len(), "candidates stay, by name");
@@ -90,5 +103,21 @@ mod tests {
         assert_eq!(PromptProfile::load(dir.path()).unwrap(), PromptProfile::default());
         p.save(dir.path()).unwrap();
         assert_eq!(PromptProfile::load(dir.path()).unwrap(), p);
+    }
+
+    #[test]
+    fn profiles_written_before_pre_checks_existed_show_none() {
+        let old: PromptProfile =
+            serde_json::from_str(r#"{"candidate_schemas":false,"max_similar_cases":1}"#).unwrap();
+        assert!(!old.pre_checks);
+        let catalog = Catalog::builtin();
+        let mut q = super::super::testkit::sample_queries(1, 5).pop().unwrap();
+        assert_eq!(old.checks(&catalog, &q), None);
+        let new = PromptProfile { pre_checks: true, ..old };
+        assert_eq!(new.checks(&catalog, &q), Some(vec![]), "a complete sample document has no findings");
+        // Every key removed: whatever the type, something business-mandatory is now missing.
+        q.adc_json = serde_json::json!({});
+        let found = new.checks(&catalog, &q).unwrap();
+        assert!(!found.is_empty() && found.iter().all(|f| f.starts_with("required_")), "{found:?}");
     }
 }

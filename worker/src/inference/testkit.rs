@@ -63,7 +63,7 @@ pub fn sample_exception(q: &RoutingQuery) -> ExceptionQuery {
 pub fn tokenizer_corpus(queries: &[RoutingQuery]) -> Vec<String> {
     let mut texts = Vec::new();
     for q in queries {
-        if let Ok(p) = format::routing_prompt(q) {
+        if let Ok(p) = format::routing_prompt(q, None) {
             texts.push(p);
         }
         for c in &q.api_schemas {

@@ -320,8 +320,7 @@ fn write_corpus(ctx: &RunContext, path: &Path) -> Result<usize> {
     let mut n = 0;
     let profile = prompt_profile(ctx);
     for ex in &routing {
-        let (prompt, response) =
-            routing_training_pair(&catalog, &crate::train::data::profile_example(ex, &profile))?;
+        let (prompt, response) = routing_training_pair(&catalog, ex, &profile)?;
         serde_json::to_writer(&mut out, &serde_json::json!({"prompt": prompt, "response": response}))?;
         out.write_all(b"\n")?;
         n += 1;
@@ -406,6 +405,7 @@ pub fn prompt_profile(ctx: &RunContext) -> PromptProfile {
     PromptProfile {
         candidate_schemas: ctx.run.spec.stages.sft.candidate_schemas,
         max_similar_cases: ctx.run.spec.stages.data_prep.similar_cases as usize,
+        pre_checks: true,
     }
 }
 

@@ -24,7 +24,7 @@ use crate::inference::profile::PromptProfile;
 use crate::model::template::response_text;
 use crate::model::tokenizer::Tokenizer;
 use crate::sap::catalog::Catalog;
-use crate::train::data::{profile_example, read_jsonl, routing_sequence};
+use crate::train::data::{read_jsonl, routing_sequence};
 
 /// A tokenized preference pair.
 #[derive(Debug, Clone)]
@@ -62,8 +62,7 @@ pub fn load_pairs(
     let mut out = Vec::new();
     for p in pairs.iter().filter(|p| p.split == "train") {
         let Some(ex) = by_id.get(p.doc_id.as_str()) else { continue };
-        let Some((seq, _)) = routing_sequence(catalog, tok, &profile_example(ex, profile), max_seq_len)?
-        else {
+        let Some((seq, _)) = routing_sequence(catalog, tok, ex, max_seq_len, profile)? else {
             continue;
         };
         let prompt_len = seq.loss_mask.iter().take_while(|&&m| m == 0).count();

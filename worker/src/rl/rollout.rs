@@ -21,7 +21,7 @@ use crate::model::mixtral::{Mixtral, ModelOutput};
 use crate::model::template::STOP_SEQUENCE;
 use crate::model::tokenizer::Tokenizer;
 use crate::sap::catalog::Catalog;
-use crate::train::data::{profile_example, read_jsonl, routing_sequence};
+use crate::train::data::{read_jsonl, routing_sequence};
 
 /// One routing problem: its example and the prompt tokens the policy reads.
 #[derive(Debug, Clone)]
@@ -46,9 +46,7 @@ pub fn load_problems(
     let mut out = Vec::new();
     let mut skipped = 0;
     for ex in examples {
-        let Some((seq, _)) =
-            routing_sequence(catalog, tok, &profile_example(&ex, &fit.profile), fit.max_seq_len)?
-        else {
+        let Some((seq, _)) = routing_sequence(catalog, tok, &ex, fit.max_seq_len, &fit.profile)? else {
             skipped += 1;
             continue;
         };

@@ -10,5 +10,6 @@ pub mod exceptions;
 pub mod import;
 pub mod odata;
 pub mod payload;
+pub mod preflight;
 pub mod routing;
 pub mod rules;

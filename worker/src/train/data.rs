@@ -90,17 +90,19 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     Ok(out)
 }
 
-/// Tokenizes a routing example, dropping similar cases (then schema detail) when the full
-/// prompt does not fit in `max_len` tokens. Returns the sequence and whether it was shortened.
+/// Tokenizes a routing example as `profile` shows it, dropping similar cases (then schema
+/// detail) when the full prompt does not fit in `max_len` tokens. Returns the sequence and
+/// whether it was shortened.
 pub fn routing_sequence(
     catalog: &Catalog,
     tok: &Tokenizer,
     ex: &RoutingExample,
     max_len: usize,
+    profile: &PromptProfile,
 ) -> Result<Option<(SftSequence, bool)>> {
     let mut ex = ex.clone();
     for attempt in 0..3 {
-        let (prompt, response) = routing_training_pair(catalog, &ex)?;
+        let (prompt, response) = routing_training_pair(catalog, &ex, profile)?;
         let seq = SftSequence::new(tok, &prompt, &response)?;
         if seq.ids.len() <= max_len {
             return Ok(Some((seq, attempt > 0)));
@@ -112,16 +114,6 @@ pub fn routing_sequence(
         }
     }
     Ok(None)
-}
-
-/// A routing example as the prompt profile shows it (the targets are unchanged).
-pub fn profile_example(ex: &RoutingExample, profile: &PromptProfile) -> RoutingExample {
-    let mut ex = ex.clone();
-    if !profile.candidate_schemas {
-        ex.api_schemas.iter_mut().for_each(|s| s.schema.clear());
-    }
-    ex.similar_cases.truncate(profile.max_similar_cases);
-    ex
 }
 
 /// Loads the training split (routing + exception examples of `split`) from a data-prep folder.
@@ -136,8 +128,7 @@ pub fn load(
     let mut data = SftData::default();
     let routing: Vec<RoutingExample> = read_jsonl(&data_dir.join(format!("{split}_routing_examples.jsonl")))?;
     for ex in &routing {
-        let ex = profile_example(ex, profile);
-        match routing_sequence(catalog, tok, &ex, max_len)? {
+        match routing_sequence(catalog, tok, ex, max_len, profile)? {
             Some((seq, shortened)) => {
                 data.shortened += usize::from(shortened);
                 data.routing += 1;

@@ -120,7 +120,7 @@ pub fn build(dir: &Path, base_steps: usize, sft_steps: u64, sft_lr: f64, seed: u
             .map(compact)
             .collect();
         for r in &rows {
-            let (p, a) = routing_training_pair(&catalog, r).unwrap();
+            let (p, a) = routing_training_pair(&catalog, r, &Default::default()).unwrap();
             corpus.push(p);
             corpus.push(a);
         }
