@@ -12,4 +12,5 @@ pub mod progress;
 pub mod rl;
 pub mod sap;
 pub mod serve;
+pub mod threads;
 pub mod train;

@@ -77,6 +77,7 @@ fn time_step(m: &Mixtral, b: usize, t: usize, reps: usize) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    sapllm_worker::threads::init();
     if let Ok(case) = std::env::var("BENCH_MODEL_RSS_CASE") {
         return rss_case(&case);
     }

@@ -215,6 +215,7 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    sapllm_worker::threads::init();
     let args = parse_args()?;
     let base = match &args.base {
         Some(b) => b.clone(),

@@ -13,6 +13,7 @@ use crate::inference::profile::PromptProfile;
 use crate::model::template::encode_example;
 use crate::model::tokenizer::Tokenizer;
 use crate::sap::catalog::Catalog;
+use crate::sap::routing::EXCEPTION_ENDPOINT;
 
 /// Loss weight of the decision's choice (the answer's first field: the endpoint of a routing
 /// decision, the action of an exception decision) relative to the rest of the response.
@@ -20,6 +21,25 @@ use crate::sap::catalog::Catalog;
 /// gates judge first (API selection must be 100 %); unweighted, its share of the gradient is a
 /// few percent and a small model learns to copy payload values long before it learns to pick.
 pub const CHOICE_LOSS_WEIGHT: u8 = 4;
+
+/// The smallest share of the training split's routing sequences that decide exception handling
+/// (incomplete or blocked documents). Logs have a few percent of them (5 % in the synthetic
+/// default); so rare, a small model learns to always post: measured on the tiny preset with the
+/// pre-flight findings in the prompt, it gave exception handling 1-43 % of the probability on
+/// incomplete test documents and chose it for none. Below this share they are repeated (whole
+/// copies, so the batches' loss weights stay comparable).
+pub const MIN_EXCEPTION_SHARE: f64 = 0.15;
+
+/// How many times each exception-handling routing sequence is used so that they make up at
+/// least [`MIN_EXCEPTION_SHARE`] of `posted + exceptions x repeats` (1 when already enough or
+/// when there are none).
+pub fn exception_repeats(posted: usize, exceptions: usize) -> usize {
+    if exceptions == 0 {
+        return 1;
+    }
+    let s = MIN_EXCEPTION_SHARE;
+    ((s * posted as f64) / ((1.0 - s) * exceptions as f64)).ceil().max(1.0) as usize
+}
 
 /// One tokenized training sequence.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +91,8 @@ pub struct SftData {
     pub too_long: usize,
     /// Examples that needed their similar cases dropped to fit.
     pub shortened: usize,
+    /// Times each exception-handling routing sequence is used ([`exception_repeats`]).
+    pub exception_repeats: usize,
 }
 
 /// Reads a JSONL file of `T`, naming the line of a malformed record.
@@ -127,15 +149,24 @@ pub fn load(
 ) -> Result<SftData> {
     let mut data = SftData::default();
     let routing: Vec<RoutingExample> = read_jsonl(&data_dir.join(format!("{split}_routing_examples.jsonl")))?;
+    let mut to_exception = Vec::new();
     for ex in &routing {
         match routing_sequence(catalog, tok, ex, max_len, profile)? {
             Some((seq, shortened)) => {
                 data.shortened += usize::from(shortened);
                 data.routing += 1;
-                data.sequences.push(seq);
+                if ex.target_endpoint == EXCEPTION_ENDPOINT {
+                    to_exception.push(seq);
+                } else {
+                    data.sequences.push(seq);
+                }
             }
             None => data.too_long += 1,
         }
+    }
+    data.exception_repeats = exception_repeats(data.sequences.len(), to_exception.len());
+    for _ in 0..data.exception_repeats {
+        data.sequences.extend(to_exception.iter().cloned());
     }
     let exceptions_path = data_dir.join("exception_examples.jsonl");
     if exceptions_path.exists() {
@@ -162,6 +193,21 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rare_exception_decisions_are_repeated_up_to_the_minimum_share() {
+        assert_eq!(exception_repeats(950, 50), 4, "5 % -> 4 copies (17.4 %)");
+        assert_eq!(exception_repeats(100, 0), 1);
+        assert_eq!(exception_repeats(80, 20), 1, "20 % is enough already");
+        for (posted, exc) in [(950, 50), (2280, 118), (999, 1)] {
+            let r = exception_repeats(posted, exc);
+            let share = |r: usize| (exc * r) as f64 / (posted + exc * r) as f64;
+            assert!(
+                share(r) >= MIN_EXCEPTION_SHARE && share(r - 1) < MIN_EXCEPTION_SHARE,
+                "{posted} {exc} {r}"
+            );
+        }
+    }
 
     #[test]
     fn the_choice_weighs_more_the_body_one_and_the_prompt_nothing() {

@@ -177,11 +177,13 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
     let mut progress = Progress::new(cfg.progress, "sft", total_steps);
     progress.resume_from(state.step);
     progress.println(&format!(
-        "sft: {} routing + {} exception sequences ({} shortened, {} too long), {} steps{}",
+        "sft: {} routing + {} exception sequences ({} shortened, {} too long; exception-handling \
+         routing decisions used {}x), {} steps{}",
         data.routing,
         data.exceptions,
         data.shortened,
         data.too_long,
+        data.exception_repeats,
         total_steps,
         resumed_from.map(|s| format!(", resuming at step {s}")).unwrap_or_default()
     ));
