@@ -86,16 +86,15 @@ fn every_stage_writes_its_outputs_and_losses_fall() {
     ] {
         assert!(r.join(file).is_file(), "{file} is missing");
     }
-    // Per-step losses are of different batches: compare the first three with the last three.
-    let history: Vec<f64> = std::fs::read_to_string(r.join("sft/loss_history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
-        .collect();
-    assert!(history.len() >= 6, "{history:?}");
-    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
-    let (first, last) = (mean(&history[..3]), mean(&history[history.len() - 3..]));
-    assert!(last < first, "SFT loss must fall: {first} -> {last} ({history:?})");
+    // Per-step losses are of different batches and swing with their mix (exception decisions
+    // are short): SFT must lower the loss of the same held-out sequences.
+    let history = std::fs::read_to_string(r.join("sft/loss_history.jsonl")).unwrap();
+    assert_eq!(history.lines().count(), 12, "one loss per step");
+    let sft = read_json(&r.join("sft/sft_summary.json"));
+    let held = &sft["held_out"];
+    assert!(held["sequences"].as_u64().unwrap() > 0, "{sft}");
+    let (base, adapted) = (held["base_loss"].as_f64().unwrap(), held["adapter_loss"].as_f64().unwrap());
+    assert!(adapted < base, "SFT must lower the held-out loss: {base} -> {adapted}");
     let pre = read_json(&r.join("pretrain/model/pretrain_report.json"));
     assert!(
         pre["final_loss"].as_f64().unwrap() < pre["first_loss"].as_f64().unwrap(),

@@ -126,20 +126,30 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
     );
     println!("\n## Library latency per decision (batch 1), {} documents\n", queries.len());
     println!(
-        "| answers | forced tokens | drafts | fused ops | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
+        "| answers | forced tokens | drafts | fused ops | plain decode step | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let speculate = 4;
     for reference in [true, false] {
-        // The last row turns off the fused inference kernels (`model::fused`): what they save.
-        for (ff, spec, fused) in
-            [(true, speculate, true), (true, 0, true), (false, 0, true), (true, 0, false)]
-        {
+        // The last rows turn off the plain-slice decode step (`model::decode_step`), then the
+        // fused inference kernels too (`model::fused`): what each saves.
+        for (ff, spec, fused, step) in [
+            (true, speculate, true, true),
+            (true, 0, true, true),
+            (false, 0, true, true),
+            (true, 0, true, false),
+            (true, 0, false, false),
+        ] {
             sapllm_worker::model::fused::set_enabled(fused);
             let config = EngineConfig {
                 abstain_threshold: 0.0,
                 max_batch: 1,
-                decode: DecodeOptions { use_forced_tokens: ff, speculate: spec, ..DecodeOptions::default() },
+                decode: DecodeOptions {
+                    use_forced_tokens: ff,
+                    speculate: spec,
+                    fast_step: step,
+                    ..DecodeOptions::default()
+                },
                 limits: args.limits,
                 ..EngineConfig::default()
             };
@@ -190,11 +200,12 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
             let per = |x: usize| x as f64 / n.max(1) as f64;
             let ph = |i: usize| phases[i] / lat.len() as f64;
             println!(
-                "| {} | {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
                 if reference { "reference (data-prep targets)" } else { "model's own (this checkpoint)" },
                 if ff { "on" } else { "off" },
                 if spec > 0 { format!("prompt lookup, {spec}") } else { "off".into() },
                 if fused { "on" } else { "off" },
+                if step { "on" } else { "off" },
                 percentile(&lat, 50.0),
                 percentile(&lat, 95.0),
                 ph(0),

@@ -30,10 +30,11 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use super::draft;
-use super::forward::{Step, forward_branches, forward_select};
+use super::forward::{Step, forward_branches, forward_select, forward_select_with};
 use super::grammar::GrammarCache;
 use super::logits::{log_prob, pick_allowed, softmax};
 use super::types::DecodeStats;
+use crate::model::decode_step::DecodeWeights;
 use crate::model::kv_cache::KvCache;
 use crate::model::mixtral::Mixtral;
 
@@ -52,6 +53,9 @@ pub struct DecodeOptions {
     /// Draft tokens proposed by prompt lookup per forward (greedy decoding only; 0 = off, the
     /// default: measured net cost on CPU with the tiny preset, see `bench_serve`).
     pub speculate: usize,
+    /// Run single-row generation steps through the plain-slice decode step when the caller
+    /// provides one (`model::decode_step`; off only to measure what it saves).
+    pub fast_step: bool,
 }
 
 impl Default for DecodeOptions {
@@ -63,6 +67,7 @@ impl Default for DecodeOptions {
             seed: 0,
             tree_scoring: true,
             speculate: 0,
+            fast_step: true,
         }
     }
 }
@@ -139,9 +144,11 @@ struct Live {
 }
 
 /// Decodes every row of the batch. The outer `Result` fails only when the model itself fails;
-/// a row-level problem (grammar error, token budget exhausted) is that row's `Err`.
+/// a row-level problem (grammar error, token budget exhausted) is that row's `Err`. `fast` is
+/// the model's plain-slice decode step, when it has one.
 pub fn decode_batch(
     model: &Mixtral,
+    fast: Option<&DecodeWeights>,
     grammars: &GrammarCache,
     eos: u32,
     pad: u32,
@@ -157,6 +164,7 @@ pub fn decode_batch(
         }
     }
     let b = rows.len();
+    let fast = fast.filter(|_| opts.fast_step);
     let mut timing = BatchTiming::default();
     let trie = grammars.factory().tok_env().tok_trie().clone();
 
@@ -219,7 +227,7 @@ pub fn decode_batch(
         let step = Step::right_padded(&feeds, pad);
         let select: Vec<(usize, usize)> = feeds.iter().enumerate().map(|(r, f)| (r, f.len() - 1)).collect();
         let mut cache = snapshot.fork()?;
-        let l = forward_select(model, &step, &mut cache, &select)?;
+        let l = forward_select_with(model, fast, &step, &mut cache, &select)?;
         timing.forward_calls += 1;
         (cache, l)
     };
@@ -287,7 +295,7 @@ pub fn decode_batch(
             .flat_map(|(r, f)| (f.len() - 1 - live[r].draft..f.len()).map(move |c| (r, c)))
             .collect();
         let fed: Vec<usize> = feeds.iter().map(|f| f.len()).collect();
-        let mut logits = forward_select(model, &step, &mut cache, &select)?.into_iter();
+        let mut logits = forward_select_with(model, fast, &step, &mut cache, &select)?.into_iter();
         timing.forward_calls += 1;
         let base = cache.len() - step.len;
         for (r, l) in live.iter_mut().enumerate() {

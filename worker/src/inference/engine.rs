@@ -17,6 +17,7 @@ use super::types::{
     ConfidenceParts, ExceptionDecision, ExceptionQuery, RoutingDecision, RoutingQuery, SimilarException,
 };
 use crate::dataprep::examples::SimilarCase;
+use crate::model::decode_step::DecodeWeights;
 use crate::model::mixtral::Mixtral;
 use crate::model::template;
 use crate::model::tokenizer::Tokenizer;
@@ -64,6 +65,8 @@ const MIN_ANSWER_TOKENS: usize = 64;
 /// A model ready to decide.
 pub struct Engine {
     model: Mixtral,
+    /// The plain-slice decode step's copy of the weights (`None` where it does not apply).
+    fast: Option<DecodeWeights>,
     tokenizer: Tokenizer,
     grammars: GrammarCache,
     catalog: Catalog,
@@ -99,7 +102,8 @@ impl Engine {
         let mut factory =
             ParserFactory::new_simple(&env).context("creating the llguidance parser factory")?;
         factory.quiet();
-        Ok(Engine { model, tokenizer, grammars: GrammarCache::new(factory), catalog, config })
+        let fast = DecodeWeights::new(&model);
+        Ok(Engine { model, fast, tokenizer, grammars: GrammarCache::new(factory), catalog, config })
     }
 
     pub fn model(&self) -> &Mixtral {
@@ -241,6 +245,7 @@ impl Engine {
             let rows: Vec<RowSpec> = chunk.iter().map(|(_, r)| r.clone()).collect();
             let (outputs, t) = decode_batch(
                 &self.model,
+                self.fast.as_ref(),
                 &self.grammars,
                 self.tokenizer.eos_id,
                 self.tokenizer.pad_id,

@@ -8,6 +8,7 @@
 use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Tensor};
 
+use crate::model::decode_step::DecodeWeights;
 use crate::model::kv_cache::KvCache;
 use crate::model::mixtral::Mixtral;
 
@@ -83,6 +84,27 @@ pub fn forward_select(
     let picked = hidden.index_select(&idx, 0)?.unsqueeze(0)?;
     let (_, logits) = model.head(&picked)?;
     logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>().context("reading logits")
+}
+
+/// [`forward_select`] through the plain-slice decode step ([`DecodeWeights::step`]) when it
+/// applies: one row, a few new tokens, no padding. Same logits up to float rounding.
+pub fn forward_select_with(
+    model: &Mixtral,
+    fast: Option<&DecodeWeights>,
+    step: &Step,
+    cache: &mut KvCache,
+    select: &[(usize, usize)],
+) -> Result<Vec<Vec<f32>>> {
+    if let Some(w) = fast
+        && step.batch == 1
+        && !cache.is_empty()
+        && w.applies(cache, step.len)
+        && step.mask[0].iter().all(|&m| m != 0)
+    {
+        let cols: Vec<usize> = select.iter().map(|&(_, c)| c).collect();
+        return w.step(&step.ids, cache, &cols);
+    }
+    forward_select(model, step, cache, select)
 }
 
 /// Logits after each token of one branch.

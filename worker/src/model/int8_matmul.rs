@@ -78,7 +78,7 @@ impl candle_core::CustomOp1 for Int8MatmulT {
 
 /// `y[i, n] = s[n] * (x_i . q_n - 128 * sum(x_i))` for every row `i` of `x` and `n` of `q`.
 /// The CPU is asked once per call whether it has AVX2, not once per dot product.
-fn rows_times_weight(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut [f32]) {
+pub(crate) fn rows_times_weight(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked just above).

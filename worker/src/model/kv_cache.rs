@@ -44,6 +44,24 @@ impl LayerCache {
         if k.device().is_cpu() { Ok((k, v)) } else { Ok((k.contiguous()?, v.contiguous()?)) }
     }
 
+    /// Calls `f(keys, values, capacity)` with the f32 buffers of a ONE-sequence cache on the CPU,
+    /// each laid out `[n_kv_heads, capacity, head_dim]` (positions `0..len` are filled): the
+    /// plain-slice decode step reads attention from them.
+    pub fn with_cpu_slices<R>(&self, f: impl FnOnce(&[f32], &[f32], usize) -> R) -> Result<R> {
+        let (kb, vb) = (self.k.as_ref().context("empty cache")?, self.v.as_ref().context("empty cache")?);
+        let (b, _, cap, _) = kb.dims4()?;
+        ensure!(b == 1, "slices of a cache of {b} sequences");
+        let (ks, kl) = kb.storage_and_layout();
+        let (vs, vl) = vb.storage_and_layout();
+        let (candle_core::Storage::Cpu(ks), candle_core::Storage::Cpu(vs)) = (&*ks, &*vs) else {
+            anyhow::bail!("the cache is not on the CPU")
+        };
+        let (Some((k0, k1)), Some((v0, v1))) = (kl.contiguous_offsets(), vl.contiguous_offsets()) else {
+            anyhow::bail!("cache buffers are not contiguous")
+        };
+        Ok(f(&ks.as_slice::<f32>()?[k0..k1], &vs.as_slice::<f32>()?[v0..v1], cap))
+    }
+
     /// Keeps the first `len` positions (later writes reuse the rest).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

@@ -52,6 +52,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod decode_step;
 pub mod fused;
 pub mod generation;
 pub mod grad_checkpoint;

@@ -104,6 +104,57 @@ pub struct SftSummary {
     pub resumed_from_step: Option<u64>,
     /// False when the run stopped early on purpose (`stop_after`).
     pub completed: bool,
+    /// The loss on held-out (validation split) sequences with and without the adapter, when
+    /// the run completed and the data has a validation split.
+    #[serde(default)]
+    pub held_out: Option<HeldOutLoss>,
+}
+
+/// Loss (same weighting as training) on validation sequences the run never trained on. Per-step
+/// training losses are of different batches and swing with their mix; this compares the same
+/// sequences before (adapter off: the base) and after SFT.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HeldOutLoss {
+    pub sequences: usize,
+    pub base_loss: f64,
+    pub adapter_loss: f64,
+}
+
+/// Validation sequences the held-out loss uses at most (forward passes only).
+const HELD_OUT_SEQUENCES: usize = 32;
+
+/// [`HeldOutLoss`] of `model` on the first [`HELD_OUT_SEQUENCES`] validation sequences.
+fn held_out_loss(
+    cfg: &SftConfig,
+    model: &Mixtral,
+    tok: &Tokenizer,
+    catalog: &Catalog,
+) -> Result<Option<HeldOutLoss>> {
+    let Ok(val) = data::load(&cfg.data_dir, "val", catalog, tok, cfg.max_seq_len, &cfg.prompt) else {
+        return Ok(None);
+    };
+    let seqs: Vec<&data::SftSequence> = val.sequences.iter().take(HELD_OUT_SEQUENCES).collect();
+    let device = Device::Cpu;
+    let loss = |adapter: bool| -> Result<f64> {
+        model.control.set_enabled(adapter);
+        let (mut sum, mut weight) = (0.0, 0.0);
+        for chunk in seqs.chunks(cfg.batch_size.max(1)) {
+            let pairs: Vec<(&[u32], &[u8])> =
+                chunk.iter().map(|s| (s.ids.as_slice(), s.loss_mask.as_slice())).collect();
+            let batch = collate(&pairs, tok.pad_id, &device)?;
+            let out = model.forward(&batch.input_ids, Some(&batch.attention_mask))?;
+            let lp = shifted_logprobs(&out.logits, &batch.input_ids)?;
+            let mask = batch.loss_mask.narrow(1, 1, lp.dim(1)?)?;
+            sum -= (lp * mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+            weight += batch.loss_weight;
+        }
+        Ok(sum / weight.max(1e-9))
+    };
+    model.set_training(false);
+    let measured = loss(false).and_then(|base| Ok((base, loss(true)?)));
+    model.control.set_enabled(true);
+    let (base_loss, adapter_loss) = measured?;
+    Ok(Some(HeldOutLoss { sequences: seqs.len(), base_loss, adapter_loss }))
 }
 
 /// Runs (or resumes) SFT.
@@ -265,7 +316,14 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
     peft::save_adapter(&model, &adapter_dir, &base_name)?;
     cfg.prompt.save(&adapter_dir)?;
     let tps = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let out = summary(cfg, &state, &data, tps, resumed_from, true);
+    let mut out = summary(cfg, &state, &data, tps, resumed_from, true);
+    out.held_out = held_out_loss(cfg, &model, &tok, &catalog)?;
+    if let Some(h) = &out.held_out {
+        progress.println(&format!(
+            "sft: held-out loss on {} validation sequences {:.3} (base) -> {:.3} (adapter)",
+            h.sequences, h.base_loss, h.adapter_loss
+        ));
+    }
     write_outputs(&cfg.out_dir, &state, &out)?;
     progress.finish(&[("loss", out.final_loss), ("tokens_per_s", tps)]);
     Ok(out)
@@ -308,6 +366,7 @@ fn summary(
         tokens_per_second: tps,
         resumed_from_step: resumed_from,
         completed,
+        held_out: None,
     }
 }
 
