@@ -15,7 +15,7 @@
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor};
 
-use super::int8_matmul;
+use super::int8_matmul::{self, dot};
 use super::kv_cache::KvCache;
 use super::linear::{BaseWeight, Linear};
 use super::mixtral::Mixtral;
@@ -241,27 +241,8 @@ impl DecodeWeights {
             )?;
             let mut attn = vec![0f32; t * nh * hd];
             lc.with_cpu_slices(|keys, values, cap| {
-                let rep = nh / nkv;
-                let scale = 1.0 / (hd as f32).sqrt();
-                let mut scores: Vec<f32> = Vec::with_capacity(old_len + t);
-                let mut visible: Vec<usize> = (0..old_len).filter(|&j| old_mask[j] != 0).collect();
-                for i in 0..t {
-                    visible.push(old_len + i);
-                    for head in 0..nh {
-                        let kvh = head / rep;
-                        let (kb, vb) = (&keys[kvh * cap * hd..], &values[kvh * cap * hd..]);
-                        let qh = &q_all[(i * nh + head) * hd..(i * nh + head + 1) * hd];
-                        scores.clear();
-                        scores.extend(visible.iter().map(|&j| dot(qh, &kb[j * hd..(j + 1) * hd]) * scale));
-                        softmax_in_place(&mut scores);
-                        let out = &mut attn[(i * nh + head) * hd..(i * nh + head + 1) * hd];
-                        for (&p, &j) in scores.iter().zip(&visible) {
-                            for (o, &v) in out.iter_mut().zip(&vb[j * hd..(j + 1) * hd]) {
-                                *o += p * v;
-                            }
-                        }
-                    }
-                }
+                let shape = AttnShape { heads: nh, kv_heads: nkv, head_dim: hd, cap, old_len, new: t };
+                attend(&shape, &q_all, keys, values, &old_mask, &mut attn);
             })?;
             for i in 0..t {
                 layer.o.apply(&attn[i * nh * hd..(i + 1) * nh * hd], &mut tmp);
@@ -315,6 +296,48 @@ impl DecodeWeights {
             }
         }
         (cos, sin)
+    }
+}
+
+/// Sizes of one attention call of [`attend`].
+struct AttnShape {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Positions the cache buffers have room for (their stride along the sequence).
+    cap: usize,
+    /// Cached positions before this step's tokens.
+    old_len: usize,
+    /// This step's tokens (already appended to the cache).
+    new: usize,
+}
+
+/// Causal attention of the step's queries `q` `[new, heads, hd]` over the cached keys/values
+/// (`[kv_heads, cap, hd]`, the real ones of `old_mask` plus the step's own) into `out`
+/// `[new, heads * hd]`. Grouped heads as `repeat_kv` orders them; masked positions skipped
+/// (the candle path gives them a -1e30 bias, so they weigh exactly 0 there too).
+fn attend(s: &AttnShape, q: &[f32], keys: &[f32], values: &[f32], old_mask: &[u8], out: &mut [f32]) {
+    let (nh, hd, cap) = (s.heads, s.head_dim, s.cap);
+    let rep = nh / s.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores: Vec<f32> = Vec::with_capacity(s.old_len + s.new);
+    let mut visible: Vec<usize> = (0..s.old_len).filter(|&j| old_mask[j] != 0).collect();
+    for i in 0..s.new {
+        visible.push(s.old_len + i);
+        for head in 0..nh {
+            let kvh = head / rep;
+            let (kb, vb) = (&keys[kvh * cap * hd..], &values[kvh * cap * hd..]);
+            let qh = &q[(i * nh + head) * hd..(i * nh + head + 1) * hd];
+            scores.clear();
+            scores.extend(visible.iter().map(|&j| dot(qh, &kb[j * hd..(j + 1) * hd]) * scale));
+            softmax_in_place(&mut scores);
+            let o = &mut out[(i * nh + head) * hd..(i * nh + head + 1) * hd];
+            for (&p, &j) in scores.iter().zip(&visible) {
+                for (oi, &v) in o.iter_mut().zip(&vb[j * hd..(j + 1) * hd]) {
+                    *oi += p * v;
+                }
+            }
+        }
     }
 }
 
@@ -375,24 +398,6 @@ fn rows_times_dense_portable(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
     for (yn, wn) in y.iter_mut().zip(w.chunks_exact(k)) {
         *yn = dot(x, wn);
     }
-}
-
-/// Eight independent partial sums (vectorisable; see `int8_matmul::dot_u8`).
-#[inline(always)]
-fn dot(x: &[f32], w: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
-    let (xr, wr) = (xc.remainder(), wc.remainder());
-    for (xs, ws) in xc.zip(wc) {
-        for i in 0..8 {
-            acc[i] += xs[i] * ws[i];
-        }
-    }
-    let mut total: f32 = acc.iter().sum();
-    for (a, b) in xr.iter().zip(wr) {
-        total += a * b;
-    }
-    total
 }
 
 #[cfg(test)]

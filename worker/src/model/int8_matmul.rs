@@ -100,25 +100,28 @@ fn rows_times_weight_portable(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut 
     for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
         let shift = 128.0 * xi.iter().sum::<f32>();
         for ((yv, qn), &sn) in yi.iter_mut().zip(q.chunks_exact(k)).zip(s) {
-            *yv = sn * (dot_u8(xi, qn) - shift);
+            *yv = sn * (dot(xi, qn) - shift);
         }
     }
 }
 
-/// Eight independent partial sums, so the compiler can keep them in one vector register
-/// (float addition is not reassociated otherwise).
+/// `x . w` with eight independent partial sums, so the compiler can keep them in one vector
+/// register (float addition is not reassociated otherwise). `w` is f32, or u8 widened on the fly.
 #[inline(always)]
-fn dot_u8(x: &[f32], q: &[u8]) -> f32 {
+pub(crate) fn dot<T: Copy>(x: &[f32], w: &[T]) -> f32
+where
+    f32: From<T>,
+{
     let mut acc = [0f32; 8];
-    let (xc, qc) = (x.chunks_exact(8), q.chunks_exact(8));
-    let (xr, qr) = (xc.remainder(), qc.remainder());
-    for (xs, qs) in xc.zip(qc) {
+    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
+    let (xr, wr) = (xc.remainder(), wc.remainder());
+    for (xs, ws) in xc.zip(wc) {
         for i in 0..8 {
-            acc[i] += xs[i] * f32::from(qs[i]);
+            acc[i] += xs[i] * f32::from(ws[i]);
         }
     }
     let mut total: f32 = acc.iter().sum();
-    for (a, &b) in xr.iter().zip(qr) {
+    for (&a, &b) in xr.iter().zip(wr) {
         total += a * f32::from(b);
     }
     total
