@@ -262,3 +262,24 @@ fn prompt_lookup_drafts_change_the_forward_calls_not_the_answers() {
         assert_eq!((&a.endpoint, &a.payload, &a.reasoning), (&b.endpoint, &b.payload, &b.reasoning));
     }
 }
+
+/// Skipping the grammar mask after the body (greedy: the model's unconstrained best token is
+/// taken when the grammar accepts it) changes nothing in the decision: same answer, same
+/// confidence, same token counts. (The mask time it saves is measured by `bench_serve`.)
+#[test]
+fn the_lazy_mask_changes_no_decision() {
+    let engine_with = |lazy_mask: bool| {
+        let decode = DecodeOptions { max_new_tokens: 1500, lazy_mask, ..DecodeOptions::default() };
+        tiny_engine(EngineConfig { abstain_threshold: 0.0, decode, ..EngineConfig::default() }, 11)
+            .expect("engine")
+    };
+    let ((lazy, queries), (full, _)) = (engine_with(true), engine_with(false));
+    let a = lazy.decide_routing_batch(&queries[..4]).expect("decisions");
+    let b = full.decide_routing_batch(&queries[..4]).expect("decisions");
+    for (a, b) in a.iter().zip(&b) {
+        let (a, b) = (a.as_ref().expect("decision"), b.as_ref().expect("decision"));
+        assert_eq!((&a.endpoint, &a.payload, &a.reasoning), (&b.endpoint, &b.payload, &b.reasoning));
+        assert_eq!(a.confidence, b.confidence);
+        assert_eq!(a.stats, b.stats);
+    }
+}

@@ -126,19 +126,21 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
     );
     println!("\n## Library latency per decision (batch 1), {} documents\n", queries.len());
     println!(
-        "| answers | forced tokens | drafts | fused ops | plain decode step | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
+        "| answers | forced tokens | drafts | fused ops | plain decode step | lazy mask | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let speculate = 4;
     for reference in [true, false] {
-        // The last rows turn off the plain-slice decode step (`model::decode_step`), then the
-        // fused inference kernels too (`model::fused`): what each saves.
-        for (ff, spec, fused, step) in [
-            (true, speculate, true, true),
-            (true, 0, true, true),
-            (false, 0, true, true),
-            (true, 0, true, false),
-            (true, 0, false, false),
+        // The last rows turn off, one after the other, the lazy grammar mask, the plain-slice
+        // decode step (`model::decode_step`) and the fused inference kernels (`model::fused`):
+        // what each saves.
+        for (ff, spec, fused, step, lazy) in [
+            (true, speculate, true, true, true),
+            (true, 0, true, true, true),
+            (false, 0, true, true, true),
+            (true, 0, true, true, false),
+            (true, 0, true, false, false),
+            (true, 0, false, false, false),
         ] {
             sapllm_worker::model::fused::set_enabled(fused);
             let config = EngineConfig {
@@ -148,6 +150,7 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
                     use_forced_tokens: ff,
                     speculate: spec,
                     fast_step: step,
+                    lazy_mask: lazy,
                     ..DecodeOptions::default()
                 },
                 limits: args.limits,
@@ -200,12 +203,13 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
             let per = |x: usize| x as f64 / n.max(1) as f64;
             let ph = |i: usize| phases[i] / lat.len() as f64;
             println!(
-                "| {} | {} | {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
                 if reference { "reference (data-prep targets)" } else { "model's own (this checkpoint)" },
                 if ff { "on" } else { "off" },
                 if spec > 0 { format!("prompt lookup, {spec}") } else { "off".into() },
                 if fused { "on" } else { "off" },
                 if step { "on" } else { "off" },
+                if lazy { "on" } else { "off" },
                 percentile(&lat, 50.0),
                 percentile(&lat, 95.0),
                 ph(0),
@@ -240,11 +244,18 @@ fn main() -> Result<()> {
         }
     };
     engine_table(&base, &args)?;
-    let queries = sample_queries(args.requests, 1234);
+    // Requests carry only the type and the document, as a client sends them (the server fills
+    // in the catalog's candidates). Two samples: the library table's documents (data-prep's
+    // default seed, as the tiny example: documents the trained model has seen) and documents of
+    // another generator seed (suppliers, materials and numbers the model never saw).
+    let samples = [
+        ("data-prep default seed (seen)", reference_examples(args.requests)?.0),
+        ("generator seed 1234 (unseen)", sample_queries(args.requests, 1234)),
+    ];
     if args.engine_only {
         return Ok(());
     }
-    http::load_table(&base, &args, &queries)
+    http::load_table(&base, &args, &samples)
 }
 
 mod http {
@@ -309,7 +320,12 @@ mod http {
         (t0.elapsed().as_secs_f64(), all, errors)
     }
 
-    pub fn load_table(base: &std::path::Path, args: &Args, queries: &[RoutingQuery]) -> Result<()> {
+    /// `samples`: (label, documents) sets timed one after the other on the same server.
+    pub fn load_table(
+        base: &std::path::Path,
+        args: &Args,
+        samples: &[(&str, Vec<RoutingQuery>)],
+    ) -> Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         rt.block_on(async {
             let mut cfg = ServeConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -328,29 +344,31 @@ mod http {
             });
             let mut server = start(cfg, loader).await?;
             server.ready().await?;
-            let bodies: Arc<Vec<String>> = Arc::new(
-                queries
-                    .iter()
-                    .map(|q| serde_json::json!({"doc_type": q.doc_type, "adc_json": q.adc_json}).to_string())
-                    .collect(),
-            );
             println!(
                 "\n## HTTP load: POST /v1/route, {} requests per level, max batch {}, max wait {} ms\n",
                 args.requests, args.max_batch, args.max_wait_ms
             );
-            println!("| concurrency | requests ok | errors | throughput req/s | P50 ms | P95 ms | P99 ms |");
-            println!("|---|---|---|---|---|---|---|");
-            for &c in &args.concurrency {
-                let (wall, mut lat, errors) = level(server.addr, bodies.clone(), args.requests, c).await;
-                lat.sort_by(f64::total_cmp);
-                println!(
-                    "| {c} | {} | {errors} | {:.2} | {:.1} | {:.1} | {:.1} |",
-                    lat.len(),
-                    lat.len() as f64 / wall,
-                    percentile(&lat, 50.0),
-                    percentile(&lat, 95.0),
-                    percentile(&lat, 99.0)
+            println!("| documents | concurrency | requests ok | errors | throughput req/s | P50 ms | P95 ms | P99 ms |");
+            println!("|---|---|---|---|---|---|---|---|");
+            for (label, queries) in samples {
+                let bodies: Arc<Vec<String>> = Arc::new(
+                    queries
+                        .iter()
+                        .map(|q| serde_json::json!({"doc_type": q.doc_type, "adc_json": q.adc_json}).to_string())
+                        .collect(),
                 );
+                for &c in &args.concurrency {
+                    let (wall, mut lat, errors) = level(server.addr, bodies.clone(), args.requests, c).await;
+                    lat.sort_by(f64::total_cmp);
+                    println!(
+                        "| {label} | {c} | {} | {errors} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                        lat.len(),
+                        lat.len() as f64 / wall,
+                        percentile(&lat, 50.0),
+                        percentile(&lat, 95.0),
+                        percentile(&lat, 99.0)
+                    );
+                }
             }
             server.shutdown().await
         })

@@ -56,6 +56,9 @@ pub struct DecodeOptions {
     /// Run single-row generation steps through the plain-slice decode step when the caller
     /// provides one (`model::decode_step`; off only to measure what it saves).
     pub fast_step: bool,
+    /// Greedy decoding after the body: take the unconstrained best token when the grammar
+    /// accepts it instead of computing the full mask (same answer; off only to measure).
+    pub lazy_mask: bool,
 }
 
 impl Default for DecodeOptions {
@@ -68,6 +71,7 @@ impl Default for DecodeOptions {
             tree_scoring: true,
             speculate: 0,
             fast_step: true,
+            lazy_mask: true,
         }
     }
 }
@@ -422,6 +426,20 @@ fn sample_one(
         l.done = true;
         return;
     }
+    // Greedy after the body: when the grammar accepts the model's unconstrained best token,
+    // it is also the best allowed one (same pick, first index on ties), and no probability
+    // under the mask is needed there, so the full mask (a walk over the whole vocabulary) is
+    // skipped. Measured in `bench_serve`: see the README.
+    if opts.lazy_mask && !l.in_body && opts.temperature == 0.0 && r.reference.is_none() {
+        let n = l.last_logits.len().min(trie.vocab_size());
+        let best = argmax(&l.last_logits[..n]);
+        if let Some(tok) = best.filter(|&t| t != eos)
+            && l.matcher.validate_tokens(&[tok]).unwrap_or(0) == 1
+        {
+            accept(l, r, trie, tok, 0.0);
+            return;
+        }
+    }
     let mask = match l.matcher.compute_mask() {
         Ok(m) => m,
         Err(e) => {
@@ -444,6 +462,11 @@ fn sample_one(
         l.done = true;
         return;
     }
+    accept(l, r, trie, tok, lp);
+}
+
+/// Consumes the picked token `tok` (log-probability `lp` under the mask, counted in the body).
+fn accept(l: &mut Live, r: &RowSpec, trie: &toktrie::TokTrie, tok: u32, lp: f64) {
     if let Err(e) = l.matcher.consume_token(tok) {
         l.error = Some(format!("grammar rejected token {tok}: {e}"));
         l.done = true;
@@ -462,6 +485,17 @@ fn sample_one(
         l.done = true;
         l.pending.clear();
     }
+}
+
+/// The first index of the largest finite value.
+fn argmax(row: &[f32]) -> Option<u32> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in row.iter().enumerate() {
+        if v.is_finite() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i as u32)
 }
 
 /// The allowed token covering the most of the reference's bytes after those already written.
