@@ -9,20 +9,19 @@
 //! `CANDLE_NUM_THREADS` (the setting this project documents) also decides the matmul threads
 //! when it is set; otherwise the count is what candle would have computed itself.
 
-/// Sets `RAYON_NUM_THREADS` when it is unset and returns the thread count in effect.
+/// Sets `RAYON_NUM_THREADS` when it is unset.
 ///
 /// Call it first thing in `main`, before any thread is spawned (changing the environment while
 /// other threads may read it is undefined behaviour on Linux).
-pub fn init() -> usize {
+pub fn init() {
     let parse =
         |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&n| n > 0);
-    if let Some(n) = parse("RAYON_NUM_THREADS") {
-        return n;
+    if parse("RAYON_NUM_THREADS").is_some() {
+        return;
     }
     let n = parse("CANDLE_NUM_THREADS").unwrap_or_else(default_threads);
     // SAFETY: called at the start of `main`, while the process has a single thread.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    n
 }
 
 /// candle's own default: the physical cores, within the CPUs this process may run on.

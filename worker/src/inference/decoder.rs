@@ -126,6 +126,8 @@ pub struct BatchTiming {
     /// Draft tokens proposed / kept (prompt lookup).
     pub drafted: usize,
     pub accepted: usize,
+    /// Tokens picked without a grammar mask (`DecodeOptions::lazy_mask`).
+    pub unmasked: usize,
 }
 
 struct Live {
@@ -141,6 +143,8 @@ struct Live {
     draft: usize,
     drafted: usize,
     accepted: usize,
+    /// Tokens taken without computing the grammar mask.
+    unmasked: usize,
     done: bool,
     error: Option<String>,
     /// Answer tokens allowed: `max_new_tokens`, capped by the context left after the prompt.
@@ -258,6 +262,7 @@ pub fn decode_batch(
             draft: 0,
             drafted: 0,
             accepted: 0,
+            unmasked: 0,
             done: false,
             error: None,
             budget: opts.max_new_tokens.min(model.cfg.max_position_embeddings.saturating_sub(r.prompt.len())),
@@ -327,6 +332,7 @@ pub fn decode_batch(
     timing.generate_s = t2.elapsed().as_secs_f64();
     timing.drafted = live.iter().map(|l| l.drafted).sum();
     timing.accepted = live.iter().map(|l| l.accepted).sum();
+    timing.unmasked = live.iter().map(|l| l.unmasked).sum();
 
     let outputs = live
         .into_iter()
@@ -436,6 +442,7 @@ fn sample_one(
         if let Some(tok) = best.filter(|&t| t != eos)
             && l.matcher.validate_tokens(&[tok]).unwrap_or(0) == 1
         {
+            l.unmasked += 1;
             accept(l, r, trie, tok, 0.0);
             return;
         }

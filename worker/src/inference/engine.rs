@@ -259,6 +259,7 @@ impl Engine {
             total.forward_calls += t.forward_calls;
             total.drafted += t.drafted;
             total.accepted += t.accepted;
+            total.unmasked += t.unmasked;
             for ((i, row), o) in chunk.iter().zip(outputs) {
                 out[*i] = Some(o.and_then(|o| to_decision(&items[*i], row, o)));
             }

@@ -97,7 +97,6 @@ pub fn forward_select_with(
 ) -> Result<Vec<Vec<f32>>> {
     if let Some(w) = fast
         && step.batch == 1
-        && !cache.is_empty()
         && w.applies(cache, step.len)
         && step.mask[0].iter().all(|&m| m != 0)
     {

@@ -15,6 +15,7 @@
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor};
 
+use super::fused::{rms_norm_row, route, softmax_row};
 use super::int8_matmul::{self, dot};
 use super::kv_cache::KvCache;
 use super::linear::{BaseWeight, Linear};
@@ -186,22 +187,25 @@ impl DecodeWeights {
 
     /// Whether [`DecodeWeights::step`] takes these new tokens with this cache.
     pub fn applies(&self, cache: &KvCache, new_tokens: usize) -> bool {
-        cache.mask.len() == 1 && (1..=MAX_STEP_TOKENS).contains(&new_tokens)
+        cache.mask.len() == 1 && !cache.is_empty() && (1..=MAX_STEP_TOKENS).contains(&new_tokens)
     }
 
     /// Runs `ids` (one sequence, no padding) after the cached positions, appends their keys
     /// and values to `cache`, and returns the logits after each token listed in `select`
     /// (indices into `ids`), in that order.
     pub fn step(&self, ids: &[u32], cache: &mut KvCache, select: &[usize]) -> Result<Vec<Vec<f32>>> {
-        ensure!(self.applies(cache, ids.len()), "decode step: one row of 1..={MAX_STEP_TOKENS} tokens");
+        ensure!(
+            self.applies(cache, ids.len()),
+            "decode step: one prefilled row and 1..={MAX_STEP_TOKENS} new tokens"
+        );
         ensure!(select.iter().all(|&c| c < ids.len()), "decode step: selected token outside the step");
         let (h, hd, nh, nkv) = (self.hidden, self.head_dim, self.heads, self.kv_heads);
         let vocab = self.embed.len() / h;
         let t = ids.len();
-        // Positions: real tokens before each new one (`cumsum(mask) - 1`, as attn_inputs).
-        let real_before = cache.mask[0].iter().filter(|&&m| m != 0).count();
         let old_len = cache.len();
-        let old_mask = cache.mask[0].clone();
+        // Cached positions that are real tokens (padding and rejected drafts are not attended).
+        let visible_old: Vec<usize> = (0..old_len).filter(|&j| cache.mask[0][j] != 0).collect();
+        let real_before = visible_old.len();
         cache.mask[0].extend(std::iter::repeat_n(1u8, t));
 
         let mut x: Vec<f32> = Vec::with_capacity(t * h);
@@ -210,6 +214,7 @@ impl DecodeWeights {
             ensure!(id < vocab, "token {id} outside the vocabulary of {vocab}");
             x.extend_from_slice(&self.embed[id * h..(id + 1) * h]);
         }
+        // Positions: real tokens before each new one (`cumsum(mask) - 1`, as attn_inputs).
         let (cos, sin) = self.rope_tables(real_before, t);
         let mut normed = vec![0f32; h];
         let (mut qv, mut kv, mut vv, mut tmp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -219,7 +224,7 @@ impl DecodeWeights {
             let mut k_new = vec![0f32; nkv * t * hd]; // [n_kv, t, hd], the cache's layout
             let mut v_new = vec![0f32; nkv * t * hd];
             for i in 0..t {
-                rms_norm(&x[i * h..(i + 1) * h], &layer.input_norm, self.eps, &mut normed);
+                rms_norm_row(&x[i * h..(i + 1) * h], &layer.input_norm, self.eps, &mut normed);
                 layer.q.apply(&normed, &mut qv);
                 layer.k.apply(&normed, &mut kv);
                 layer.v.apply(&normed, &mut vv);
@@ -242,7 +247,7 @@ impl DecodeWeights {
             let mut attn = vec![0f32; t * nh * hd];
             lc.with_cpu_slices(|keys, values, cap| {
                 let shape = AttnShape { heads: nh, kv_heads: nkv, head_dim: hd, cap, old_len, new: t };
-                attend(&shape, &q_all, keys, values, &old_mask, &mut attn);
+                attend(&shape, &q_all, keys, values, &visible_old, &mut attn);
             })?;
             for i in 0..t {
                 layer.o.apply(&attn[i * nh * hd..(i + 1) * nh * hd], &mut tmp);
@@ -250,10 +255,9 @@ impl DecodeWeights {
             }
             // Mixture of experts.
             for i in 0..t {
-                rms_norm(&x[i * h..(i + 1) * h], &layer.post_norm, self.eps, &mut normed);
+                rms_norm_row(&x[i * h..(i + 1) * h], &layer.post_norm, self.eps, &mut normed);
                 layer.gate.apply(&normed, &mut tmp);
-                let mut route =
-                    super::fused::route(std::slice::from_ref(&tmp), self.top_k).pop().unwrap_or_default();
+                let mut route = route(std::slice::from_ref(&tmp), self.top_k).pop().unwrap_or_default();
                 // Summed in expert order, as the candle path does (same float rounding).
                 route.sort_by_key(|r| r.0);
                 let mut moe = vec![0f32; h];
@@ -275,7 +279,7 @@ impl DecodeWeights {
         }
         let mut out = Vec::with_capacity(select.len());
         for &c in select {
-            rms_norm(&x[c * h..(c + 1) * h], &self.final_norm, self.eps, &mut normed);
+            rms_norm_row(&x[c * h..(c + 1) * h], &self.final_norm, self.eps, &mut normed);
             let mut logits = vec![0f32; vocab];
             rows_times_dense(&normed, &self.head, h, &mut logits);
             out.push(logits);
@@ -313,15 +317,16 @@ struct AttnShape {
 }
 
 /// Causal attention of the step's queries `q` `[new, heads, hd]` over the cached keys/values
-/// (`[kv_heads, cap, hd]`, the real ones of `old_mask` plus the step's own) into `out`
+/// (`[kv_heads, cap, hd]`: the real cached positions `visible_old`, then the step's own) into `out`
 /// `[new, heads * hd]`. Grouped heads as `repeat_kv` orders them; masked positions skipped
 /// (the candle path gives them a -1e30 bias, so they weigh exactly 0 there too).
-fn attend(s: &AttnShape, q: &[f32], keys: &[f32], values: &[f32], old_mask: &[u8], out: &mut [f32]) {
+fn attend(s: &AttnShape, q: &[f32], keys: &[f32], values: &[f32], visible_old: &[usize], out: &mut [f32]) {
     let (nh, hd, cap) = (s.heads, s.head_dim, s.cap);
     let rep = nh / s.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores: Vec<f32> = Vec::with_capacity(s.old_len + s.new);
-    let mut visible: Vec<usize> = (0..s.old_len).filter(|&j| old_mask[j] != 0).collect();
+    let mut scores: Vec<f32> = Vec::with_capacity(visible_old.len() + s.new);
+    let mut probs: Vec<f32> = Vec::with_capacity(visible_old.len() + s.new);
+    let mut visible = visible_old.to_vec();
     for i in 0..s.new {
         visible.push(s.old_len + i);
         for head in 0..nh {
@@ -330,9 +335,10 @@ fn attend(s: &AttnShape, q: &[f32], keys: &[f32], values: &[f32], old_mask: &[u8
             let qh = &q[(i * nh + head) * hd..(i * nh + head + 1) * hd];
             scores.clear();
             scores.extend(visible.iter().map(|&j| dot(qh, &kb[j * hd..(j + 1) * hd]) * scale));
-            softmax_in_place(&mut scores);
+            probs.resize(scores.len(), 0.0);
+            softmax_row(&scores, &mut probs);
             let o = &mut out[(i * nh + head) * hd..(i * nh + head + 1) * hd];
-            for (&p, &j) in scores.iter().zip(&visible) {
+            for (&p, &j) in probs.iter().zip(&visible) {
                 for (oi, &v) in o.iter_mut().zip(&vb[j * hd..(j + 1) * hd]) {
                     *oi += p * v;
                 }
@@ -348,26 +354,6 @@ fn rope(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
         let (a, b) = (x[i], x[i + half]);
         out[i] = a * cos[i] - b * sin[i];
         out[i + half] = b * cos[i] + a * sin[i];
-    }
-}
-
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let denom = (mean + eps).sqrt();
-    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
-        *o = xi / denom * wi;
-    }
-}
-
-fn softmax_in_place(v: &mut [f32]) {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in v.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    for x in v.iter_mut() {
-        *x /= sum;
     }
 }
 

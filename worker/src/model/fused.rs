@@ -56,6 +56,28 @@ fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], us
     Ok((&v[from..to], d.max(1)))
 }
 
+/// Softmax of one row `x` into `y` (also the plain-slice decode step's).
+pub fn softmax_row(x: &[f32], y: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for (xi, yi) in x.iter().zip(y.iter_mut()) {
+        *yi = (xi - max).exp();
+        sum += *yi;
+    }
+    for yi in y.iter_mut() {
+        *yi /= sum;
+    }
+}
+
+/// `x / sqrt(mean(x^2) + eps) * w` of one row into `y` (also the plain-slice decode step's).
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+    let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let denom = (mean + eps).sqrt();
+    for ((xi, yi), wi) in x.iter().zip(y.iter_mut()).zip(w) {
+        *yi = xi / denom * wi;
+    }
+}
+
 /// Softmax over the last dimension, row by row on the calling thread.
 pub struct SoftmaxOp;
 
@@ -68,15 +90,7 @@ impl CustomOp1 for SoftmaxOp {
         let (src, d) = rows(s, l)?;
         let mut dst = vec![0f32; src.len()];
         for (x, y) in src.chunks(d).zip(dst.chunks_mut(d)) {
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (xi, yi) in x.iter().zip(y.iter_mut()) {
-                *yi = (xi - max).exp();
-                sum += *yi;
-            }
-            for yi in y.iter_mut() {
-                *yi /= sum;
-            }
+            softmax_row(x, y);
         }
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
@@ -106,11 +120,7 @@ impl CustomOp2 for RmsNormOp {
         }
         let mut dst = vec![0f32; src.len()];
         for (x, y) in src.chunks(d).zip(dst.chunks_mut(d)) {
-            let mean = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
-            let denom = (mean + self.eps).sqrt();
-            for ((xi, yi), wi) in x.iter().zip(y.iter_mut()).zip(w) {
-                *yi = xi / denom * wi;
-            }
+            rms_norm_row(x, w, self.eps, y);
         }
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }

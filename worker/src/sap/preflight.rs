@@ -19,15 +19,14 @@ use serde_json::Value;
 
 use crate::sap::catalog::Catalog;
 use crate::sap::documents::{AdcDocument, DocType};
-use crate::sap::payload::build_payload;
-use crate::sap::routing::target_api;
-use crate::sap::rules::{RuleContext, validate};
+use crate::sap::routing::route;
+use crate::sap::rules::RuleContext;
 
 /// Findings shown at most (a badly broken document would otherwise fill the prompt).
 pub const MAX_FINDINGS: usize = 4;
 
 /// The blocking findings of the validator on `adc_json` as a document of `doc_type`, one short
-/// line each (`"required_field PurchaseOrder.Supplier"`), or a line naming the field that makes
+/// line each (`"required_field InvoicingParty"`), or a line naming the field that makes
 /// the document unreadable. Empty when nothing blocks, and when the catalog has no creatable
 /// API for the type or the type is not one the validator knows (nothing to check against).
 pub fn blocking_findings(catalog: &Catalog, doc_type: &str, adc_json: &Value) -> Vec<String> {
@@ -38,14 +37,10 @@ pub fn blocking_findings(catalog: &Catalog, doc_type: &str, adc_json: &Value) ->
         Ok(doc) => doc,
         Err(e) => return vec![format!("unreadable {}", e.path)],
     };
-    let Some(api) = target_api(catalog, &doc) else {
-        return Vec::new();
-    };
-    let Ok(payload) = build_payload(&doc, api) else {
-        return Vec::new();
-    };
+    // The reference router without context: its blocking outcomes are exactly the findings.
+    let decision = route(catalog, &doc, &RuleContext::default());
     let mut out: Vec<String> = Vec::new();
-    for o in validate(api, &payload, &RuleContext::default()).iter().filter(|o| o.is_blocking()) {
+    for o in decision.blocking() {
         let line = format!("{} {}", o.rule_id, o.field);
         if !out.contains(&line) {
             out.push(line);
@@ -62,7 +57,6 @@ mod tests {
     use super::*;
     use crate::dataprep::config::DataPrepConfig;
     use crate::dataprep::synth::Generator;
-    use crate::sap::routing::route;
 
     #[test]
     fn findings_appear_exactly_for_documents_the_reference_router_blocks() {

@@ -91,8 +91,26 @@ pub struct SftData {
     pub too_long: usize,
     /// Examples that needed their similar cases dropped to fit.
     pub shortened: usize,
-    /// Times each exception-handling routing sequence is used ([`exception_repeats`]).
+    /// Indices into `sequences` of the routing sequences that decide exception handling.
+    pub exception_decisions: Vec<usize>,
+    /// Times each of those is used ([`SftData::repeat_exception_decisions`]; 1 as loaded).
     pub exception_repeats: usize,
+}
+
+impl SftData {
+    /// Repeats the exception-handling routing decisions up to [`MIN_EXCEPTION_SHARE`] (training
+    /// only: a held-out split is scored as it is).
+    pub fn repeat_exception_decisions(&mut self) {
+        let exceptions = self.exception_decisions.len();
+        let posted = self.routing - exceptions;
+        let repeats = exception_repeats(posted, exceptions);
+        let copies: Vec<SftSequence> =
+            self.exception_decisions.iter().map(|&i| self.sequences[i].clone()).collect();
+        for _ in 1..repeats {
+            self.sequences.extend(copies.iter().cloned());
+        }
+        self.exception_repeats *= repeats;
+    }
 }
 
 /// Reads a JSONL file of `T`, naming the line of a malformed record.
@@ -138,7 +156,7 @@ pub fn routing_sequence(
     Ok(None)
 }
 
-/// Loads the training split (routing + exception examples of `split`) from a data-prep folder.
+/// Loads a split (routing + exception examples of `split`) from a data-prep folder.
 pub fn load(
     data_dir: &Path,
     split: &str,
@@ -147,26 +165,20 @@ pub fn load(
     max_len: usize,
     profile: &PromptProfile,
 ) -> Result<SftData> {
-    let mut data = SftData::default();
+    let mut data = SftData { exception_repeats: 1, ..SftData::default() };
     let routing: Vec<RoutingExample> = read_jsonl(&data_dir.join(format!("{split}_routing_examples.jsonl")))?;
-    let mut to_exception = Vec::new();
     for ex in &routing {
         match routing_sequence(catalog, tok, ex, max_len, profile)? {
             Some((seq, shortened)) => {
                 data.shortened += usize::from(shortened);
                 data.routing += 1;
                 if ex.target_endpoint == EXCEPTION_ENDPOINT {
-                    to_exception.push(seq);
-                } else {
-                    data.sequences.push(seq);
+                    data.exception_decisions.push(data.sequences.len());
                 }
+                data.sequences.push(seq);
             }
             None => data.too_long += 1,
         }
-    }
-    data.exception_repeats = exception_repeats(data.sequences.len(), to_exception.len());
-    for _ in 0..data.exception_repeats {
-        data.sequences.extend(to_exception.iter().cloned());
     }
     let exceptions_path = data_dir.join("exception_examples.jsonl");
     if exceptions_path.exists() {
@@ -207,6 +219,23 @@ mod tests {
                 "{posted} {exc} {r}"
             );
         }
+    }
+
+    #[test]
+    fn only_the_exception_decisions_are_repeated() {
+        let seq = |i: u32| SftSequence { ids: vec![i], loss_mask: vec![1] };
+        let mut data = SftData {
+            sequences: (0..100).map(seq).collect(),
+            routing: 100,
+            exception_decisions: vec![3, 50, 60, 70, 99],
+            exception_repeats: 1,
+            ..SftData::default()
+        };
+        data.repeat_exception_decisions();
+        assert_eq!(data.exception_repeats, 4);
+        assert_eq!(data.sequences.len(), 100 + 3 * 5, "three more copies of each of the five");
+        let copies = |i: u32| data.sequences.iter().filter(|s| s.ids == [i]).count();
+        assert_eq!((copies(3), copies(99), copies(4)), (4, 4, 1));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::batcher::{collate, epoch_batches};
+use super::batcher::{Batch, collate, epoch_batches};
 use super::checkpoint::{self, TrainState};
 use super::data;
 use crate::inference::profile::PromptProfile;
@@ -120,6 +120,14 @@ pub struct HeldOutLoss {
     pub adapter_loss: f64,
 }
 
+/// Sum over the batch of each target token's log-probability times its loss weight (0 on the
+/// prompt and padding): the loss is its negation over the summed weights.
+fn weighted_logprob_sum(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let lp = shifted_logprobs(logits, &batch.input_ids)?;
+    let mask = batch.loss_mask.narrow(1, 1, lp.dim(1)?)?;
+    Ok((lp * mask)?.sum_all()?)
+}
+
 /// Validation sequences the held-out loss uses at most (forward passes only).
 const HELD_OUT_SEQUENCES: usize = 32;
 
@@ -130,9 +138,10 @@ fn held_out_loss(
     tok: &Tokenizer,
     catalog: &Catalog,
 ) -> Result<Option<HeldOutLoss>> {
-    let Ok(val) = data::load(&cfg.data_dir, "val", catalog, tok, cfg.max_seq_len, &cfg.prompt) else {
+    if !cfg.data_dir.join("val_routing_examples.jsonl").exists() {
         return Ok(None);
-    };
+    }
+    let val = data::load(&cfg.data_dir, "val", catalog, tok, cfg.max_seq_len, &cfg.prompt)?;
     let seqs: Vec<&data::SftSequence> = val.sequences.iter().take(HELD_OUT_SEQUENCES).collect();
     let device = Device::Cpu;
     let loss = |adapter: bool| -> Result<f64> {
@@ -143,9 +152,7 @@ fn held_out_loss(
                 chunk.iter().map(|s| (s.ids.as_slice(), s.loss_mask.as_slice())).collect();
             let batch = collate(&pairs, tok.pad_id, &device)?;
             let out = model.forward(&batch.input_ids, Some(&batch.attention_mask))?;
-            let lp = shifted_logprobs(&out.logits, &batch.input_ids)?;
-            let mask = batch.loss_mask.narrow(1, 1, lp.dim(1)?)?;
-            sum -= (lp * mask)?.sum_all()?.to_scalar::<f32>()? as f64;
+            sum -= weighted_logprob_sum(&out.logits, &batch)?.to_scalar::<f32>()? as f64;
             weight += batch.loss_weight;
         }
         Ok(sum / weight.max(1e-9))
@@ -164,7 +171,8 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
     let tok = Tokenizer::from_dir(&cfg.base_model)
         .with_context(|| format!("loading the tokenizer of {}", cfg.base_model.display()))?;
     let catalog = Catalog::builtin();
-    let data = data::load(&cfg.data_dir, "train", &catalog, &tok, cfg.max_seq_len, &cfg.prompt)?;
+    let mut data = data::load(&cfg.data_dir, "train", &catalog, &tok, cfg.max_seq_len, &cfg.prompt)?;
+    data.repeat_exception_decisions();
     let lengths: Vec<usize> = data.sequences.iter().map(|s| s.ids.len()).collect();
 
     let opts = ModelOptions {
@@ -273,10 +281,7 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
             let denom = window_weight;
             let (loss, grads) =
                 model.forward_backward(&batch.input_ids, Some(&batch.attention_mask), &mut |out| {
-                    let lp = shifted_logprobs(&out.logits, &batch.input_ids)?;
-                    let t = lp.dim(1)?;
-                    let mask = batch.loss_mask.narrow(1, 1, t)?;
-                    Ok((lp * mask)?.sum_all()?.affine(-1.0 / denom, 0.0)?)
+                    Ok(weighted_logprob_sum(&out.logits, batch)?.affine(-1.0 / denom, 0.0)?)
                 })?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             tokens_seen += batch.tokens;
