@@ -4,8 +4,10 @@
 //!    `compute_ff_tokens` saves in forward calls and milliseconds. Two kinds of answers: the
 //!    data-prep reference decisions replayed through the full decoder
 //!    (`Engine::replay_routing_batch`: the latency of a model that writes the right answer),
-//!    and the checkpoint's own answers. One row turns the fused inference kernels off
-//!    (`model::fused`), so what they save is measured in the same run.
+//!    and the checkpoint's own answers (on the same documents, and on documents of another
+//!    generator seed). Rows turn the drafts, forced tokens, lazy mask, plain-slice prefill and
+//!    decode step and fused inference kernels on or off, so what each saves is measured in the
+//!    same run.
 //! 2. HTTP load: the real server (`serve::start`) on a loopback port, N requests at each
 //!    concurrency level from a hyper client: throughput and P50/P95/P99 latency.
 //!
@@ -15,7 +17,7 @@
 //!
 //! `cargo run --release -p sapllm-worker --bin bench_serve -- [--base-model DIR] [--adapter DIR]
 //!  [--precision f32] [--requests 40] [--concurrency 1,2,4,8] [--max-batch 1 (as serve)] [--max-wait-ms 5]
-//!  [--max-reasoning-steps 2] [--max-reasoning-chars 160] [--engine-only]`
+//!  [--max-reasoning-steps 2] [--max-reasoning-chars 160] [--engine-only | --http-only]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ struct Args {
     max_batch: usize,
     max_wait_ms: u64,
     engine_only: bool,
+    http_only: bool,
     limits: GrammarLimits,
 }
 
@@ -63,6 +66,7 @@ fn parse_args() -> Result<Args> {
         max_batch: get("--max-batch").map(|s| s.parse()).transpose()?.unwrap_or(1),
         max_wait_ms: get("--max-wait-ms").map(|s| s.parse()).transpose()?.unwrap_or(5),
         engine_only: argv.iter().any(|a| a == "--engine-only"),
+        http_only: argv.iter().any(|a| a == "--http-only"),
         limits: GrammarLimits {
             max_reasoning_steps: get("--max-reasoning-steps")
                 .map(|s| s.parse())
@@ -111,7 +115,39 @@ fn reference_examples(n: usize) -> Result<(Vec<RoutingQuery>, Vec<RoutingAnswer>
     Ok((queries, answers))
 }
 
-fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
+/// The answers a library row decodes, and on which documents.
+#[derive(Clone, Copy, PartialEq)]
+enum Answers {
+    /// Data-prep's reference decisions, replayed (seen documents).
+    Reference,
+    /// The checkpoint's own answers on the seen documents.
+    OwnSeen,
+    /// The checkpoint's own answers on documents of another generator seed.
+    OwnUnseen,
+}
+
+impl Answers {
+    fn label(self) -> &'static str {
+        match self {
+            Answers::Reference => "reference (data-prep targets), seen",
+            Answers::OwnSeen => "model's own, seen",
+            Answers::OwnUnseen => "model's own, unseen",
+        }
+    }
+}
+
+/// One configuration of the decoder (a table row).
+#[derive(Clone, Copy)]
+struct Row {
+    forced: bool,
+    speculate: usize,
+    fused: bool,
+    step: bool,
+    prefill: bool,
+    lazy: bool,
+}
+
+fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) -> Result<()> {
     let (queries, mut answers) = reference_examples(args.requests)?;
     // References obey the same reasoning bounds as the grammar.
     for a in &mut answers {
@@ -126,31 +162,40 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
     );
     println!("\n## Library latency per decision (batch 1), {} documents\n", queries.len());
     println!(
-        "| answers | forced tokens | drafts | fused ops | plain decode step | lazy mask | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
+        "| answers | forced tokens | drafts | fused ops | plain decode step | plain prefill | lazy mask | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let speculate = 4;
-    for reference in [true, false] {
-        // The last rows turn off, one after the other, the lazy grammar mask, the plain-slice
-        // decode step (`model::decode_step`) and the fused inference kernels (`model::fused`):
-        // what each saves.
-        for (ff, spec, fused, step, lazy) in [
-            (true, speculate, true, true, true),
-            (true, 0, true, true, true),
-            (false, 0, true, true, true),
-            (true, 0, true, true, false),
-            (true, 0, true, false, false),
-            (true, 0, false, false, false),
-        ] {
-            sapllm_worker::model::fused::set_enabled(fused);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let serving = Row { forced: true, speculate: 0, fused: true, step: true, prefill: true, lazy: true };
+    // The serving configuration, then one change at a time: drafts on, forced tokens off; then,
+    // one after the other, the lazy grammar mask, the plain-slice prefill, the plain-slice
+    // decode step (`model::decode_step`) and the fused inference kernels (`model::fused`) off:
+    // what each saves.
+    let lazy_off = Row { lazy: false, ..serving };
+    let prefill_off = Row { prefill: false, ..lazy_off };
+    let step_off = Row { step: false, ..prefill_off };
+    let rows = [
+        serving,
+        Row { speculate: 4, ..serving },
+        Row { forced: false, ..serving },
+        lazy_off,
+        prefill_off,
+        step_off,
+        Row { fused: false, ..step_off },
+    ];
+    for answers_kind in [Answers::Reference, Answers::OwnSeen, Answers::OwnUnseen] {
+        // The unseen sample has no reference answers: only the serving configuration there.
+        let docs = if answers_kind == Answers::OwnUnseen { unseen } else { &queries[..] };
+        for row in rows {
+            sapllm_worker::model::fused::set_enabled(row.fused);
             let config = EngineConfig {
                 abstain_threshold: 0.0,
                 max_batch: 1,
                 decode: DecodeOptions {
-                    use_forced_tokens: ff,
-                    speculate: spec,
-                    fast_step: step,
-                    lazy_mask: lazy,
+                    use_forced_tokens: row.forced,
+                    speculate: row.speculate,
+                    fast_step: row.step,
+                    plain_prefill: row.prefill,
+                    lazy_mask: row.lazy,
                     ..DecodeOptions::default()
                 },
                 limits: args.limits,
@@ -161,10 +206,10 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
                 load_engine(base, args.adapter.as_deref(), precision, Catalog::builtin(), config)?;
             let t = Instant::now();
             let n = engine.precompile_grammars()?;
-            if ff && spec > 0 && reference {
+            if answers_kind == Answers::Reference && row.speculate == 0 && row.lazy {
                 eprintln!("({n} answer grammars compiled in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
             }
-            for q in queries.iter().take(2) {
+            for q in docs.iter().take(2) {
                 let _ = engine.decide_routing_batch(std::slice::from_ref(q))?;
             }
             let mut lat = Vec::new();
@@ -172,10 +217,10 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
                 (0usize, 0usize, 0usize, 0usize, 0usize);
             let (mut drafted, mut kept) = (0usize, 0usize);
             let mut phases = [0f64; 4];
-            for (q, a) in queries.iter().zip(&answers) {
+            for (i, q) in docs.iter().enumerate() {
                 let t = Instant::now();
-                let (mut ds, timing) = if reference {
-                    engine.replay_routing_batch(std::slice::from_ref(q), std::slice::from_ref(a))?
+                let (mut ds, timing) = if answers_kind == Answers::Reference {
+                    engine.replay_routing_batch(std::slice::from_ref(q), std::slice::from_ref(&answers[i]))?
                 } else {
                     engine.decide_routing_batch_timed(std::slice::from_ref(q))?
                 };
@@ -202,14 +247,16 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
             lat.sort_by(f64::total_cmp);
             let per = |x: usize| x as f64 / n.max(1) as f64;
             let ph = |i: usize| phases[i] / lat.len() as f64;
+            let on = |b: bool| if b { "on" } else { "off" };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
-                if reference { "reference (data-prep targets)" } else { "model's own (this checkpoint)" },
-                if ff { "on" } else { "off" },
-                if spec > 0 { format!("prompt lookup, {spec}") } else { "off".into() },
-                if fused { "on" } else { "off" },
-                if step { "on" } else { "off" },
-                if lazy { "on" } else { "off" },
+                "| {} | {} | {} | {} | {} | {} | {} | {mean:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |",
+                answers_kind.label(),
+                on(row.forced),
+                if row.speculate > 0 { format!("prompt lookup, {}", row.speculate) } else { "off".into() },
+                on(row.fused),
+                on(row.step),
+                on(row.step && row.prefill),
+                on(row.lazy),
                 percentile(&lat, 50.0),
                 percentile(&lat, 95.0),
                 ph(0),
@@ -223,6 +270,9 @@ fn engine_table(base: &std::path::Path, args: &Args) -> Result<()> {
                 per(drafted),
                 per(total)
             );
+            if answers_kind == Answers::OwnUnseen {
+                break;
+            }
         }
     }
     sapllm_worker::model::fused::set_enabled(true);
@@ -243,14 +293,18 @@ fn main() -> Result<()> {
             dir
         }
     };
-    engine_table(&base, &args)?;
+    // Two samples of documents: data-prep's default seed, as the tiny example trains on
+    // (documents the trained model has seen), and another generator seed (suppliers, materials
+    // and numbers the model never saw).
+    let unseen = sample_queries(args.requests, 1234);
+    if !args.http_only {
+        engine_table(&base, &args, &unseen)?;
+    }
     // Requests carry only the type and the document, as a client sends them (the server fills
-    // in the catalog's candidates). Two samples: the library table's documents (data-prep's
-    // default seed, as the tiny example: documents the trained model has seen) and documents of
-    // another generator seed (suppliers, materials and numbers the model never saw).
+    // in the catalog's candidates).
     let samples = [
         ("data-prep default seed (seen)", reference_examples(args.requests)?.0),
-        ("generator seed 1234 (unseen)", sample_queries(args.requests, 1234)),
+        ("generator seed 1234 (unseen)", unseen),
     ];
     if args.engine_only {
         return Ok(());

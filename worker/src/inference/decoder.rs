@@ -53,9 +53,12 @@ pub struct DecodeOptions {
     /// Draft tokens proposed by prompt lookup per forward (greedy decoding only; 0 = off, the
     /// default: measured net cost on CPU with the tiny preset, see `bench_serve`).
     pub speculate: usize,
-    /// Run single-row generation steps through the plain-slice decode step when the caller
+    /// Run single-row generation steps through the plain-slice forward when the caller
     /// provides one (`model::decode_step`; off only to measure what it saves).
     pub fast_step: bool,
+    /// Run a single-row prompt prefill through the plain-slice forward too (with `fast_step`;
+    /// off only to measure what it saves).
+    pub plain_prefill: bool,
     /// Greedy decoding after the body: take the unconstrained best token when the grammar
     /// accepts it instead of computing the full mask (same answer; off only to measure).
     pub lazy_mask: bool,
@@ -71,6 +74,7 @@ impl Default for DecodeOptions {
             tree_scoring: true,
             speculate: 0,
             fast_step: true,
+            plain_prefill: true,
             lazy_mask: true,
         }
     }
@@ -185,7 +189,8 @@ pub fn decode_batch(
     let mut snapshot = KvCache::new(model, b);
     let last_col = step.len - 1;
     let select: Vec<(usize, usize)> = (0..b).map(|r| (r, last_col)).collect();
-    let first_logits = forward_select(model, &step, &mut snapshot, &select)?;
+    let prefill_fast = fast.filter(|_| opts.plain_prefill);
+    let first_logits = forward_select_with(model, prefill_fast, &step, &mut snapshot, &select)?;
     timing.prefill_s = t0.elapsed().as_secs_f64();
 
     // 2. Score the options from the snapshot: all branches in one tree-attention forward, or

@@ -86,8 +86,9 @@ pub fn forward_select(
     logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>().context("reading logits")
 }
 
-/// [`forward_select`] through the plain-slice decode step ([`DecodeWeights::step`]) when it
-/// applies: one row, a few new tokens, no padding. Same logits up to float rounding.
+/// [`forward_select`] through the plain-slice forward ([`DecodeWeights::step`]) when it
+/// applies: one row without padding (a prefill or a generation step). Same logits up to float
+/// rounding.
 pub fn forward_select_with(
     model: &Mixtral,
     fast: Option<&DecodeWeights>,

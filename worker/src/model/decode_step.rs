@@ -1,86 +1,34 @@
-//! One cached decode step of ONE sequence on plain slices: the same arithmetic as
-//! `Mixtral::forward` through the KV cache, without a candle op per tensor.
+//! A cached forward of ONE sequence on plain slices: the same arithmetic as
+//! `Mixtral::forward` through the KV cache, without a candle op per tensor. It runs the
+//! prompt's prefill and every generation step of a one-row decode.
 //!
 //! Why: a decode step of a small model multiplies a few vectors by a few small matrices, and on
 //! a CPU each candle op (allocation, dispatch, shape checks) costs about as much as its
 //! arithmetic. Measured on the tiny preset (one decision = ~160 steps): a step through candle is
 //! ~40 ops per layer, about half a millisecond; here it is a handful of loops over weights that
-//! were copied once into flat vectors. Prefill, option scoring and batches of several rows keep
-//! the candle path, which this step continues from: it reads and extends the same [`KvCache`].
+//! were copied once into flat vectors. A prefill through candle spent most of its time outside
+//! the matrix multiplies too (the MoE's gathers and scatters, full T x T attention scores and
+//! softmax over masked positions, allocations); here the projections of all rows are one gemm
+//! per weight, the experts one gemm each over the rows routed to them, and attention touches
+//! only the causal positions. Option scoring (tree attention) and batches of several rows keep
+//! the candle path; both read and extend the same [`KvCache`].
 //!
-//! It applies only where it is exact: f32 compute on the CPU, base weights in f32 or int8 with
-//! no unmerged LoRA branch (serving merges adapters), no sliding window. [`DecodeWeights::new`]
-//! says `None` otherwise and callers take the candle path.
+//! It applies only where it is exact up to float rounding: f32 compute on the CPU, base weights
+//! in f32 or int8 with no unmerged LoRA branch (serving merges adapters), no sliding window.
+//! [`DecodeWeights::new`] says `None` otherwise and callers take the candle path.
 
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor};
 
-use super::fused::{rms_norm_row, route, softmax_row};
-use super::int8_matmul::{self, dot};
+use super::fast_math;
+use super::fused::{rms_norm_row, route};
 use super::kv_cache::KvCache;
-use super::linear::{BaseWeight, Linear};
 use super::mixtral::Mixtral;
-
-/// Most new tokens per step (forced tokens + drafts); longer steps go through candle.
-pub const MAX_STEP_TOKENS: usize = 16;
+use super::plain_attention::{AttnShape, attend};
+use super::plain_linear::Weight;
 
 /// Weights above this size are not copied (the copy doubles them in memory).
 const MAX_COPY_BYTES: usize = 512 << 20;
-
-/// A frozen linear weight `[out, in]` as a flat copy.
-enum Weight {
-    F32 {
-        w: Vec<f32>,
-        k: usize,
-    },
-    /// Stored bytes `w / s + 128` and the per-row scale, as [`super::int8::Int8Tensor`] holds them.
-    Int8 {
-        q: Vec<u8>,
-        s: Vec<f32>,
-        k: usize,
-    },
-}
-
-impl Weight {
-    fn new(lin: &Linear) -> Option<Weight> {
-        if lin.lora.is_some() {
-            return None;
-        }
-        match &lin.base {
-            BaseWeight::Dense(p) if p.tensor().dtype() == DType::F32 => {
-                let (_, k) = p.tensor().dims2().ok()?;
-                Some(Weight::F32 { w: p.tensor().flatten_all().ok()?.to_vec1().ok()?, k })
-            }
-            BaseWeight::Int8(q) => Some(Weight::Int8 {
-                q: q.q.flatten_all().ok()?.to_vec1().ok()?,
-                s: q.scale.flatten_all().ok()?.to_vec1().ok()?,
-                k: q.shape.1,
-            }),
-            _ => None,
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        match self {
-            Weight::F32 { w, .. } => 4 * w.len(),
-            Weight::Int8 { q, s, .. } => q.len() + 4 * s.len(),
-        }
-    }
-
-    /// `y = W x` for one input row.
-    fn apply(&self, x: &[f32], y: &mut Vec<f32>) {
-        match self {
-            Weight::F32 { w, k } => {
-                y.resize(w.len() / k, 0.0);
-                rows_times_dense(x, w, *k, y);
-            }
-            Weight::Int8 { q, s, k } => {
-                y.resize(s.len(), 0.0);
-                int8_matmul::rows_times_weight(x, q, s, *k, y);
-            }
-        }
-    }
-}
 
 struct Expert {
     w1: Weight,
@@ -105,7 +53,7 @@ pub struct DecodeWeights {
     embed: Vec<f32>,
     final_norm: Vec<f32>,
     /// `[vocab, hidden]` (the embedding when tied).
-    head: Vec<f32>,
+    head: Weight,
     hidden: usize,
     heads: usize,
     kv_heads: usize,
@@ -117,6 +65,23 @@ pub struct DecodeWeights {
 
 fn dense(t: &Tensor) -> Option<Vec<f32>> {
     (t.dtype() == DType::F32).then(|| t.flatten_all().ok()?.to_vec1().ok()).flatten()
+}
+
+/// Buffers one [`DecodeWeights::step`] reuses across its layers.
+#[derive(Default)]
+struct Scratch {
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    rows: Vec<f32>,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    y: Vec<f32>,
+    /// An int8 weight dequantized for gemm.
+    deq: Vec<f32>,
 }
 
 impl DecodeWeights {
@@ -158,7 +123,7 @@ impl DecodeWeights {
             layers,
             embed,
             final_norm: dense(model.norm.weight.tensor())?,
-            head,
+            head: Weight::dense(head, cfg.hidden_size),
             hidden: cfg.hidden_size,
             heads: cfg.num_attention_heads,
             kv_heads: cfg.num_key_value_heads,
@@ -182,25 +147,44 @@ impl DecodeWeights {
                     + l.experts.iter().map(|e| e.w1.bytes() + e.w2.bytes() + e.w3.bytes()).sum::<usize>()
             })
             .sum();
-        per_layer + 4 * (self.embed.len() + self.head.len())
+        per_layer + 4 * self.embed.len() + self.head.bytes()
     }
 
-    /// Whether [`DecodeWeights::step`] takes these new tokens with this cache.
+    /// Whether [`DecodeWeights::step`] takes new tokens with this cache: one sequence (the
+    /// cache may be empty: that is a prefill).
     pub fn applies(&self, cache: &KvCache, new_tokens: usize) -> bool {
-        cache.mask.len() == 1 && !cache.is_empty() && (1..=MAX_STEP_TOKENS).contains(&new_tokens)
+        cache.mask.len() == 1 && new_tokens >= 1
     }
 
     /// Runs `ids` (one sequence, no padding) after the cached positions, appends their keys
     /// and values to `cache`, and returns the logits after each token listed in `select`
     /// (indices into `ids`), in that order.
     pub fn step(&self, ids: &[u32], cache: &mut KvCache, select: &[usize]) -> Result<Vec<Vec<f32>>> {
-        ensure!(
-            self.applies(cache, ids.len()),
-            "decode step: one prefilled row and 1..={MAX_STEP_TOKENS} new tokens"
-        );
-        ensure!(select.iter().all(|&c| c < ids.len()), "decode step: selected token outside the step");
+        ensure!(self.applies(cache, ids.len()), "plain forward: one sequence and at least one new token");
+        ensure!(select.iter().all(|&c| c < ids.len()), "plain forward: selected token outside the step");
+        let vocab = self.embed.len() / self.hidden;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            anyhow::bail!("token {id} outside the vocabulary of {vocab}");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { self.step_avx2(ids, cache, select) };
+        }
+        self.step_body(ids, cache, select)
+    }
+
+    /// [`Self::step_body`] compiled with AVX2: the row loops it inlines (norms, rotary, SiLU,
+    /// residual adds) run 8 lanes wide with the same operations in the same order.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn step_avx2(&self, ids: &[u32], cache: &mut KvCache, select: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.step_body(ids, cache, select)
+    }
+
+    #[inline(always)]
+    fn step_body(&self, ids: &[u32], cache: &mut KvCache, select: &[usize]) -> Result<Vec<Vec<f32>>> {
         let (h, hd, nh, nkv) = (self.hidden, self.head_dim, self.heads, self.kv_heads);
-        let vocab = self.embed.len() / h;
         let t = ids.len();
         let old_len = cache.len();
         // Cached positions that are real tokens (padding and rejected drafts are not attended).
@@ -211,32 +195,30 @@ impl DecodeWeights {
         let mut x: Vec<f32> = Vec::with_capacity(t * h);
         for &id in ids {
             let id = id as usize;
-            ensure!(id < vocab, "token {id} outside the vocabulary of {vocab}");
             x.extend_from_slice(&self.embed[id * h..(id + 1) * h]);
         }
         // Positions: real tokens before each new one (`cumsum(mask) - 1`, as attn_inputs).
         let (cos, sin) = self.rope_tables(real_before, t);
-        let mut normed = vec![0f32; h];
-        let (mut qv, mut kv, mut vv, mut tmp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut sc = Scratch::default();
         for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
             // Attention: project every new token, rotate, append to the cache.
+            norm_rows(&x, &layer.input_norm, self.eps, &mut sc.normed);
+            layer.q.apply_rows(&sc.normed, &mut sc.q, &mut sc.deq);
+            layer.k.apply_rows(&sc.normed, &mut sc.k, &mut sc.deq);
+            layer.v.apply_rows(&sc.normed, &mut sc.v, &mut sc.deq);
             let mut q_all = vec![0f32; t * nh * hd];
             let mut k_new = vec![0f32; nkv * t * hd]; // [n_kv, t, hd], the cache's layout
             let mut v_new = vec![0f32; nkv * t * hd];
             for i in 0..t {
-                rms_norm_row(&x[i * h..(i + 1) * h], &layer.input_norm, self.eps, &mut normed);
-                layer.q.apply(&normed, &mut qv);
-                layer.k.apply(&normed, &mut kv);
-                layer.v.apply(&normed, &mut vv);
                 let (c, s) = (&cos[i * hd / 2..(i + 1) * hd / 2], &sin[i * hd / 2..(i + 1) * hd / 2]);
                 for head in 0..nh {
-                    let dst = &mut q_all[(i * nh + head) * hd..(i * nh + head + 1) * hd];
-                    rope(&qv[head * hd..(head + 1) * hd], c, s, dst);
+                    let at = (i * nh + head) * hd;
+                    rope(&sc.q[at..at + hd], c, s, &mut q_all[at..at + hd]);
                 }
                 for head in 0..nkv {
-                    let at = (head * t + i) * hd;
-                    rope(&kv[head * hd..(head + 1) * hd], c, s, &mut k_new[at..at + hd]);
-                    v_new[at..at + hd].copy_from_slice(&vv[head * hd..(head + 1) * hd]);
+                    let (src, at) = ((i * nkv + head) * hd, (head * t + i) * hd);
+                    rope(&sc.k[src..src + hd], c, s, &mut k_new[at..at + hd]);
+                    v_new[at..at + hd].copy_from_slice(&sc.v[src..src + hd]);
                 }
             }
             let dev = candle_core::Device::Cpu;
@@ -249,39 +231,48 @@ impl DecodeWeights {
                 let shape = AttnShape { heads: nh, kv_heads: nkv, head_dim: hd, cap, old_len, new: t };
                 attend(&shape, &q_all, keys, values, &visible_old, &mut attn);
             })?;
-            for i in 0..t {
-                layer.o.apply(&attn[i * nh * hd..(i + 1) * nh * hd], &mut tmp);
-                add(&mut x[i * h..(i + 1) * h], &tmp);
-            }
-            // Mixture of experts.
-            for i in 0..t {
-                rms_norm_row(&x[i * h..(i + 1) * h], &layer.post_norm, self.eps, &mut normed);
-                layer.gate.apply(&normed, &mut tmp);
-                let mut route = route(std::slice::from_ref(&tmp), self.top_k).pop().unwrap_or_default();
-                // Summed in expert order, as the candle path does (same float rounding).
-                route.sort_by_key(|r| r.0);
-                let mut moe = vec![0f32; h];
-                let (mut a, mut b, mut y) = (Vec::new(), Vec::new(), Vec::new());
-                for (e, w) in route {
-                    let ex = &layer.experts[e];
-                    ex.w1.apply(&normed, &mut a);
-                    ex.w3.apply(&normed, &mut b);
-                    for (ai, bi) in a.iter_mut().zip(&b) {
-                        *ai = *ai / (1.0 + (-*ai).exp()) * bi;
-                    }
-                    ex.w2.apply(&a, &mut y);
-                    for (m, yi) in moe.iter_mut().zip(&y) {
+            layer.o.apply_rows(&attn, &mut sc.proj, &mut sc.deq);
+            add(&mut x, &sc.proj);
+            // Mixture of experts: each expert runs once over the rows routed to it.
+            norm_rows(&x, &layer.post_norm, self.eps, &mut sc.normed);
+            layer.gate.apply_rows(&sc.normed, &mut sc.gate, &mut sc.deq);
+            let n_experts = layer.experts.len();
+            let logits: Vec<Vec<f32>> = sc.gate.chunks_exact(n_experts).map(<[f32]>::to_vec).collect();
+            let routes = route(&logits, self.top_k);
+            let mut moe = vec![0f32; t * h];
+            for (e, ex) in layer.experts.iter().enumerate() {
+                // Rows in order; each row's experts are summed in expert order, as the candle
+                // path does (same float rounding).
+                let picked: Vec<(usize, f32)> = routes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.iter().find(|(re, _)| *re == e).map(|&(_, w)| (i, w)))
+                    .collect();
+                if picked.is_empty() {
+                    continue;
+                }
+                sc.rows.clear();
+                for &(i, _) in &picked {
+                    sc.rows.extend_from_slice(&sc.normed[i * h..(i + 1) * h]);
+                }
+                ex.w1.apply_rows(&sc.rows, &mut sc.a, &mut sc.deq);
+                ex.w3.apply_rows(&sc.rows, &mut sc.b, &mut sc.deq);
+                silu_mul(&mut sc.a, &sc.b);
+                ex.w2.apply_rows(&sc.a, &mut sc.y, &mut sc.deq);
+                for (&(i, w), y) in picked.iter().zip(sc.y.chunks_exact(h)) {
+                    for (m, yi) in moe[i * h..(i + 1) * h].iter_mut().zip(y) {
                         *m += yi * w;
                     }
                 }
-                add(&mut x[i * h..(i + 1) * h], &moe);
             }
+            add(&mut x, &moe);
         }
         let mut out = Vec::with_capacity(select.len());
+        let mut normed = vec![0f32; h];
         for &c in select {
             rms_norm_row(&x[c * h..(c + 1) * h], &self.final_norm, self.eps, &mut normed);
-            let mut logits = vec![0f32; vocab];
-            rows_times_dense(&normed, &self.head, h, &mut logits);
+            let mut logits = Vec::new();
+            self.head.apply(&normed, &mut logits);
             out.push(logits);
         }
         Ok(out)
@@ -303,51 +294,26 @@ impl DecodeWeights {
     }
 }
 
-/// Sizes of one attention call of [`attend`].
-struct AttnShape {
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    /// Positions the cache buffers have room for (their stride along the sequence).
-    cap: usize,
-    /// Cached positions before this step's tokens.
-    old_len: usize,
-    /// This step's tokens (already appended to the cache).
-    new: usize,
+/// RMSNorm of every row of `x` (rows of `w.len()`) into `y`.
+#[inline(always)]
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, y: &mut Vec<f32>) {
+    y.clear();
+    y.resize(x.len(), 0.0);
+    for (xi, yi) in x.chunks_exact(w.len()).zip(y.chunks_exact_mut(w.len())) {
+        rms_norm_row(xi, w, eps, yi);
+    }
 }
 
-/// Causal attention of the step's queries `q` `[new, heads, hd]` over the cached keys/values
-/// (`[kv_heads, cap, hd]`: the real cached positions `visible_old`, then the step's own) into `out`
-/// `[new, heads * hd]`. Grouped heads as `repeat_kv` orders them; masked positions skipped
-/// (the candle path gives them a -1e30 bias, so they weigh exactly 0 there too).
-fn attend(s: &AttnShape, q: &[f32], keys: &[f32], values: &[f32], visible_old: &[usize], out: &mut [f32]) {
-    let (nh, hd, cap) = (s.heads, s.head_dim, s.cap);
-    let rep = nh / s.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores: Vec<f32> = Vec::with_capacity(visible_old.len() + s.new);
-    let mut probs: Vec<f32> = Vec::with_capacity(visible_old.len() + s.new);
-    let mut visible = visible_old.to_vec();
-    for i in 0..s.new {
-        visible.push(s.old_len + i);
-        for head in 0..nh {
-            let kvh = head / rep;
-            let (kb, vb) = (&keys[kvh * cap * hd..], &values[kvh * cap * hd..]);
-            let qh = &q[(i * nh + head) * hd..(i * nh + head + 1) * hd];
-            scores.clear();
-            scores.extend(visible.iter().map(|&j| dot(qh, &kb[j * hd..(j + 1) * hd]) * scale));
-            probs.resize(scores.len(), 0.0);
-            softmax_row(&scores, &mut probs);
-            let o = &mut out[(i * nh + head) * hd..(i * nh + head + 1) * hd];
-            for (&p, &j) in probs.iter().zip(&visible) {
-                for (oi, &v) in o.iter_mut().zip(&vb[j * hd..(j + 1) * hd]) {
-                    *oi += p * v;
-                }
-            }
-        }
+/// `a = silu(a) * b`, SiLU as the candle path computes it (`a / (1 + e^-a)`).
+#[inline(always)]
+fn silu_mul(a: &mut [f32], b: &[f32]) {
+    for (ai, bi) in a.iter_mut().zip(b) {
+        *ai = *ai / (1.0 + fast_math::exp(-*ai)) * bi;
     }
 }
 
 /// Rotary embedding, halves layout (HF `rotate_half`).
+#[inline(always)]
 fn rope(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     let half = x.len() / 2;
     for i in 0..half {
@@ -357,32 +323,10 @@ fn rope(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
-    }
-}
-
-/// `y[n] = w_n . x` for every row `n` of `w` `[n, k]`.
-fn rows_times_dense(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { rows_times_dense_avx2(x, w, k, y) };
-    }
-    rows_times_dense_portable(x, w, k, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_times_dense_avx2(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
-    rows_times_dense_portable(x, w, k, y)
-}
-
-#[inline(always)]
-fn rows_times_dense_portable(x: &[f32], w: &[f32], k: usize, y: &mut [f32]) {
-    for (yn, wn) in y.iter_mut().zip(w.chunks_exact(k)) {
-        *yn = dot(x, wn);
     }
 }
 
@@ -409,22 +353,33 @@ mod tests {
     }
 
     #[test]
-    fn the_plain_step_gives_the_logits_of_the_candle_path() {
+    fn the_plain_forward_gives_the_logits_of_the_candle_path() {
         for precision in [Precision::F32, Precision::Int8] {
             let cfg = MixtralConfig::preset(Preset::Tiny, 256);
             let opts = ModelOptions { precision, ..Default::default() };
             let m = Mixtral::new_random(&cfg, &opts, &Device::Cpu).unwrap();
             let w = DecodeWeights::new(&m).expect("f32 / int8 on the CPU without adapters");
+            // The prefill: longer than GEMM_MIN_ROWS, so its projections go through gemm.
             let prompt: Vec<u32> = (0..23u32).map(|i| (i * 37 + 3) % 256).collect();
+            assert!(prompt.len() >= crate::model::plain_linear::GEMM_MIN_ROWS);
             let mut a = KvCache::new(&m, 1);
-            candle_step(&m, &mut a, &prompt);
+            let want = candle_step(&m, &mut a, &prompt);
+            let mut b = KvCache::new(&m, 1);
+            assert!(w.applies(&b, prompt.len()), "a prefill into an empty cache");
+            let got = w.step(&prompt, &mut b, &(0..prompt.len()).collect::<Vec<_>>()).unwrap();
+            let d = max_diff(&want, &got);
+            assert!(d < 1e-4, "{precision:?}, prefill: logits differ by {d}");
             // A masked position inside the cache (a rejected draft token): skipped by both.
             candle_step(&m, &mut a, &[9, 10]);
-            let n = a.mask[0].len();
-            a.mask[0][n - 1] = 0;
-            let mut b = a.fork().unwrap();
-            // One token, then several at once (forced tokens), selecting some of them.
-            for step in [vec![5u32], vec![17, 200, 3], vec![42], vec![1, 2, 3, 4, 5, 6, 7, 8]] {
+            w.step(&[9, 10], &mut b, &[]).unwrap();
+            for c in [&mut a, &mut b] {
+                let n = c.mask[0].len();
+                c.mask[0][n - 1] = 0;
+            }
+            // One token, then several at once (forced tokens), and a long step after the cache
+            // (gemm again), selecting some of them.
+            let long: Vec<u32> = (0..20u32).map(|i| (i * 11 + 5) % 256).collect();
+            for step in [vec![5u32], vec![17, 200, 3], vec![42], vec![1, 2, 3, 4, 5, 6, 7, 8], long] {
                 let want = candle_step(&m, &mut a, &step);
                 let all: Vec<usize> = (0..step.len()).collect();
                 let got = w.step(&step, &mut b, &all).unwrap();
@@ -448,7 +403,8 @@ mod tests {
         let m = Mixtral::new_random(&cfg, &ModelOptions::default(), &Device::Cpu).unwrap();
         let w = DecodeWeights::new(&m).unwrap();
         assert!(!w.applies(&KvCache::new(&m, 2), 1), "one sequence only");
-        assert!(!w.applies(&KvCache::new(&m, 1), MAX_STEP_TOKENS + 1));
+        assert!(!w.applies(&KvCache::new(&m, 1), 0), "no new token");
+        assert!(w.step(&[64], &mut KvCache::new(&m, 1), &[0]).is_err(), "a token outside the vocabulary");
         assert!(w.step(&[1], &mut KvCache::new(&m, 2), &[0]).is_err());
     }
 }

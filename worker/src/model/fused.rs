@@ -29,6 +29,8 @@ use std::cell::Cell;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::fast_math;
+
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
 }
@@ -56,20 +58,22 @@ fn rows<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<(&'a [f32], us
     Ok((&v[from..to], d.max(1)))
 }
 
-/// Softmax of one row `x` into `y` (also the plain-slice decode step's).
+/// Softmax of one row `x` into `y` (also the plain-slice decode step's). Inlined so that it
+/// vectorises in the callers compiled for AVX2.
+#[inline(always)]
 pub fn softmax_row(x: &[f32], y: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
+    let max = fast_math::max(x);
     for (xi, yi) in x.iter().zip(y.iter_mut()) {
-        *yi = (xi - max).exp();
-        sum += *yi;
+        *yi = fast_math::exp(xi - max);
     }
+    let sum = fast_math::sum(y);
     for yi in y.iter_mut() {
         *yi /= sum;
     }
 }
 
 /// `x / sqrt(mean(x^2) + eps) * w` of one row into `y` (also the plain-slice decode step's).
+#[inline(always)]
 pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     let mean = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
     let denom = (mean + eps).sqrt();
@@ -89,10 +93,31 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (src, d) = rows(s, l)?;
         let mut dst = vec![0f32; src.len()];
-        for (x, y) in src.chunks(d).zip(dst.chunks_mut(d)) {
-            softmax_row(x, y);
-        }
+        softmax_rows(src, d, &mut dst);
         Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+}
+
+/// [`softmax_row`] of every row of `d` values, compiled for AVX2 where the CPU has it.
+fn softmax_rows(src: &[f32], d: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { softmax_rows_avx2(src, d, dst) };
+    }
+    softmax_rows_portable(src, d, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(src: &[f32], d: usize, dst: &mut [f32]) {
+    softmax_rows_portable(src, d, dst)
+}
+
+#[inline(always)]
+fn softmax_rows_portable(src: &[f32], d: usize, dst: &mut [f32]) {
+    for (x, y) in src.chunks(d).zip(dst.chunks_mut(d)) {
+        softmax_row(x, y);
     }
 }
 

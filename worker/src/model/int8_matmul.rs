@@ -11,6 +11,7 @@ use anyhow::{Result, ensure};
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
 use super::int8::Int8Tensor;
+use super::matvec;
 
 /// Rows up to which the direct kernel is used (above, dequantize + gemm is faster).
 pub const DIRECT_MAX_ROWS: usize = 16;
@@ -76,37 +77,23 @@ impl candle_core::CustomOp1 for Int8MatmulT {
     }
 }
 
-/// `y[i, n] = s[n] * (x_i . q_n - 128 * sum(x_i))` for every row `i` of `x` and `n` of `q`.
-/// The CPU is asked once per call whether it has AVX2, not once per dot product.
+/// `y[i, n] = s[n] * (x_i . q_n - 128 * sum(x_i))` for every row `i` of `x` and `n` of `q`
+/// (the products by [`super::matvec::dots`], at the widest vector width the CPU has).
 pub(crate) fn rows_times_weight(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { rows_times_weight_avx2(x, q, s, k, y) };
-    }
-    rows_times_weight_portable(x, q, s, k, y)
-}
-
-/// The same loop compiled with AVX2 enabled (the inlined body vectorises 8-wide).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn rows_times_weight_avx2(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut [f32]) {
-    rows_times_weight_portable(x, q, s, k, y)
-}
-
-#[inline(always)]
-fn rows_times_weight_portable(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mut [f32]) {
     let n = s.len();
     for (xi, yi) in x.chunks_exact(k).zip(y.chunks_exact_mut(n)) {
         let shift = 128.0 * xi.iter().sum::<f32>();
-        for ((yv, qn), &sn) in yi.iter_mut().zip(q.chunks_exact(k)).zip(s) {
-            *yv = sn * (dot(xi, qn) - shift);
+        matvec::dots(xi, q, yi);
+        for (yv, &sn) in yi.iter_mut().zip(s) {
+            *yv = sn * (*yv - shift);
         }
     }
 }
 
 /// `x . w` with eight independent partial sums, so the compiler can keep them in one vector
-/// register (float addition is not reassociated otherwise). `w` is f32, or u8 widened on the fly.
+/// register (float addition is not reassociated otherwise), added up pairwise at the end (with
+/// constant bounds: a loop over a variable width would keep them in memory). `w` is f32, or
+/// u8 widened on the fly.
 #[inline(always)]
 pub(crate) fn dot<T: Copy>(x: &[f32], w: &[T]) -> f32
 where
@@ -120,7 +107,13 @@ where
             acc[i] += xs[i] * f32::from(ws[i]);
         }
     }
-    let mut total: f32 = acc.iter().sum();
+    for i in 0..4 {
+        acc[i] += acc[i + 4];
+    }
+    for i in 0..2 {
+        acc[i] += acc[i + 2];
+    }
+    let mut total = acc[0] + acc[1];
     for (&a, &b) in xr.iter().zip(wr) {
         total += a * f32::from(b);
     }

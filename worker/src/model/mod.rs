@@ -53,6 +53,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod decode_step;
+pub mod fast_math;
 pub mod fused;
 pub mod generation;
 pub mod grad_checkpoint;
@@ -61,10 +62,13 @@ pub mod int8_matmul;
 pub mod kv_cache;
 pub mod linear;
 pub mod loss;
+pub mod matvec;
 pub mod mixtral;
 pub mod nf4;
 pub mod optim;
 pub mod peft;
+pub mod plain_attention;
+pub mod plain_linear;
 pub mod template;
 pub mod tokenizer;
 

@@ -1,0 +1,288 @@
+//! Matrix-vector products `y[n] = w_n . x` over the rows of a weight stored as f32 or as
+//! int8 bytes (u8, widened on the fly): what every decode step spends most of its arithmetic on.
+//!
+//! The kernels are written with explicit AVX-512 and AVX2+FMA intrinsics. Left to the
+//! autovectoriser, a 16-lane version of the portable loop came out as 2-byte scalar loads
+//! (slower than 8 lanes), and the 8-lane one summed each row's lanes with a chain of dependent
+//! scalar adds. Here four weight rows share each load of `x` and run as four independent
+//! accumulators, so the multiply-adds of one row do not wait for each other. Which kernel runs
+//! is decided once per call; elsewhere the portable loop ([`super::int8_matmul::dot`]) runs.
+
+use super::int8_matmul::dot;
+
+/// A weight element: f32, or an int8 byte stored as `w / s + 128` (u8).
+pub trait Elem: Copy + 'static
+where
+    f32: From<Self>,
+{
+    #[cfg(target_arch = "x86_64")]
+    /// Sixteen elements from `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` must point to 16 readable elements and the CPU must support AVX-512F.
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+
+    #[cfg(target_arch = "x86_64")]
+    /// Eight elements from `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` must point to 8 readable elements and the CPU must support AVX2.
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Elem for f32 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller guarantees 16 readable f32 at p.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller guarantees 8 readable f32 at p.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Elem for u8 {
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const u8) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable bytes at p.
+        let bytes = unsafe { _mm_loadu_si128(p.cast()) };
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 8 readable bytes at p.
+        let bytes = unsafe { _mm_loadl_epi64(p.cast()) };
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes))
+    }
+}
+
+/// `y[n] = x . w[n*k .. (n+1)*k]` for every row of `w` (`y.len()` rows of `k = x.len()`).
+pub fn dots<E: Elem>(x: &[f32], w: &[E], y: &mut [f32])
+where
+    f32: From<E>,
+{
+    let k = x.len();
+    assert!(w.len() >= y.len() * k, "matvec: {} weights for {} rows of {k}", w.len(), y.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is available (checked) and w holds y.len() rows of k (asserted).
+            return unsafe { dots_avx512(x, w, y) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA are available (checked) and w holds y.len() rows of k.
+            return unsafe { dots_avx2(x, w, y) };
+        }
+    }
+    for (yn, wn) in y.iter_mut().zip(w.chunks_exact(k.max(1))) {
+        *yn = dot(x, wn);
+    }
+}
+
+/// Rows handled together: they share each load of `x`, and their accumulators are independent.
+const ROWS: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_avx512<E: Elem>(x: &[f32], w: &[E], y: &mut [f32])
+where
+    f32: From<E>,
+{
+    let mut n = 0;
+    while n + ROWS <= y.len() {
+        // SAFETY: rows n..n+ROWS exist (the caller asserted y.len() rows of w).
+        unsafe { rows_avx512::<E, ROWS>(x, w, n, &mut y[n..n + ROWS]) };
+        n += ROWS;
+    }
+    while n < y.len() {
+        // SAFETY: as above, for row n.
+        unsafe { rows_avx512::<E, 1>(x, w, n, &mut y[n..n + 1]) };
+        n += 1;
+    }
+}
+
+/// Rows `n..n+R` of `w` times `x` into `y` (`R` is a constant, so the row loop unrolls and
+/// the accumulators stay in registers).
+///
+/// # Safety
+/// AVX-512F, and `w` holds rows `n..n+R` of `x.len()` elements.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_avx512<E: Elem, const R: usize>(x: &[f32], w: &[E], n: usize, y: &mut [f32])
+where
+    f32: From<E>,
+{
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let body = k - k % 16;
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut c = 0;
+    while c < body {
+        // SAFETY: c + 16 <= k, and rows n..n+R exist (the caller's contract).
+        unsafe {
+            let xv = _mm512_loadu_ps(xp.add(c));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(xv, E::load16(wp.add((n + r) * k + c)), *a);
+            }
+        }
+        c += 16;
+    }
+    for (r, (a, yr)) in acc.iter().zip(y.iter_mut()).enumerate() {
+        *yr = _mm512_reduce_add_ps(*a) + tail(x, &w[(n + r) * k..(n + r + 1) * k], body);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2<E: Elem>(x: &[f32], w: &[E], y: &mut [f32])
+where
+    f32: From<E>,
+{
+    let mut n = 0;
+    while n + ROWS <= y.len() {
+        // SAFETY: rows n..n+ROWS exist (the caller asserted y.len() rows of w).
+        unsafe { rows_avx2::<E, ROWS>(x, w, n, &mut y[n..n + ROWS]) };
+        n += ROWS;
+    }
+    while n < y.len() {
+        // SAFETY: as above, for row n.
+        unsafe { rows_avx2::<E, 1>(x, w, n, &mut y[n..n + 1]) };
+        n += 1;
+    }
+}
+
+/// [`rows_avx512`] with 8 lanes.
+///
+/// # Safety
+/// AVX2 and FMA, and `w` holds rows `n..n+R` of `x.len()` elements.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<E: Elem, const R: usize>(x: &[f32], w: &[E], n: usize, y: &mut [f32])
+where
+    f32: From<E>,
+{
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let body = k - k % 8;
+    let (xp, wp) = (x.as_ptr(), w.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut c = 0;
+    while c < body {
+        // SAFETY: c + 8 <= k, and rows n..n+R exist (the caller's contract).
+        unsafe {
+            let xv = _mm256_loadu_ps(xp.add(c));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(xv, E::load8(wp.add((n + r) * k + c)), *a);
+            }
+        }
+        c += 8;
+    }
+    for (r, (a, yr)) in acc.iter().zip(y.iter_mut()).enumerate() {
+        *yr = hsum256(*a) + tail(x, &w[(n + r) * k..(n + r + 1) * k], body);
+    }
+}
+
+/// `x[from..] . row[from..]`: the elements after the last full vector.
+#[inline(always)]
+fn tail<E: Elem>(x: &[f32], row: &[E], from: usize) -> f32
+where
+    f32: From<E>,
+{
+    x[from..].iter().zip(&row[from..]).map(|(&a, &b)| a * f32::from(b)).sum()
+}
+
+/// Sum of the eight lanes of `v`, pairwise.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `y = w x` by each kernel this CPU can run (the portable loop always), so that the AVX2
+    /// kernel is checked on an AVX-512 machine too.
+    fn each_kernel<E: Elem>(x: &[f32], w: &[E], n: usize) -> Vec<(&'static str, Vec<f32>)>
+    where
+        f32: From<E>,
+    {
+        let k = x.len();
+        let mut out = Vec::new();
+        let mut y = vec![0f32; n];
+        for (yn, wn) in y.iter_mut().zip(w.chunks_exact(k)) {
+            *yn = dot(x, wn);
+        }
+        out.push(("portable", y.clone()));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: AVX2 and FMA are available; w holds n rows of k.
+                unsafe { dots_avx2(x, w, &mut y) };
+                out.push(("avx2", y.clone()));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is available; w holds n rows of k.
+                unsafe { dots_avx512(x, w, &mut y) };
+                out.push(("avx512", y.clone()));
+            }
+        }
+        dots(x, w, &mut y);
+        out.push(("dispatched", y));
+        out
+    }
+
+    /// Every row count around the block of four, row lengths with and without a tail, f32
+    /// and u8 weights: against a plain sum.
+    #[test]
+    fn dots_match_a_plain_sum() {
+        for k in [1usize, 8, 16, 37, 128] {
+            for n in [1usize, 3, 4, 5, 9] {
+                let x: Vec<f32> = (0..k).map(|i| ((i * 31 % 17) as f32 - 8.0) / 5.0).collect();
+                let wf: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 23) as f32 - 11.0) / 3.0).collect();
+                let wb: Vec<u8> = (0..n * k).map(|i| (i * 89 % 256) as u8).collect();
+                let want_f: Vec<f32> = (0..n).map(|r| (0..k).map(|c| x[c] * wf[r * k + c]).sum()).collect();
+                let want_b: Vec<f32> =
+                    (0..n).map(|r| (0..k).map(|c| x[c] * f32::from(wb[r * k + c])).sum()).collect();
+                let results =
+                    [(each_kernel(&x, &wf, n), &want_f, "f32"), (each_kernel(&x, &wb, n), &want_b, "u8")];
+                for (got, want, elem) in results {
+                    for (kernel, y) in got {
+                        for r in 0..n {
+                            let tol = 1e-3 * want[r].abs().max(1.0);
+                            assert!(
+                                (y[r] - want[r]).abs() < tol,
+                                "{kernel} {elem} k={k} n={n} row {r}: {} vs {}",
+                                y[r],
+                                want[r]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Causal attention of a step's queries over a one-sequence KV cache, on plain slices (the
+//! plain-slice forward of [`super::decode_step`]).
+
+use super::fused::softmax_row;
+use super::int8_matmul::dot;
+use super::plain_linear::{GEMM_MIN_ROWS, gemm_strided};
+
+/// Sizes of one [`attend`] call.
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions the cache buffers have room for (their stride along the sequence).
+    pub cap: usize,
+    /// Cached positions before this step's tokens.
+    pub old_len: usize,
+    /// This step's tokens (already appended to the cache).
+    pub new: usize,
+}
+
+/// Causal attention of the step's queries `q` `[new, heads, hd]` over the cached keys/values
+/// (`[kv_heads, cap, hd]`: the real cached positions `visible_old`, then the step's own) into `out`
+/// `[new, heads * hd]`. Grouped heads as `repeat_kv` orders them; masked positions skipped
+/// (the candle path gives them a -1e30 bias, so they weigh exactly 0 there too).
+pub fn attend(
+    s: &AttnShape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    visible_old: &[usize],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { attend_avx2(s, q, keys, values, visible_old, out) };
+    }
+    attend_portable(s, q, keys, values, visible_old, out)
+}
+
+#[inline(always)]
+fn attend_portable(
+    s: &AttnShape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    visible_old: &[usize],
+    out: &mut [f32],
+) {
+    if s.new >= GEMM_MIN_ROWS {
+        attend_gemm(s, q, keys, values, visible_old, out)
+    } else {
+        attend_rows(s, q, keys, values, visible_old, out)
+    }
+}
+
+/// [`attend_portable`] compiled with AVX2: its dot products, exponentials and weighted sums
+/// run 8 lanes wide (the same operations in the same order, so the same results).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(
+    s: &AttnShape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    visible_old: &[usize],
+    out: &mut [f32],
+) {
+    attend_portable(s, q, keys, values, visible_old, out)
+}
+
+/// [`attend`] row by row (a few new tokens: a decode step). Every loop is written out (no
+/// iterator adaptor left as a call) so that all of it is compiled inside [`attend_avx2`].
+#[inline(always)]
+fn attend_rows(
+    s: &AttnShape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    visible_old: &[usize],
+    out: &mut [f32],
+) {
+    let (nh, hd, cap) = (s.heads, s.head_dim, s.cap);
+    let rep = nh / s.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut visible = Vec::with_capacity(visible_old.len() + s.new);
+    visible.extend_from_slice(visible_old);
+    let mut scores = vec![0f32; visible_old.len() + s.new];
+    let mut probs = vec![0f32; visible_old.len() + s.new];
+    for i in 0..s.new {
+        visible.push(s.old_len + i);
+        let n = visible.len();
+        for head in 0..nh {
+            let kvh = head / rep;
+            let (kb, vb) = (&keys[kvh * cap * hd..], &values[kvh * cap * hd..]);
+            let qh = &q[(i * nh + head) * hd..(i * nh + head + 1) * hd];
+            for (sc, &j) in scores[..n].iter_mut().zip(&visible) {
+                *sc = dot(qh, &kb[j * hd..(j + 1) * hd]) * scale;
+            }
+            softmax_row(&scores[..n], &mut probs[..n]);
+            weighted_sum(
+                &probs[..n],
+                &visible,
+                vb,
+                hd,
+                &mut out[(i * nh + head) * hd..(i * nh + head + 1) * hd],
+            );
+        }
+    }
+}
+
+/// `o += sum_j p[j] * V[positions[j]]` (rows of `hd` values in `values`). The sum runs 32
+/// dimensions at a time in a fixed-size accumulator, which stays in four vector registers
+/// across positions; accumulating into `o` itself made every position wait for the previous
+/// one's store.
+#[inline(always)]
+fn weighted_sum(p: &[f32], positions: &[usize], values: &[f32], hd: usize, o: &mut [f32]) {
+    const BLOCK: usize = 32;
+    let mut d = 0;
+    while d + BLOCK <= hd {
+        let mut acc = [0f32; BLOCK];
+        for (&pj, &j) in p.iter().zip(positions) {
+            let v = &values[j * hd + d..j * hd + d + BLOCK];
+            for l in 0..BLOCK {
+                acc[l] += pj * v[l];
+            }
+        }
+        for (oi, a) in o[d..d + BLOCK].iter_mut().zip(acc) {
+            *oi += a;
+        }
+        d += BLOCK;
+    }
+    // Head sizes that are not a multiple of 32.
+    for (&pj, &j) in p.iter().zip(positions) {
+        for (oi, &v) in o[d..hd].iter_mut().zip(&values[j * hd + d..(j + 1) * hd]) {
+            *oi += pj * v;
+        }
+    }
+}
+
+/// [`attend`] for many new tokens (a prefill): per head, the scores of every new token against
+/// every cached position are one gemm, the weighted sum of the values another. Positions a
+/// token must not see (masked cache entries, later tokens of the step) get a score of -inf,
+/// so the softmax gives them exactly 0, as the row-by-row path that skips them.
+#[inline(always)]
+fn attend_gemm(
+    s: &AttnShape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    visible_old: &[usize],
+    out: &mut [f32],
+) {
+    let (nh, hd, cap, t) = (s.heads, s.head_dim, s.cap, s.new);
+    let rep = nh / s.kv_heads;
+    let n = s.old_len + t;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut hidden_old = vec![true; s.old_len];
+    for &j in visible_old {
+        hidden_old[j] = false;
+    }
+    let mut scores = vec![0f32; t * n];
+    let mut probs = vec![0f32; t * n];
+    for head in 0..nh {
+        let kvh = head / rep;
+        let (kb, vb) = (
+            &keys[kvh * cap * hd..kvh * cap * hd + n * hd],
+            &values[kvh * cap * hd..kvh * cap * hd + n * hd],
+        );
+        // scores [t, n] = q_head [t, hd] (rows nh * hd apart) . K^T [hd, n]
+        gemm_strided((t, n, hd), (&mut scores, n, 1), (&q[head * hd..], nh * hd, 1), (kb, 1, hd));
+        for i in 0..t {
+            // Token i sees the cache and the step's tokens up to itself.
+            let seen = s.old_len + i + 1;
+            let row = &mut scores[i * n..i * n + seen];
+            for v in row.iter_mut() {
+                *v *= scale;
+            }
+            for (v, &hidden) in row.iter_mut().zip(&hidden_old) {
+                if hidden {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            softmax_row(row, &mut probs[i * n..i * n + seen]);
+            probs[i * n + seen..(i + 1) * n].fill(0.0);
+        }
+        // out_head [t, hd] (rows nh * hd apart) = probs [t, n] . V [n, hd]
+        gemm_strided((t, hd, n), (&mut out[head * hd..], nh * hd, 1), (&probs, n, 1), (vb, hd, 1));
+    }
+}
