@@ -7,9 +7,10 @@
 //!   between measurements through /proc/self/clear_refs);
 //! - load time of a multi-shard checkpoint (f32 and quantizing to NF4 while loading);
 //! - NF4 bits per parameter of the quantized linears;
-//! - `--decode-steps` (only this table): milliseconds of one cached forward of k new tokens
+//! - `--decode-steps` (only these tables): milliseconds of one cached forward of k new tokens
 //!   over a cache of n positions (tiny, int8, batch 1), the cost model behind drafting and
-//!   forced-token runs: drafting pays only where k tokens cost about what one does.
+//!   forced-token runs (drafting pays only where k tokens cost about what one does), and of a
+//!   prompt prefill; each through candle and through the plain-slice forward, side by side.
 //!
 //! `--threads 1,2` re-runs the whole bench in child processes with CANDLE_NUM_THREADS and
 //! RAYON_NUM_THREADS set to each value. `--quick` uses fewer/shorter runs.
@@ -276,39 +277,84 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 /// One cached forward of `k` new tokens after `n` cached positions, in milliseconds (median of
 /// 50, the cache cut back to `n` after each).
 fn decode_steps() -> Result<()> {
+    use sapllm_worker::inference::forward::{Step, forward_select};
+    use sapllm_worker::model::decode_step::DecodeWeights;
     use sapllm_worker::model::kv_cache::KvCache;
     let m = Mixtral::new_random(
         &MixtralConfig::preset(Preset::Tiny, VOCAB),
         &ModelOptions { precision: Precision::Int8, ..Default::default() },
         &Device::Cpu,
     )?;
-    println!("\n## one cached forward (tiny, int8, batch 1): ms, median of 50");
-    println!("| cached positions | 1 token | 2 tokens | 4 tokens | 8 tokens | 8 tokens / 1 token |");
-    println!("|---|---|---|---|---|---|");
-    for n in [128usize, 512, 768] {
-        let mut base = KvCache::new(&m, 1);
-        m.forward_cached(&ids(1, n)?, &[vec![1u8; n]], &mut base)?;
-        let mut row = Vec::new();
-        for k in [1usize, 2, 4, 8] {
-            let input = ids(1, k)?;
-            let mut times = Vec::new();
-            for _ in 0..51 {
-                let mut cache = base.fork()?;
+    let plain = DecodeWeights::new(&m).context("the plain-slice forward applies to tiny int8")?;
+    // Median milliseconds of `f` over `runs`, each on a fresh copy of `base` (or a new cache).
+    let median =
+        |runs: usize, base: Option<&KvCache>, f: &dyn Fn(&mut KvCache) -> Result<()>| -> Result<f64> {
+            let mut times = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                let mut cache = match base {
+                    Some(b) => b.fork()?,
+                    None => KvCache::new(&m, 1),
+                };
                 let start = Instant::now();
-                m.forward_cached(&input, &[vec![1u8; k]], &mut cache)?;
+                f(&mut cache)?;
                 times.push(start.elapsed().as_secs_f64() * 1e3);
             }
             times.sort_by(f64::total_cmp);
-            row.push(times[times.len() / 2]);
+            Ok(times[times.len() / 2])
+        };
+    let ids_vec =
+        |k: usize| -> Vec<u32> { (0..k).map(|i| ((i as u64 * 2654435761) % VOCAB as u64) as u32).collect() };
+
+    println!("\n## one cached forward of k new tokens (tiny, int8, batch 1): ms, median of 51");
+    println!("candle = `Mixtral::forward_cached`; plain = the plain-slice forward (`model::decode_step`)");
+    println!("| cached positions | path | 1 token | 2 tokens | 4 tokens | 8 tokens | 8 tokens / 1 token |");
+    println!("|---|---|---|---|---|---|---|");
+    for n in [128usize, 512, 768] {
+        let mut base = KvCache::new(&m, 1);
+        m.forward_cached(&ids(1, n)?, &[vec![1u8; n]], &mut base)?;
+        for path in ["candle", "plain"] {
+            let mut row = Vec::new();
+            for k in [1usize, 2, 4, 8] {
+                let toks = ids_vec(k);
+                let input = ids(1, k)?;
+                row.push(median(51, Some(&base), &|cache| {
+                    if path == "candle" {
+                        m.forward_cached(&input, &[vec![1u8; k]], cache)?;
+                    } else {
+                        plain.step(&toks, cache, &[k - 1])?;
+                    }
+                    Ok(())
+                })?);
+            }
+            println!(
+                "| {n} | {path} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[3] / row[0]
+            );
         }
-        println!(
-            "| {n} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[3] / row[0]
-        );
+    }
+
+    println!(
+        "\n## prompt prefill into an empty cache (tiny, int8, batch 1, logits of the last token): ms, median of 11"
+    );
+    println!("| prompt tokens | candle | plain | candle / plain |");
+    println!("|---|---|---|---|");
+    for t in [128usize, 256, 420, 768] {
+        let toks = ids_vec(t);
+        // As the decoder runs it through candle: the LM head on the last position only.
+        let step = Step::left_padded(&[&toks], 0);
+        let candle = median(11, None, &|cache| {
+            forward_select(&m, &step, cache, &[(0, t - 1)])?;
+            Ok(())
+        })?;
+        let fast = median(11, None, &|cache| {
+            plain.step(&toks, cache, &[t - 1])?;
+            Ok(())
+        })?;
+        println!("| {t} | {candle:.1} | {fast:.1} | {:.2} |", candle / fast);
     }
     Ok(())
 }
