@@ -1,6 +1,6 @@
 //! Server lifecycle over real HTTP: readiness only after load + warm-up, a failed load, bounded
-//! queue back-pressure (429 + Retry-After), per-request timeouts (504), and graceful shutdown
-//! that lets in-flight requests finish.
+//! queue back-pressure (429 + Retry-After), per-request timeouts (504), graceful shutdown
+//! that lets in-flight requests finish, and several model threads sharing one model.
 
 mod serve_support;
 
@@ -111,4 +111,37 @@ async fn shutdown_drains_in_flight_requests() {
     assert_eq!(r.json()["decisions"].as_array().unwrap().len(), 3);
     let refused = tokio::net::TcpStream::connect(addr).await;
     assert!(refused.is_err(), "no new connections after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_model_threads_answer_as_one_does() {
+    let bodies: Vec<String> = (0..6).map(route_body).collect();
+    // The reference: one model thread, one request at a time.
+    let mut one = sapllm_worker::serve::start(config(1, 16, 120_000), loader()).await.expect("start");
+    one.ready().await.expect("ready");
+    let mut want = Vec::new();
+    for b in &bodies {
+        let r = post_json(one.addr, "/v1/route", &[], b).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        want.push(r.json());
+    }
+    one.shutdown().await.expect("shutdown");
+    // Two model threads sharing the model and the queue, all requests at once.
+    let mut cfg = config(1, 16, 120_000);
+    cfg.batch.workers = 2;
+    let mut two = sapllm_worker::serve::start(cfg, loader()).await.expect("start");
+    two.ready().await.expect("ready");
+    let addr = two.addr;
+    let calls: Vec<_> = bodies
+        .iter()
+        .cloned()
+        .map(|b| tokio::spawn(async move { post_json(addr, "/v1/route", &[], &b).await }))
+        .collect();
+    for (call, want) in calls.into_iter().zip(&want) {
+        let r = call.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(&r.json(), want, "the same document gets the same decision on any thread");
+    }
+    // Shutdown ends both threads (the call joins them).
+    two.shutdown().await.expect("shutdown");
 }

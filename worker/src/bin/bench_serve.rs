@@ -16,7 +16,7 @@
 //! model's: pessimistic figures).
 //!
 //! `cargo run --release -p sapllm-worker --bin bench_serve -- [--base-model DIR] [--adapter DIR]
-//!  [--precision f32] [--requests 40] [--concurrency 1,2,4,8] [--max-batch 1 (as serve)] [--max-wait-ms 5]
+//!  [--precision f32] [--requests 40] [--concurrency 1,2,4,8] [--max-batch 1 (as serve)] [--max-wait-ms 5] [--workers 1]
 //!  [--max-reasoning-steps 2] [--max-reasoning-chars 160] [--engine-only | --http-only]`
 
 use std::path::PathBuf;
@@ -45,6 +45,7 @@ struct Args {
     concurrency: Vec<usize>,
     max_batch: usize,
     max_wait_ms: u64,
+    workers: usize,
     engine_only: bool,
     http_only: bool,
     limits: GrammarLimits,
@@ -65,6 +66,7 @@ fn parse_args() -> Result<Args> {
             .collect::<Result<_>>()?,
         max_batch: get("--max-batch").map(|s| s.parse()).transpose()?.unwrap_or(1),
         max_wait_ms: get("--max-wait-ms").map(|s| s.parse()).transpose()?.unwrap_or(5),
+        workers: get("--workers").map(|s| s.parse()).transpose()?.unwrap_or(1),
         engine_only: argv.iter().any(|a| a == "--engine-only"),
         http_only: argv.iter().any(|a| a == "--http-only"),
         limits: GrammarLimits {
@@ -387,6 +389,7 @@ mod http {
                 max_batch: args.max_batch,
                 max_wait: Duration::from_millis(args.max_wait_ms),
                 max_queue: 1024,
+                workers: args.workers,
             };
             cfg.request_timeout = Duration::from_secs(600);
             let precision = parse_precision(&args.precision)?;
@@ -399,8 +402,8 @@ mod http {
             let mut server = start(cfg, loader).await?;
             server.ready().await?;
             println!(
-                "\n## HTTP load: POST /v1/route, {} requests per level, max batch {}, max wait {} ms\n",
-                args.requests, args.max_batch, args.max_wait_ms
+                "\n## HTTP load: POST /v1/route, {} requests per level, max batch {}, max wait {} ms, {} model thread(s)\n",
+                args.requests, args.max_batch, args.max_wait_ms, args.workers
             );
             println!("| documents | concurrency | requests ok | errors | throughput req/s | P50 ms | P95 ms | P99 ms |");
             println!("|---|---|---|---|---|---|---|---|");

@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// at concurrency 4, 3.7 decisions/s batched by up to 8 against 5.3 one at a time).
     #[arg(long, default_value_t = CPU_MAX_BATCH)]
     pub max_batch: usize,
+    /// Model threads decoding in parallel, each its own requests, over one copy of the model.
+    /// One per core the server may use (with `CANDLE_NUM_THREADS=1`, the fastest setting for
+    /// one decode on a CPU): measured with `bench_serve --workers 2` on 2 cores.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
     /// How long the first waiting request waits for others to batch with.
     #[arg(long, default_value_t = 5)]
     pub max_wait_ms: u64,
@@ -104,8 +109,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.abstain_threshold) {
         bail!("--abstain-threshold must be in [0, 1], got {}", args.abstain_threshold);
     }
-    if args.max_batch == 0 || args.max_queue == 0 {
-        bail!("--max-batch and --max-queue must be at least 1");
+    if args.max_batch == 0 || args.max_queue == 0 || args.workers == 0 {
+        bail!("--max-batch, --max-queue and --workers must be at least 1");
     }
     let catalog = match &args.catalog {
         Some(p) => Catalog::load(p).with_context(|| format!("loading catalog {}", p.display()))?,
@@ -116,6 +121,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         max_batch: args.max_batch,
         max_wait: Duration::from_millis(args.max_wait_ms),
         max_queue: args.max_queue,
+        workers: args.workers,
     };
     cfg.request_timeout = Duration::from_millis(args.request_timeout_ms.max(1));
     cfg.max_body_bytes = args.max_body_bytes;

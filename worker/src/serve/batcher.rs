@@ -1,14 +1,19 @@
-//! Dynamic batching: handlers put jobs on a bounded queue; one model thread takes the first
+//! Dynamic batching: handlers put jobs on a bounded queue; a model thread takes the first
 //! waiting job, gathers more for up to `max_wait` (or until `max_batch` decisions), decodes
 //! them together and answers each job on its own channel.
+//!
+//! Several model threads (`workers`) may share the queue and the one loaded model: each
+//! decodes its own batch, so independent requests run in parallel on separate cores (on a
+//! CPU, one decode per core beats batching them: see `bench_serve`). A thread holds the
+//! queue only while it gathers a batch.
 //!
 //! The queue is a bounded `sync_channel`: a full queue is an immediate 429 for the handler,
 //! never an unbounded pile-up. Jobs whose client gave up (deadline passed, receiver dropped)
 //! are answered without decoding. The thread ends when every sender is gone (shutdown after
 //! the HTTP server drained).
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -94,6 +99,14 @@ pub struct BatchConfig {
     pub max_batch: usize,
     pub max_wait: Duration,
     pub max_queue: usize,
+    /// Model threads decoding batches in parallel (at least 1).
+    pub workers: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_batch: 1, max_wait: Duration::from_millis(5), max_queue: 64, workers: 1 }
+    }
 }
 
 /// Why a job was not queued.
@@ -133,27 +146,10 @@ pub fn queue(cfg: &BatchConfig, metrics: Arc<Metrics>) -> (Queue, Receiver<Job>)
     (Queue { tx, metrics }, rx)
 }
 
-/// The model thread's loop: returns when every `Queue` clone is dropped and the queue is empty.
-pub fn run_worker(engine: &Engine, rx: &Receiver<Job>, cfg: &BatchConfig, metrics: &Metrics) {
-    while let Ok(first) = rx.recv() {
-        metrics.queue_depth.dec();
-        let mut batch = vec![first];
-        let mut size = batch[0].size();
-        let until = Instant::now() + cfg.max_wait;
-        while size < cfg.max_batch {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            match rx.recv_timeout(until - now) {
-                Ok(j) => {
-                    metrics.queue_depth.dec();
-                    size += j.size();
-                    batch.push(j);
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
-        }
+/// A model thread's loop: returns when every `Queue` clone is dropped and the queue is empty.
+/// Several threads may run it over the same receiver.
+pub fn run_worker(engine: &Engine, rx: &Mutex<Receiver<Job>>, cfg: &BatchConfig, metrics: &Metrics) {
+    while let Some(batch) = next_batch(rx, cfg, metrics) {
         // A panic inside the model must not end the thread: the batch's reply channels drop
         // (their handlers answer 503) and the next batch is served.
         let run = std::panic::AssertUnwindSafe(|| process(engine, batch, metrics));
@@ -161,6 +157,33 @@ pub fn run_worker(engine: &Engine, rx: &Receiver<Job>, cfg: &BatchConfig, metric
             tracing::error!("a batch panicked in the model thread; its requests got 503");
         }
     }
+}
+
+/// The next batch: the first waiting job and those that arrive within `max_wait`, up to
+/// `max_batch` decisions. `None` when the queue is closed and empty.
+fn next_batch(rx: &Mutex<Receiver<Job>>, cfg: &BatchConfig, metrics: &Metrics) -> Option<Vec<Job>> {
+    // A thread that panicked while holding the lock left the receiver intact.
+    let rx = rx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let first = rx.recv().ok()?;
+    metrics.queue_depth.dec();
+    let mut batch = vec![first];
+    let mut size = batch[0].size();
+    let until = Instant::now() + cfg.max_wait;
+    while size < cfg.max_batch {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        match rx.recv_timeout(until - now) {
+            Ok(j) => {
+                metrics.queue_depth.dec();
+                size += j.size();
+                batch.push(j);
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(batch)
 }
 
 fn process(engine: &Engine, batch: Vec<Job>, metrics: &Metrics) {

@@ -58,7 +58,7 @@ impl ServeConfig {
     pub fn new(addr: SocketAddr) -> Self {
         ServeConfig {
             addr,
-            batch: BatchConfig { max_batch: 8, max_wait: Duration::from_millis(5), max_queue: 64 },
+            batch: BatchConfig { max_batch: 8, ..BatchConfig::default() },
             request_timeout: Duration::from_secs(30),
             max_body_bytes: 1 << 20,
             auth_token: None,
@@ -141,7 +141,19 @@ pub async fn start(cfg: ServeConfig, loader: Loader) -> Result<Server> {
                 tracing::info!(base = %info.base, adapter = ?info.adapter, precision = %info.precision, secs = t.elapsed().as_secs_f64(), "model ready");
                 metrics.ready.set(1);
                 let _ = phase_tx.send(Phase::Ready(Box::new(info)));
-                batcher::run_worker(&engine, &rx, &batch, &metrics);
+                let rx = std::sync::Mutex::new(rx);
+                std::thread::scope(|scope| {
+                    for i in 1..batch.workers.max(1) {
+                        let (engine, rx, batch, metrics) = (&engine, &rx, &batch, &metrics);
+                        let spawned = std::thread::Builder::new()
+                            .name(format!("sapllm-model-{i}"))
+                            .spawn_scoped(scope, move || batcher::run_worker(engine, rx, batch, metrics));
+                        if let Err(e) = spawned {
+                            tracing::error!(error = %e, "could not start model thread {i}; serving with fewer");
+                        }
+                    }
+                    batcher::run_worker(&engine, &rx, &batch, &metrics);
+                });
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "model load failed");

@@ -51,7 +51,7 @@ pub fn engine() -> Engine {
 
 pub fn config(max_batch: usize, max_queue: usize, timeout_ms: u64) -> ServeConfig {
     let mut cfg = ServeConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
-    cfg.batch = BatchConfig { max_batch, max_wait: Duration::from_millis(5), max_queue };
+    cfg.batch = BatchConfig { max_batch, max_wait: Duration::from_millis(5), max_queue, workers: 1 };
     cfg.request_timeout = Duration::from_millis(timeout_ms);
     cfg.max_body_bytes = 64 * 1024;
     cfg
