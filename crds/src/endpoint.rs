@@ -169,6 +169,12 @@ pub struct Batching {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
     pub max_batch: Option<u32>,
+    /// Model threads decoding requests in parallel over one copy of the model, each on one
+    /// core (one decode per core is the fastest use of a CPU for small models). Unset: the
+    /// whole cores of the container's CPU request, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub workers: Option<u32>,
     /// Longest a request waits for others to join its batch, in milliseconds.
     #[serde(default = "default_max_wait")]
     #[schemars(range(min = 0, max = 1000))]
@@ -197,6 +203,7 @@ impl Default for Batching {
     fn default() -> Self {
         Batching {
             max_batch: None,
+            workers: None,
             max_wait_ms: default_max_wait(),
             max_queue: default_queue(),
             request_timeout_ms: default_timeout(),

@@ -175,9 +175,13 @@ fn serving_children_are_exact() {
     // Left out, the server's own default applies (1 on the CPU): no flag at all.
     let mut unset = r.clone();
     unset.spec.batching.max_batch = None;
-    let unset_args = endpoint::build::serve_args(&unset, &c);
+    let unset_args = endpoint::build::serve_args(&unset, &c, 2);
     assert!(!unset_args.iter().any(|a| a == "--max-batch"), "{unset_args:?}");
     assert_eq!(unset_args.len() + 2, args.len(), "only the --max-batch pair differs: {unset_args:?}");
+    // One model thread per whole core of the CPU request ('2'), one decode thread each.
+    assert!(args.windows(2).any(|w| w == ["--workers", "2"]), "{args:?}");
+    let env = c0.env.clone().unwrap_or_default();
+    assert!(env.iter().any(|e| e.name == "CANDLE_NUM_THREADS" && e.value.as_deref() == Some("1")), "{env:?}");
     assert_eq!(
         c0.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
         Some("/readyz")
@@ -190,6 +194,34 @@ fn serving_children_are_exact() {
     let hpa = endpoint::autoscaler(&r);
     let metrics = hpa.spec.unwrap().metrics.unwrap();
     assert_eq!(metrics[1].pods.as_ref().unwrap().metric.name, "sapllm_inflight_requests");
+}
+
+#[test]
+fn model_threads_follow_the_spec_or_the_cpu_request() {
+    use endpoint::build::{whole_cores, workers};
+    for (q, want) in [("2", Some(2)), ("2.5", Some(2)), ("2500m", Some(2)), ("500m", Some(0)), ("x", None)] {
+        assert_eq!(whole_cores(q), want, "{q}");
+    }
+    let r = rep();
+    let req = |cpu: &str| serde_json::json!({ "requests": { "cpu": cpu } });
+    let mut unset = r.clone();
+    unset.spec.batching.workers = None;
+    assert_eq!(workers(&unset, &req("4")), 4);
+    assert_eq!(workers(&unset, &req("1500m")), 1);
+    assert_eq!(workers(&unset, &req("250m")), 1, "at least one");
+    assert_eq!(workers(&unset, &serde_json::json!({})), 1, "no request: one");
+    let mut set = r.clone();
+    set.spec.batching.workers = Some(3);
+    assert_eq!(workers(&set, &req("8")), 3, "the spec wins");
+    // A CANDLE_NUM_THREADS of the user's is kept, not overridden.
+    let mut own = r.clone();
+    own.spec.worker.env.insert("CANDLE_NUM_THREADS".into(), "4".into());
+    let c = endpoint::select(&own, &[ev("a", 1, true, 10)]).serve.unwrap();
+    let dep = endpoint::deployment(&own, &c, "sapllm-artifacts", &OperatorConfig::default());
+    let env = dep.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+    let threads: Vec<_> = env.iter().filter(|e| e.name == "CANDLE_NUM_THREADS").collect();
+    assert_eq!(threads.len(), 1);
+    assert_eq!(threads[0].value.as_deref(), Some("4"));
 }
 
 #[test]

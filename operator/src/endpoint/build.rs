@@ -20,6 +20,8 @@ use crate::training::build::from_json;
 
 /// Where the auth token Secret is mounted.
 pub const AUTH_DIR: &str = "/etc/sapllm-auth";
+/// Threads per decode of the worker (`threads::init` reads it); set by `worker.env` to override.
+pub const DECODE_THREADS_ENV: &str = "CANDLE_NUM_THREADS";
 /// The per-pod metric the autoscaler reads through a metrics adapter.
 pub const INFLIGHT_METRIC: &str = "sapllm_inflight_requests";
 
@@ -45,8 +47,31 @@ fn metadata(rep: &RoutingEndpoint) -> Value {
     json!({ "name": child(rep), "namespace": rep.namespace(), "labels": labels(rep), "ownerReferences": [owner_ref(rep)] })
 }
 
-/// The `serve` arguments for `c`.
-pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate) -> Vec<String> {
+/// Model threads of the server: the spec's `batching.workers`, else the whole cores of the
+/// container's CPU request (`resources` as the Deployment gets them), at least 1.
+pub fn workers(rep: &RoutingEndpoint, resources: &Value) -> u32 {
+    rep.spec.batching.workers.unwrap_or_else(|| {
+        resources
+            .pointer("/requests/cpu")
+            .and_then(Value::as_str)
+            .and_then(whole_cores)
+            .unwrap_or(1)
+            .clamp(1, 256)
+    })
+}
+
+/// Whole cores of a CPU quantity: "2", "2.5" and "2500m" are 2; `None` when unreadable.
+pub fn whole_cores(quantity: &str) -> Option<u32> {
+    let q = quantity.trim();
+    let cores = match q.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().ok()? / 1000.0,
+        None => q.parse::<f64>().ok()?,
+    };
+    (cores.is_finite() && cores >= 0.0).then(|| cores.floor().min(u32::MAX as f64) as u32)
+}
+
+/// The `serve` arguments for `c`, with `workers` model threads.
+pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate, workers: u32) -> Vec<String> {
     let s = &rep.spec;
     let mut a = vec!["serve".to_string(), "--base-model".into(), pod::artifact_path(&c.artifacts.base_model)];
     if let Some(ad) = &c.artifacts.adapter {
@@ -58,6 +83,8 @@ pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate) -> Vec<String> {
         a.extend(["--max-batch".into(), m.to_string()]);
     }
     a.extend([
+        "--workers".into(),
+        workers.to_string(),
         "--max-wait-ms".into(),
         s.batching.max_wait_ms.to_string(),
         "--max-queue".into(),
@@ -100,7 +127,7 @@ pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &Opera
     let mut container = json!({
         "name": WORKER_CONTAINER,
         "image": pod::image(&s.worker, cfg),
-        "args": serve_args(rep, c),
+        "args": serve_args(rep, c, workers(rep, &resources)),
         "ports": [{ "name": "http", "containerPort": s.port, "protocol": "TCP" }],
         "resources": resources,
         // Loading and quantising the weights takes a while: the startup probe allows 10 minutes
@@ -114,10 +141,13 @@ pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &Opera
     if let Some(pp) = s.worker.image_pull_policy {
         container["imagePullPolicy"] = json!(pp.as_str());
     }
-    let env = pod::env(&s.worker);
-    if !env.is_empty() {
-        container["env"] = json!(env);
+    let mut env = pod::env(&s.worker);
+    // One thread per decode (each model thread decodes on one core: the fastest setting for a
+    // CPU). Without it candle sizes its thread pool to the node's cores, not the container's.
+    if !s.worker.env.contains_key(DECODE_THREADS_ENV) {
+        env.push(json!({ "name": DECODE_THREADS_ENV, "value": "1" }));
     }
+    container["env"] = json!(env);
     let pod_spec = pod::pod_spec(&s.worker, cfg, container, volumes);
     from_json(json!({
         "apiVersion": "apps/v1",
