@@ -66,10 +66,19 @@ pub fn container_security() -> Value {
     })
 }
 
-/// Environment: the settings' variables in name order (stable output, no spurious rollouts).
+/// Environment: the settings' variables in name order (stable output, no spurious rollouts),
+/// then JSON-line logs (`SAPLLM_LOG_FORMAT=json`, what cluster log collectors parse) unless the
+/// settings choose a format.
 pub fn env(settings: &PodSettings) -> Vec<Value> {
-    settings.env.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect()
+    let mut env: Vec<Value> = settings.env.iter().map(|(k, v)| json!({ "name": k, "value": v })).collect();
+    if !settings.env.contains_key(LOG_FORMAT_ENV) {
+        env.push(json!({ "name": LOG_FORMAT_ENV, "value": "json" }));
+    }
+    env
 }
+
+/// The worker's log format switch (`json` or text).
+pub const LOG_FORMAT_ENV: &str = "SAPLLM_LOG_FORMAT";
 
 /// Volumes and mounts of the worker contract.
 pub fn volumes(p: &WorkerPod) -> (Vec<Value>, Vec<Value>) {

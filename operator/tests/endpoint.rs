@@ -213,15 +213,19 @@ fn model_threads_follow_the_spec_or_the_cpu_request() {
     let mut set = r.clone();
     set.spec.batching.workers = Some(3);
     assert_eq!(workers(&set, &req("8")), 3, "the spec wins");
-    // A CANDLE_NUM_THREADS of the user's is kept, not overridden.
+    // A CANDLE_NUM_THREADS or log format of the user's is kept, not overridden.
     let mut own = r.clone();
     own.spec.worker.env.insert("CANDLE_NUM_THREADS".into(), "4".into());
+    own.spec.worker.env.insert("SAPLLM_LOG_FORMAT".into(), "text".into());
     let c = endpoint::select(&own, &[ev("a", 1, true, 10)]).serve.unwrap();
     let dep = endpoint::deployment(&own, &c, "sapllm-artifacts", &OperatorConfig::default());
     let env = dep.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
     let threads: Vec<_> = env.iter().filter(|e| e.name == "CANDLE_NUM_THREADS").collect();
     assert_eq!(threads.len(), 1);
     assert_eq!(threads[0].value.as_deref(), Some("4"));
+    let format: Vec<_> = env.iter().filter(|e| e.name == "SAPLLM_LOG_FORMAT").collect();
+    assert_eq!(format.len(), 1);
+    assert_eq!(format[0].value.as_deref(), Some("text"));
 }
 
 #[test]
