@@ -96,56 +96,134 @@ where
 /// Rows handled together: they share each load of `x`, and their accumulators are independent.
 const ROWS: usize = 4;
 
+/// A vector width: its register type and the few operations the kernel uses. The methods are
+/// compiled for their instruction set and inlined into the entry point that enables it.
+#[cfg(target_arch = "x86_64")]
+trait Width {
+    type V: Copy;
+    const LANES: usize;
+    /// # Safety
+    /// The CPU supports the width's instruction set.
+    unsafe fn zero() -> Self::V;
+    /// # Safety
+    /// As [`Width::zero`], and `p` points to `LANES` readable f32.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// # Safety
+    /// As [`Width::zero`], and `p` points to `LANES` readable elements.
+    unsafe fn load_elem<E: Elem>(p: *const E) -> Self::V
+    where
+        f32: From<E>;
+    /// `a * b + c`.
+    /// # Safety
+    /// As [`Width::zero`].
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Sum of the lanes.
+    /// # Safety
+    /// As [`Width::zero`].
+    unsafe fn sum(v: Self::V) -> f32;
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Width for Avx512 {
+    type V = std::arch::x86_64::__m512;
+    const LANES: usize = 16;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm512_setzero_ps()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(p: *const f32) -> Self::V {
+        // SAFETY: the caller guarantees 16 readable f32 at p.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_elem<E: Elem>(p: *const E) -> Self::V
+    where
+        f32: From<E>,
+    {
+        // SAFETY: the caller guarantees 16 readable elements at p.
+        unsafe { E::load16(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::arch::x86_64::_mm512_fmadd_ps(a, b, c)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum(v: Self::V) -> f32 {
+        std::arch::x86_64::_mm512_reduce_add_ps(v)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Width for Avx2 {
+    type V = std::arch::x86_64::__m256;
+    const LANES: usize = 8;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm256_setzero_ps()
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(p: *const f32) -> Self::V {
+        // SAFETY: the caller guarantees 8 readable f32 at p.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_elem<E: Elem>(p: *const E) -> Self::V
+    where
+        f32: From<E>,
+    {
+        // SAFETY: the caller guarantees 8 readable elements at p.
+        unsafe { E::load8(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::arch::x86_64::_mm256_fmadd_ps(a, b, c)
+    }
+
+    /// Pairwise: halves, then quarters, then the last two lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum(v: Self::V) -> f32 {
+        use std::arch::x86_64::*;
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dots_avx512<E: Elem>(x: &[f32], w: &[E], y: &mut [f32])
 where
     f32: From<E>,
 {
-    let mut n = 0;
-    while n + ROWS <= y.len() {
-        // SAFETY: rows n..n+ROWS exist (the caller asserted y.len() rows of w).
-        unsafe { rows_avx512::<E, ROWS>(x, w, n, &mut y[n..n + ROWS]) };
-        n += ROWS;
-    }
-    while n < y.len() {
-        // SAFETY: as above, for row n.
-        unsafe { rows_avx512::<E, 1>(x, w, n, &mut y[n..n + 1]) };
-        n += 1;
-    }
-}
-
-/// Rows `n..n+R` of `w` times `x` into `y` (`R` is a constant, so the row loop unrolls and
-/// the accumulators stay in registers).
-///
-/// # Safety
-/// AVX-512F, and `w` holds rows `n..n+R` of `x.len()` elements.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn rows_avx512<E: Elem, const R: usize>(x: &[f32], w: &[E], n: usize, y: &mut [f32])
-where
-    f32: From<E>,
-{
-    use std::arch::x86_64::*;
-    let k = x.len();
-    let body = k - k % 16;
-    let (xp, wp) = (x.as_ptr(), w.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut c = 0;
-    while c < body {
-        // SAFETY: c + 16 <= k, and rows n..n+R exist (the caller's contract).
-        unsafe {
-            let xv = _mm512_loadu_ps(xp.add(c));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(xv, E::load16(wp.add((n + r) * k + c)), *a);
-            }
-        }
-        c += 16;
-    }
-    for (r, (a, yr)) in acc.iter().zip(y.iter_mut()).enumerate() {
-        *yr = _mm512_reduce_add_ps(*a) + tail(x, &w[(n + r) * k..(n + r + 1) * k], body);
-    }
+    // SAFETY: AVX-512F is enabled here; the caller asserted y.len() rows of w.
+    unsafe { dots_in::<Avx512, E>(x, w, y) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -154,70 +232,66 @@ unsafe fn dots_avx2<E: Elem>(x: &[f32], w: &[E], y: &mut [f32])
 where
     f32: From<E>,
 {
+    // SAFETY: AVX2 and FMA are enabled here; the caller asserted y.len() rows of w.
+    unsafe { dots_in::<Avx2, E>(x, w, y) }
+}
+
+/// The kernel at width `W`: blocks of [`ROWS`] rows, then the rows left one by one.
+///
+/// # Safety
+/// The CPU supports `W`, and `w` holds `y.len()` rows of `x.len()` elements.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dots_in<W: Width, E: Elem>(x: &[f32], w: &[E], y: &mut [f32])
+where
+    f32: From<E>,
+{
     let mut n = 0;
     while n + ROWS <= y.len() {
-        // SAFETY: rows n..n+ROWS exist (the caller asserted y.len() rows of w).
-        unsafe { rows_avx2::<E, ROWS>(x, w, n, &mut y[n..n + ROWS]) };
+        // SAFETY: rows n..n+ROWS exist (the caller's contract).
+        unsafe { rows_in::<W, E, ROWS>(x, w, n, &mut y[n..n + ROWS]) };
         n += ROWS;
     }
     while n < y.len() {
         // SAFETY: as above, for row n.
-        unsafe { rows_avx2::<E, 1>(x, w, n, &mut y[n..n + 1]) };
+        unsafe { rows_in::<W, E, 1>(x, w, n, &mut y[n..n + 1]) };
         n += 1;
     }
 }
 
-/// [`rows_avx512`] with 8 lanes.
+/// Rows `n..n+R` of `w` times `x` into `y` (`R` is a constant, so the row loop unrolls and
+/// the accumulators stay in registers).
 ///
 /// # Safety
-/// AVX2 and FMA, and `w` holds rows `n..n+R` of `x.len()` elements.
+/// The CPU supports `W`, and `w` holds rows `n..n+R` of `x.len()` elements.
 #[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2<E: Elem, const R: usize>(x: &[f32], w: &[E], n: usize, y: &mut [f32])
+#[inline(always)]
+unsafe fn rows_in<W: Width, E: Elem, const R: usize>(x: &[f32], w: &[E], n: usize, y: &mut [f32])
 where
     f32: From<E>,
 {
-    use std::arch::x86_64::*;
     let k = x.len();
-    let body = k - k % 8;
+    let body = k - k % W::LANES;
     let (xp, wp) = (x.as_ptr(), w.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); R];
+    // SAFETY (every block below): the CPU supports W (the caller's contract); c + LANES <= k and
+    // rows n..n+R exist, so every load is in bounds.
+    let mut acc = [unsafe { W::zero() }; R];
     let mut c = 0;
     while c < body {
-        // SAFETY: c + 8 <= k, and rows n..n+R exist (the caller's contract).
         unsafe {
-            let xv = _mm256_loadu_ps(xp.add(c));
+            let xv = W::load(xp.add(c));
             for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(xv, E::load8(wp.add((n + r) * k + c)), *a);
+                *a = W::fma(xv, W::load_elem(wp.add((n + r) * k + c)), *a);
             }
         }
-        c += 8;
+        c += W::LANES;
     }
     for (r, (a, yr)) in acc.iter().zip(y.iter_mut()).enumerate() {
-        *yr = hsum256(*a) + tail(x, &w[(n + r) * k..(n + r + 1) * k], body);
+        // The elements after the last full vector.
+        let row = &w[(n + r) * k..(n + r + 1) * k];
+        let tail: f32 = x[body..].iter().zip(&row[body..]).map(|(&a, &b)| a * f32::from(b)).sum();
+        *yr = unsafe { W::sum(*a) } + tail;
     }
-}
-
-/// `x[from..] . row[from..]`: the elements after the last full vector.
-#[inline(always)]
-fn tail<E: Elem>(x: &[f32], row: &[E], from: usize) -> f32
-where
-    f32: From<E>,
-{
-    x[from..].iter().zip(&row[from..]).map(|(&a, &b)| a * f32::from(b)).sum()
-}
-
-/// Sum of the eight lanes of `v`, pairwise.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-#[target_feature(enable = "avx2")]
-fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
-    use std::arch::x86_64::*;
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
 }
 
 #[cfg(test)]
