@@ -3,7 +3,7 @@
 
 Writes the fixture that worker/tests/model_parity.rs checks the Rust model against:
 
-  worker/tests/fixtures/tiny_mixtral/
+  worker/model/tests/fixtures/tiny_mixtral/
     config.json, model.safetensors   the random base, saved by save_pretrained
     adapter/                         a PEFT LoRA adapter (random A and B) on q/k/v/o and the router
     golden.safetensors               input_ids [2, T], attention_mask [2, T],
@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 import transformers
 from transformers import MixtralConfig, MixtralForCausalLM
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "worker", "tests", "fixtures", "tiny_mixtral")
+OUT = os.path.join(os.path.dirname(__file__), "..", "worker", "model", "tests", "fixtures", "tiny_mixtral")
 
 
 def main() -> None:

@@ -6,10 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
+use sapllm_sap::documents::DocType;
+use sapllm_sap::documents::signals::detect;
 use sapllm_worker::dataprep::synth::Generator;
 use sapllm_worker::dataprep::{self, DataPrepConfig, DatasetCard, Source};
-use sapllm_worker::sap::documents::DocType;
-use sapllm_worker::sap::documents::signals::detect;
 use serde_json::Value;
 
 fn read(dir: &Path, name: &str) -> Vec<Value> {

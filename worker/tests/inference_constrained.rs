@@ -5,14 +5,14 @@
 
 use std::sync::OnceLock;
 
-use sapllm_worker::inference::decoder::DecodeOptions;
-use sapllm_worker::inference::engine::{Engine, EngineConfig};
-use sapllm_worker::inference::grammar::GrammarLimits;
-use sapllm_worker::inference::testkit::{sample_exception, tiny_engine};
-use sapllm_worker::inference::types::RoutingQuery;
-use sapllm_worker::sap::catalog::{Catalog, create_payload_schema};
-use sapllm_worker::sap::exceptions::ExceptionAction;
-use sapllm_worker::sap::routing::EXCEPTION_ENDPOINT;
+use sapllm_engine::decoder::DecodeOptions;
+use sapllm_engine::engine::{Engine, EngineConfig};
+use sapllm_engine::grammar::GrammarLimits;
+use sapllm_engine::types::RoutingQuery;
+use sapllm_sap::catalog::{Catalog, create_payload_schema};
+use sapllm_sap::exceptions::ExceptionAction;
+use sapllm_sap::routing::EXCEPTION_ENDPOINT;
+use sapllm_worker::testkit::{sample_exception, tiny_engine};
 
 fn config() -> EngineConfig {
     // Tight repetition bounds: a random model fills every string and array to its bound.
@@ -29,7 +29,7 @@ fn engine() -> &'static (Engine, Vec<RoutingQuery>) {
     E.get_or_init(|| tiny_engine(config(), 7).expect("tiny engine"))
 }
 
-fn check_routing(catalog: &Catalog, q: &RoutingQuery, d: &sapllm_worker::inference::RoutingDecision) {
+fn check_routing(catalog: &Catalog, q: &RoutingQuery, d: &sapllm_engine::RoutingDecision) {
     assert!(Engine::allowed_endpoints(q).contains(&d.endpoint), "endpoint {} is no candidate", d.endpoint);
     // Offered: the candidates serving the document's type, and exception handling.
     let allowed = Engine::offered_endpoints(q, false);
@@ -115,7 +115,7 @@ fn abstention_follows_the_threshold() {
         engine.decide_routing(&q.adc_json, &q.doc_type, &q.api_schemas, &q.similar_cases).expect("decision");
     assert!(!d.abstained, "threshold 0 never abstains");
     assert_eq!(d.abstained, d.confidence < engine.config.abstain_threshold);
-    let strict = sapllm_worker::inference::confidence::combine(&d.confidence_parts, &engine.config.weights);
+    let strict = sapllm_engine::confidence::combine(&d.confidence_parts, &engine.config.weights);
     assert!((strict - d.confidence).abs() < 1e-12, "confidence is the documented formula of its parts");
 }
 
@@ -171,9 +171,9 @@ fn tree_attention_scoring_equals_one_forward_per_option() {
 /// constrained decoder reproduces them byte for byte.
 #[test]
 fn the_grammar_admits_training_answers() {
+    use sapllm_engine::format::{RoutingAnswer, answer_payload};
     use sapllm_worker::dataprep::DataPrepConfig;
     use sapllm_worker::dataprep::synth::Generator;
-    use sapllm_worker::inference::format::{RoutingAnswer, answer_payload};
 
     let (engine, _) =
         tiny_engine(EngineConfig { abstain_threshold: 0.0, ..EngineConfig::default() }, 7).expect("engine");
@@ -186,7 +186,7 @@ fn the_grammar_admits_training_answers() {
         let (Some(endpoint), Some(payload)) = (log.routed_endpoint.clone(), log.sap_payload.clone()) else {
             continue;
         };
-        let q = sapllm_worker::inference::testkit::sample_queries(i as usize + 1, 7).pop().unwrap();
+        let q = sapllm_worker::testkit::sample_queries(i as usize + 1, 7).pop().unwrap();
         if !Engine::allowed_endpoints(&q).contains(&endpoint) {
             continue;
         }
@@ -217,8 +217,8 @@ fn the_grammar_admits_training_answers() {
 /// replayed reference answers), and on answers that copy their document drafts are accepted.
 #[test]
 fn prompt_lookup_drafts_change_the_forward_calls_not_the_answers() {
+    use sapllm_engine::format::{routing_answer, routing_query};
     use sapllm_worker::dataprep::{self, DataPrepConfig, RoutingExample};
-    use sapllm_worker::inference::format::{routing_answer, routing_query};
 
     let tmp = tempfile::tempdir().unwrap();
     let cfg =

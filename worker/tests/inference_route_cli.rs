@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use sapllm_worker::inference::testkit::{sample_exception, sample_queries, write_tiny_model};
+use sapllm_worker::testkit::{sample_exception, sample_queries, write_tiny_model};
 
 #[test]
 fn route_cli_decides_every_line() {

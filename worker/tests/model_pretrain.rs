@@ -4,12 +4,12 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use sapllm_worker::model::checkpoint::load_model;
-use sapllm_worker::model::config::Preset;
-use sapllm_worker::model::linear::Precision;
-use sapllm_worker::model::mixtral::ModelOptions;
-use sapllm_worker::model::pretrain::{PretrainConfig, run};
-use sapllm_worker::model::tokenizer::Tokenizer;
+use sapllm_model::config::Preset;
+use sapllm_model::hf_io::load_model;
+use sapllm_model::linear::Precision;
+use sapllm_model::mixtral::ModelOptions;
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_worker::pretrain::{PretrainConfig, run};
 use sapllm_worker::progress::ProgressMode;
 
 fn corpus(dir: &Path) -> std::path::PathBuf {

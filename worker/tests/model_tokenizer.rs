@@ -1,9 +1,7 @@
 // Tokenizer training (byte-level BPE, no prefix space) and the shared prompt template.
 
-use sapllm_worker::model::template::{
-    encode_example, encode_prompt, parse_response, response_text, routing_prompt,
-};
-use sapllm_worker::model::tokenizer::{SPECIAL_TOKENS, Tokenizer};
+use sapllm_engine::template::{encode_example, encode_prompt, parse_response, response_text, routing_prompt};
+use sapllm_model::tokenizer::{SPECIAL_TOKENS, Tokenizer};
 
 fn corpus() -> Vec<String> {
     (0..200)
@@ -47,7 +45,7 @@ fn trained_bpe_is_byte_level_without_prefix_space() {
 
 #[test]
 fn domain_words_are_one_token_each_within_the_vocabulary_and_survive_a_reload() {
-    let words = sapllm_worker::sap::catalog::Catalog::builtin().domain_tokens();
+    let words = sapllm_sap::catalog::Catalog::builtin().domain_tokens();
     assert!(words.iter().any(|w| w == "sales_quotation") && words.iter().any(|w| w == "EXCEPTION_HANDLING"));
     assert!(words.iter().any(|w| w == "API_SALES_QUOTATION_SRV/A_SalesQuotation"), "{words:?}");
     let tok = Tokenizer::train_bpe_with_words(corpus().into_iter(), 400, &words).unwrap();
@@ -67,7 +65,7 @@ fn domain_words_are_one_token_each_within_the_vocabulary_and_survive_a_reload() 
     let ids = tok.encode("sales_orders").unwrap();
     assert_eq!(tok.decode(&ids).unwrap(), "sales_orders");
     // The grammar engine sees them as ordinary tokens (forced tokens need their bytes).
-    let env = sapllm_worker::inference::tok_env::ModelTokEnv::new(&tok).unwrap();
+    let env = sapllm_engine::tok_env::ModelTokEnv::new(&tok).unwrap();
     let id = tok.token_to_id("sales_order").unwrap();
     use toktrie::TokenizerEnv;
     assert_eq!(env.tok_trie().token(id), b"sales_order");

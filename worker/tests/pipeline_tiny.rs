@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 
 use candle_core::Device;
 use sapllm_crds::StageName;
-use sapllm_worker::pipeline::stages::{RunContext, sft_config};
-use sapllm_worker::pipeline::{run_all, run_stage};
+use sapllm_worker::driver::stages::{RunContext, sft_config};
+use sapllm_worker::driver::{run_all, run_stage};
 use sapllm_worker::progress::ProgressMode;
 use sapllm_worker::train::sft;
 

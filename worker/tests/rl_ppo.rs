@@ -9,19 +9,19 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::Device;
-use sapllm_worker::inference::profile::PromptProfile;
-use sapllm_worker::model::checkpoint::load_model;
-use sapllm_worker::model::linear::Precision;
-use sapllm_worker::model::mixtral::{Mixtral, ModelOptions};
-use sapllm_worker::model::peft::load_adapter;
-use sapllm_worker::model::tokenizer::Tokenizer;
+use sapllm_engine::profile::PromptProfile;
+use sapllm_model::hf_io::load_model;
+use sapllm_model::linear::Precision;
+use sapllm_model::mixtral::{Mixtral, ModelOptions};
+use sapllm_model::peft::load_adapter;
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_sap::catalog::Catalog;
 use sapllm_worker::progress::ProgressMode;
 use sapllm_worker::rl::eval::EvalStats;
 use sapllm_worker::rl::log::IterLog;
 use sapllm_worker::rl::reward::RewardWeights;
 use sapllm_worker::rl::rollout::{PromptFit, SampleSettings, load_problems, sample};
 use sapllm_worker::rl::{RlConfig, run};
-use sapllm_worker::sap::catalog::Catalog;
 use sapllm_worker::train::data::read_jsonl;
 
 struct Shared {
@@ -136,7 +136,7 @@ fn ppo_raises_the_reward_of_an_under_trained_sft_policy_with_bounded_kl() {
         assert!(out.join(f).exists(), "{f} is written");
     }
     assert!(
-        out.join("adapter").join(sapllm_worker::inference::profile::PROFILE_FILE).exists(),
+        out.join("adapter").join(sapllm_engine::profile::PROFILE_FILE).exists(),
         "the prompt profile travels with the adapter"
     );
 }

@@ -13,7 +13,7 @@ fn bin() -> Command {
 fn catalog_import_writes_a_catalog_that_show_reads() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("catalog.json");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sap");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("sap/tests/fixtures/sap");
     let o = bin()
         .args(["catalog", "import", "--out"])
         .arg(&out)

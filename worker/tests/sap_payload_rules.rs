@@ -6,13 +6,11 @@
 use std::collections::HashSet;
 
 use chrono::NaiveDate;
-use sapllm_worker::sap::catalog::{Catalog, create_payload_schema};
-use sapllm_worker::sap::documents::{AdcDocument, DocType};
-use sapllm_worker::sap::payload::{PayloadError, build_payload};
-use sapllm_worker::sap::routing::{EXCEPTION_ENDPOINT, route};
-use sapllm_worker::sap::rules::{
-    ReferenceLine, RuleContext, RuleOutcome, check_payload, duplicate_key, validate,
-};
+use sapllm_sap::catalog::{Catalog, create_payload_schema};
+use sapllm_sap::documents::{AdcDocument, DocType};
+use sapllm_sap::payload::{PayloadError, build_payload};
+use sapllm_sap::routing::{EXCEPTION_ENDPOINT, route};
+use sapllm_sap::rules::{ReferenceLine, RuleContext, RuleOutcome, check_payload, duplicate_key, validate};
 use serde_json::{Value, json};
 
 fn doc(t: DocType, v: Value) -> AdcDocument {
@@ -189,7 +187,7 @@ fn every_doc_type_builds_a_schema_valid_payload_for_its_api() {
         let log = g.log(i);
         let t: DocType = log.document_type.parse().unwrap();
         let d = doc(t, log.extracted_data.clone());
-        let api = sapllm_worker::sap::routing::target_api(&cat, &d).unwrap();
+        let api = sapllm_sap::routing::target_api(&cat, &d).unwrap();
         let p = build_payload(&d, api).unwrap();
         schema_valid(&api.name, &p);
         seen.insert(t);

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use hyper::{Method, StatusCode};
-use sapllm_worker::inference::engine::Engine;
-use sapllm_worker::inference::request::RouteRequest;
-use sapllm_worker::sap::catalog::Catalog;
+use sapllm_engine::engine::Engine;
+use sapllm_engine::request::RouteRequest;
+use sapllm_sap::catalog::Catalog;
 use serve_support::*;
 
 const TOKEN: &str = "s3cret-token";
@@ -30,7 +30,7 @@ fn server() -> SocketAddr {
             rt.block_on(async move {
                 let mut cfg = config(4, 16, 60_000);
                 cfg.auth_token = Some(TOKEN.into());
-                let mut server = sapllm_worker::serve::start(cfg, loader()).await.expect("start");
+                let mut server = sapllm_serve::start(cfg, loader()).await.expect("start");
                 server.ready().await.expect("ready");
                 tx.send(server.addr).expect("send addr");
                 std::future::pending::<()>().await;

@@ -12,11 +12,11 @@ use serve_support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_only_after_load_and_warm_up() {
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let gated: sapllm_worker::serve::Loader = Box::new(move || {
+    let gated: sapllm_serve::Loader = Box::new(move || {
         release_rx.recv().ok();
         Ok((engine(), info()))
     });
-    let mut server = sapllm_worker::serve::start(config(2, 8, 60_000), gated).await.expect("start");
+    let mut server = sapllm_serve::start(config(2, 8, 60_000), gated).await.expect("start");
     let addr = server.addr;
     assert_eq!(get(addr, "/healthz", &[]).await.status, StatusCode::OK, "alive while loading");
     let r = get(addr, "/readyz", &[]).await;
@@ -37,8 +37,8 @@ async fn ready_only_after_load_and_warm_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_load_is_never_ready() {
-    let failing: sapllm_worker::serve::Loader = Box::new(|| anyhow::bail!("no such model directory"));
-    let mut server = sapllm_worker::serve::start(config(2, 8, 60_000), failing).await.expect("start");
+    let failing: sapllm_serve::Loader = Box::new(|| anyhow::bail!("no such model directory"));
+    let mut server = sapllm_serve::start(config(2, 8, 60_000), failing).await.expect("start");
     let err = server.ready().await.expect_err("load fails");
     assert!(err.to_string().contains("no such model"), "{err}");
     let r = get(server.addr, "/readyz", &[]).await;
@@ -50,7 +50,7 @@ async fn a_failed_load_is_never_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_with_retry_after() {
     // One decision at a time and one waiting: a burst of 8 must overflow.
-    let mut server = sapllm_worker::serve::start(config(1, 1, 120_000), loader()).await.expect("start");
+    let mut server = sapllm_serve::start(config(1, 1, 120_000), loader()).await.expect("start");
     server.ready().await.expect("ready");
     let addr = server.addr;
     let body = route_body(0);
@@ -80,7 +80,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_their_timeout_get_504() {
-    let mut server = sapllm_worker::serve::start(config(1, 8, 1), loader()).await.expect("start");
+    let mut server = sapllm_serve::start(config(1, 8, 1), loader()).await.expect("start");
     server.ready().await.expect("ready");
     let r = post_json(server.addr, "/v1/route", &[], &route_body(0)).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
@@ -90,7 +90,7 @@ async fn requests_past_their_timeout_get_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_requests() {
-    let mut server = sapllm_worker::serve::start(config(4, 8, 120_000), loader()).await.expect("start");
+    let mut server = sapllm_serve::start(config(4, 8, 120_000), loader()).await.expect("start");
     server.ready().await.expect("ready");
     let addr = server.addr;
     let body = format!("{{\"requests\": [{}, {}, {}]}}", route_body(1), route_body(2), route_body(3));
@@ -117,7 +117,7 @@ async fn shutdown_drains_in_flight_requests() {
 async fn parallel_model_threads_answer_as_one_does() {
     let bodies: Vec<String> = (0..6).map(route_body).collect();
     // The reference: one model thread, one request at a time.
-    let mut one = sapllm_worker::serve::start(config(1, 16, 120_000), loader()).await.expect("start");
+    let mut one = sapllm_serve::start(config(1, 16, 120_000), loader()).await.expect("start");
     one.ready().await.expect("ready");
     let mut want = Vec::new();
     for b in &bodies {
@@ -129,7 +129,7 @@ async fn parallel_model_threads_answer_as_one_does() {
     // Two model threads sharing the model and the queue, all requests at once.
     let mut cfg = config(1, 16, 120_000);
     cfg.batch.workers = 2;
-    let mut two = sapllm_worker::serve::start(cfg, loader()).await.expect("start");
+    let mut two = sapllm_serve::start(cfg, loader()).await.expect("start");
     two.ready().await.expect("ready");
     let addr = two.addr;
     let calls: Vec<_> = bodies

@@ -25,7 +25,7 @@ fn dir_mib(dir: &std::path::Path) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    sapllm_worker::threads::init();
+    sapllm_model::threads::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut sizes = vec![200_000usize];
     let mut out: Option<PathBuf> = None;

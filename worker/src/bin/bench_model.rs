@@ -20,12 +20,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use sapllm_worker::model::checkpoint::{SaveOptions, load_model, save_model};
-use sapllm_worker::model::config::{MixtralConfig, Preset};
-use sapllm_worker::model::generation::GenerationConfig;
-use sapllm_worker::model::linear::{LoraConfig, Precision};
-use sapllm_worker::model::loss::causal_lm_loss;
-use sapllm_worker::model::mixtral::{Mixtral, ModelOptions};
+use sapllm_model::config::{MixtralConfig, Preset};
+use sapllm_model::generation::GenerationConfig;
+use sapllm_model::hf_io::{SaveOptions, load_model, save_model};
+use sapllm_model::linear::{LoraConfig, Precision};
+use sapllm_model::loss::causal_lm_loss;
+use sapllm_model::mixtral::{Mixtral, ModelOptions};
 
 const VOCAB: usize = 2048;
 
@@ -78,7 +78,7 @@ fn time_step(m: &Mixtral, b: usize, t: usize, reps: usize) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    sapllm_worker::threads::init();
+    sapllm_model::threads::init();
     if let Ok(case) = std::env::var("BENCH_MODEL_RSS_CASE") {
         return rss_case(&case);
     }
@@ -277,9 +277,9 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 /// One cached forward of `k` new tokens after `n` cached positions, in milliseconds (median of
 /// 50, the cache cut back to `n` after each).
 fn decode_steps() -> Result<()> {
-    use sapllm_worker::inference::forward::{Step, forward_select};
-    use sapllm_worker::model::decode_step::DecodeWeights;
-    use sapllm_worker::model::kv_cache::KvCache;
+    use sapllm_engine::forward::{Step, forward_select};
+    use sapllm_model::decode_step::DecodeWeights;
+    use sapllm_model::kv_cache::KvCache;
     let m = Mixtral::new_random(
         &MixtralConfig::preset(Preset::Tiny, VOCAB),
         &ModelOptions { precision: Precision::Int8, ..Default::default() },

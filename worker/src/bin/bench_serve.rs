@@ -24,18 +24,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sapllm_worker::dataprep::{DataPrepConfig, RoutingExample};
-use sapllm_worker::inference::decoder::DecodeOptions;
-use sapllm_worker::inference::engine::EngineConfig;
-use sapllm_worker::inference::format::{
+use sapllm_engine::decoder::DecodeOptions;
+use sapllm_engine::engine::EngineConfig;
+use sapllm_engine::format::{
     MAX_REASONING_CHARS, MAX_REASONING_STEPS, RoutingAnswer, routing_answer, routing_query,
 };
-use sapllm_worker::inference::grammar::GrammarLimits;
-use sapllm_worker::inference::load::{load_engine, parse_precision};
-use sapllm_worker::inference::profile::PromptProfile;
-use sapllm_worker::inference::testkit::{sample_queries, write_tiny_model};
-use sapllm_worker::inference::types::RoutingQuery;
-use sapllm_worker::sap::catalog::Catalog;
+use sapllm_engine::grammar::GrammarLimits;
+use sapllm_engine::load::{load_engine, parse_precision};
+use sapllm_engine::profile::PromptProfile;
+use sapllm_engine::types::RoutingQuery;
+use sapllm_sap::catalog::Catalog;
+use sapllm_worker::dataprep::{DataPrepConfig, RoutingExample};
+use sapllm_worker::testkit::{sample_queries, write_tiny_model};
 
 struct Args {
     base: Option<PathBuf>,
@@ -188,7 +188,7 @@ fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) ->
         // The unseen sample has no reference answers: only the serving configuration there.
         let docs = if answers_kind == Answers::OwnUnseen { unseen } else { &queries[..] };
         for row in rows {
-            sapllm_worker::model::fused::set_enabled(row.fused);
+            sapllm_model::fused::set_enabled(row.fused);
             let config = EngineConfig {
                 abstain_threshold: 0.0,
                 max_batch: 1,
@@ -277,12 +277,12 @@ fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) ->
             }
         }
     }
-    sapllm_worker::model::fused::set_enabled(true);
+    sapllm_model::fused::set_enabled(true);
     Ok(())
 }
 
 fn main() -> Result<()> {
-    sapllm_worker::threads::init();
+    sapllm_model::threads::init();
     let args = parse_args()?;
     let base = match &args.base {
         Some(b) => b.clone(),
@@ -323,8 +323,8 @@ mod http {
     use hyper::body::Bytes;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    use sapllm_worker::serve::batcher::BatchConfig;
-    use sapllm_worker::serve::{ServeConfig, start};
+    use sapllm_serve::batcher::BatchConfig;
+    use sapllm_serve::{ServeConfig, start};
 
     use super::*;
 
@@ -396,7 +396,7 @@ mod http {
             let (base, adapter) = (base.to_path_buf(), args.adapter.clone());
             let engine_cfg =
                 EngineConfig { abstain_threshold: 0.0, max_batch: args.max_batch, ..EngineConfig::default() };
-            let loader: sapllm_worker::serve::Loader = Box::new(move || {
+            let loader: sapllm_serve::Loader = Box::new(move || {
                 load_engine(&base, adapter.as_deref(), precision, Catalog::builtin(), engine_cfg)
             });
             let mut server = start(cfg, loader).await?;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
-use crate::sap::catalog::{Catalog, compact_schema, create_payload_schema};
-use crate::sap::import::import_file;
+use sapllm_sap::catalog::{Catalog, compact_schema, create_payload_schema};
+use sapllm_sap::import::import_file;
 
 #[derive(Debug, clap::Args)]
 pub struct CatalogArgs {

@@ -8,8 +8,8 @@ use chrono::NaiveDate;
 
 use crate::dataprep::{self, DataPrepConfig, Source, SplitFractions};
 use crate::progress::ProgressMode;
-use crate::sap::catalog::Catalog;
-use crate::sap::documents::DocType;
+use sapllm_sap::catalog::Catalog;
+use sapllm_sap::documents::DocType;
 
 #[derive(Debug, clap::Args)]
 pub struct DataPrepArgs {

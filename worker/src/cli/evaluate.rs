@@ -10,10 +10,10 @@ use clap::Args;
 use sapllm_crds::contract::{StageResult, exit_code};
 use sapllm_crds::{Gates, Verdict};
 
+use crate::driver::{termination, version};
 use crate::evaluate::{EvalConfig, run as evaluate};
-use crate::model::linear::Precision;
-use crate::pipeline::{termination, version};
 use crate::progress::ProgressMode;
+use sapllm_model::linear::Precision;
 
 /// Arguments of `evaluate`.
 #[derive(Debug, Args)]
@@ -36,8 +36,8 @@ pub struct EvaluateArgs {
     /// Confidence below which a decision abstains.
     #[arg(long, default_value_t = 0.5)]
     pub abstain_threshold: f64,
-    /// Precision the model is served at.
-    #[arg(long, value_enum, default_value = "int8")]
+    /// Precision the model is served at: f32, bf16, int8 or nf4.
+    #[arg(long, default_value = "int8")]
     pub precision: Precision,
     /// Report folder.
     #[arg(long)]

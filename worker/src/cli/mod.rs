@@ -57,7 +57,7 @@ pub enum Command {
 
 /// Parses the command line, runs the subcommand and maps failures to an exit code.
 pub fn main() -> ExitCode {
-    crate::threads::init();
+    sapllm_model::threads::init();
     init_tracing();
     let cli = Cli::parse();
     match run(cli) {

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use crate::model::linear::Precision;
-use crate::pipeline::stages::RunContext;
+use crate::driver::rl_stage as stage;
+use crate::driver::stages::RunContext;
 use crate::progress::ProgressMode;
 use crate::rl::reward::RewardWeights;
-use crate::rl::{RlAlgorithm, RlConfig, run, stage};
+use crate::rl::{RlAlgorithm, RlConfig, run};
+use sapllm_model::linear::Precision;
 
 /// The algorithm on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -54,8 +55,8 @@ pub struct PpoArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "ppo")]
     pub algorithm: AlgorithmArg,
-    /// Frozen base precision.
-    #[arg(long, value_enum, default_value = "nf4")]
+    /// Frozen base precision: f32, bf16, int8 or nf4.
+    #[arg(long, default_value = "nf4")]
     pub precision: Precision,
     #[arg(long, default_value_t = 5000)]
     pub iterations: u64,

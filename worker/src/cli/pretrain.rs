@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::model::config::Preset;
-use crate::model::pretrain::{PretrainConfig, run};
+use crate::pretrain::{PretrainConfig, run};
 use crate::progress::ProgressMode;
+use sapllm_model::config::Preset;
 
 /// Arguments of `pretrain`.
 #[derive(Debug, Args)]
@@ -18,8 +18,8 @@ pub struct PretrainArgs {
     /// Output folder: config.json, model.safetensors, tokenizer.json, pretrain_report.json, loss PNG.
     #[arg(long)]
     pub output: PathBuf,
-    /// Model preset.
-    #[arg(long, value_enum, default_value = "tiny")]
+    /// Model preset: tiny, small or mixtral-8x7b.
+    #[arg(long, default_value = "tiny")]
     pub preset: Preset,
     #[arg(long, default_value_t = 2000)]
     pub steps: usize,
@@ -96,8 +96,8 @@ pub fn execute(args: PretrainArgs, progress: ProgressMode) -> anyhow::Result<Exi
         domain_tokens: match args.domain_tokens {
             Some(t) => t,
             None => match &args.catalog {
-                Some(p) => crate::sap::catalog::Catalog::load(p)?.domain_tokens(),
-                None => crate::sap::catalog::Catalog::builtin().domain_tokens(),
+                Some(p) => sapllm_sap::catalog::Catalog::load(p)?.domain_tokens(),
+                None => sapllm_sap::catalog::Catalog::builtin().domain_tokens(),
             },
         },
     };

@@ -12,12 +12,12 @@ use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use serde_json::Value;
 
-use crate::inference::decoder::DecodeOptions;
-use crate::inference::engine::EngineConfig;
-use crate::inference::grammar::GrammarLimits;
-use crate::inference::load::{load_engine, parse_precision};
-use crate::inference::request::{ExceptionRequest, RouteRequest, parse_json};
-use crate::sap::catalog::Catalog;
+use sapllm_engine::decoder::DecodeOptions;
+use sapllm_engine::engine::EngineConfig;
+use sapllm_engine::grammar::GrammarLimits;
+use sapllm_engine::load::{load_engine, parse_precision};
+use sapllm_engine::request::{ExceptionRequest, RouteRequest, parse_json};
+use sapllm_sap::catalog::Catalog;
 
 /// Arguments of `route`.
 #[derive(Debug, Args)]
@@ -57,10 +57,10 @@ pub struct DecodeLimitArgs {
     #[arg(long, default_value_t = 1024)]
     pub max_new_tokens: usize,
     /// Reasoning steps at most.
-    #[arg(long, default_value_t = crate::inference::format::MAX_REASONING_STEPS)]
+    #[arg(long, default_value_t = sapllm_engine::format::MAX_REASONING_STEPS)]
     pub max_reasoning_steps: usize,
     /// Characters per reasoning step at most.
-    #[arg(long, default_value_t = crate::inference::format::MAX_REASONING_CHARS)]
+    #[arg(long, default_value_t = sapllm_engine::format::MAX_REASONING_CHARS)]
     pub max_reasoning_chars: usize,
     /// Items of an array whose schema sets no bound (order items) at most.
     #[arg(long, default_value_t = 64)]

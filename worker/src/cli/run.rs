@@ -9,8 +9,8 @@ use clap::Args;
 use sapllm_crds::contract::exit_code;
 use sapllm_crds::{StageName, Verdict};
 
-use crate::pipeline::stages::RunContext;
-use crate::pipeline::{run_all, run_stage};
+use crate::driver::stages::RunContext;
+use crate::driver::{run_all, run_stage};
 use crate::progress::ProgressMode;
 
 /// Arguments of `run`.

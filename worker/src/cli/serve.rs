@@ -10,15 +10,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::inference::decoder::DecodeOptions;
-use crate::inference::engine::EngineConfig;
-use crate::inference::load::{load_engine, parse_precision};
+use sapllm_engine::decoder::DecodeOptions;
+use sapllm_engine::engine::EngineConfig;
+use sapllm_engine::load::{load_engine, parse_precision};
 
 use super::route::DecodeLimitArgs;
-use crate::sap::catalog::Catalog;
-use crate::serve::batcher::BatchConfig;
-use crate::serve::state::Phase;
-use crate::serve::{ServeConfig, start};
+use sapllm_sap::catalog::Catalog;
+use sapllm_serve::batcher::BatchConfig;
+use sapllm_serve::state::Phase;
+use sapllm_serve::{ServeConfig, start};
 
 /// `--max-batch` when none is given: this build decodes on the CPU.
 pub const CPU_MAX_BATCH: usize = 1;

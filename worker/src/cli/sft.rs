@@ -5,11 +5,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::inference::profile::PromptProfile;
-use crate::model::linear::{LoraConfig, Precision};
-use crate::pipeline::stages::{RunContext, sft_config};
+use crate::driver::stages::{RunContext, sft_config};
 use crate::progress::ProgressMode;
 use crate::train::sft::{SftConfig, run};
+use sapllm_engine::profile::PromptProfile;
+use sapllm_model::linear::{LoraConfig, Precision};
 
 /// Arguments of `sft`.
 #[derive(Debug, Args)]
@@ -38,8 +38,8 @@ pub struct SftArgs {
     /// Comma-separated modules: q_proj,k_proj,v_proj,o_proj,w1,w2,w3,gate.
     #[arg(long, default_value = "q_proj,k_proj,v_proj,o_proj", value_delimiter = ',')]
     pub target_modules: Vec<String>,
-    /// Frozen base precision.
-    #[arg(long, value_enum, default_value = "nf4")]
+    /// Frozen base precision: f32, bf16, int8 or nf4.
+    #[arg(long, default_value = "nf4")]
     pub precision: Precision,
     #[arg(long, default_value_t = 3)]
     pub epochs: u64,

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 
 use crate::progress::ProgressMode;
-use crate::sap::catalog::Catalog;
-use crate::sap::documents::DocType;
+use sapllm_sap::catalog::Catalog;
+use sapllm_sap::documents::DocType;
 
 /// Where the transaction logs come from.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,12 +1,12 @@
 //! Exception examples: a failed SAP call (from the log's feedback) or a document the rules kept
-//! from being posted, with the action decided by [`crate::sap::exceptions::resolve`].
+//! from being posted, with the action decided by [`sapllm_sap::exceptions::resolve`].
 
 use serde_json::Value;
 
 use super::examples::ExceptionExample;
 use super::trace::exception_trace;
-use crate::sap::exceptions::{ExceptionAction, Resolution, SapFailure, resolve};
-use crate::sap::rules::RuleOutcome;
+use sapllm_sap::exceptions::{ExceptionAction, Resolution, SapFailure, resolve};
+use sapllm_sap::rules::RuleOutcome;
 
 /// Common fields of an exception example.
 pub struct ExceptionInput<'a> {

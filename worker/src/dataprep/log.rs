@@ -10,8 +10,8 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::sap::documents::{AdcDocument, DocType, LooseDate};
-use crate::sap::rules::ReferenceLine;
+use sapllm_sap::documents::{AdcDocument, DocType, LooseDate};
+use sapllm_sap::rules::ReferenceLine;
 
 /// One processed document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

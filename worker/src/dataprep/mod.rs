@@ -7,7 +7,7 @@
 pub mod bm25;
 pub mod card;
 pub mod config;
-pub mod examples;
+pub use sapllm_engine::examples;
 pub mod exception;
 pub mod log;
 mod pipeline;

@@ -29,11 +29,11 @@ use super::synth::Generator;
 use super::tokens::{self, fnv};
 use super::trace::{self, TraceInput};
 use crate::progress::Progress;
-use crate::sap::catalog::{CompactSchema, compact_schema};
-use crate::sap::documents::LooseDate;
-use crate::sap::documents::signals;
-use crate::sap::routing::{self, EXCEPTION_ENDPOINT, RoutingDecision};
-use crate::sap::rules::RuleContext;
+use sapllm_sap::catalog::{CompactSchema, compact_schema};
+use sapllm_sap::documents::LooseDate;
+use sapllm_sap::documents::signals;
+use sapllm_sap::routing::{self, EXCEPTION_ENDPOINT, RoutingDecision};
+use sapllm_sap::rules::RuleContext;
 
 const CHUNK: usize = 4096;
 const MAX_INVALID_SAMPLES: usize = 20;
@@ -290,7 +290,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
     card.stage_s.insert("split_and_index".into(), index_start.elapsed().as_secs_f64());
     // Candidate schemas per document type, rendered once.
     let mut schemas: HashMap<&'static str, (Vec<CompactSchema>, Vec<String>)> = HashMap::new();
-    for t in crate::sap::documents::DocType::ALL {
+    for t in sapllm_sap::documents::DocType::ALL {
         let c = cfg.catalog.candidates_for(t.as_str());
         schemas.insert(
             t.as_str(),
@@ -492,7 +492,7 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord, decision: Option<RoutingDec
     // The target's rule pass rate is known when it is the reference decision itself.
     let target_pass_rate = (target_endpoint == decision.endpoint
         && decision.payload.as_ref() == Some(&target_payload))
-    .then(|| crate::sap::rules::pass_rate(&decision.outcomes));
+    .then(|| sapllm_sap::rules::pass_rate(&decision.outcomes));
     let rejection = preference::score_rejection(
         &cfg.catalog,
         &ctx,

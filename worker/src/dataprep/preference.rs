@@ -4,9 +4,9 @@
 use serde_json::{Value, json};
 
 use super::examples::{Decision, PreferencePair};
-use crate::sap::catalog::Catalog;
-use crate::sap::routing::EXCEPTION_ENDPOINT;
-use crate::sap::rules::{RuleContext, pass_rate, validate};
+use sapllm_sap::catalog::Catalog;
+use sapllm_sap::routing::EXCEPTION_ENDPOINT;
+use sapllm_sap::rules::{RuleContext, pass_rate, validate};
 
 /// The verifiable reward: 0.7 x (correct endpoint ? +1 : -1) + 0.2 x rule pass rate + 0.1 x
 /// calibration, where calibration = 1 - (confidence - correct)^2 (a Brier-style term).
@@ -166,7 +166,7 @@ fn break_odata_formats(v: &mut Value) {
         Value::Object(m) => {
             for (k, x) in m.iter_mut() {
                 if let Some(s) = x.as_str() {
-                    if let Some(d) = crate::sap::odata::parse_date(s) {
+                    if let Some(d) = sapllm_sap::odata::parse_date(s) {
                         *x = json!(d.to_string());
                     } else if k.ends_with("Item") && s.len() >= 4 && s.chars().all(|c| c.is_ascii_digit()) {
                         *x = json!(s.trim_start_matches('0'));

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::sap::documents::AdcDocument;
+use sapllm_sap::documents::AdcDocument;
 
 /// Values longer than this, or with spaces, are text, not identifiers.
 const MAX_ID_LEN: usize = 24;

@@ -4,12 +4,12 @@
 
 use serde_json::Value;
 
-use crate::sap::catalog::Catalog;
-use crate::sap::documents::signals::Detection;
-use crate::sap::documents::{AdcDocument, DocType};
-use crate::sap::exceptions::{Resolution, SapFailure};
-use crate::sap::routing::{EXCEPTION_ENDPOINT, RoutingDecision};
-use crate::sap::rules::{RuleOutcome, Severity};
+use sapllm_sap::catalog::Catalog;
+use sapllm_sap::documents::signals::Detection;
+use sapllm_sap::documents::{AdcDocument, DocType};
+use sapllm_sap::exceptions::{Resolution, SapFailure};
+use sapllm_sap::routing::{EXCEPTION_ENDPOINT, RoutingDecision};
+use sapllm_sap::rules::{RuleOutcome, Severity};
 
 /// What the trace explains.
 pub struct TraceInput<'a> {
@@ -251,7 +251,7 @@ pub fn exception_trace(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sap::documents::signals::detect;
+    use sapllm_sap::documents::signals::detect;
     use serde_json::json;
 
     #[test]

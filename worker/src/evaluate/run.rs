@@ -14,14 +14,14 @@ use sapllm_crds::{GateResult, Gates, Verdict};
 use super::metrics::{ScoredDecision, Summary, summarize};
 use super::report::{judge, write_report};
 use crate::dataprep::examples::{ExceptionExample, RoutingExample};
-use crate::inference::format::{answer_payload, exception_query};
-use crate::inference::load::load_engine;
-use crate::inference::{Engine, EngineConfig};
-use crate::model::linear::Precision;
 use crate::progress::{Progress, ProgressMode};
-use crate::sap::catalog::Catalog;
-use crate::sap::rules::{RuleContext, check_payload};
 use crate::train::data::read_jsonl;
+use sapllm_engine::format::{answer_payload, exception_query};
+use sapllm_engine::load::load_engine;
+use sapllm_engine::{Engine, EngineConfig};
+use sapllm_model::linear::Precision;
+use sapllm_sap::catalog::Catalog;
+use sapllm_sap::rules::{RuleContext, check_payload};
 
 /// Settings of one evaluation.
 #[derive(Debug, Clone)]

@@ -19,12 +19,12 @@ use super::log::IterLog;
 use super::ppo::mean;
 use super::rollout::{Packed, pack, token_logprobs};
 use crate::dataprep::examples::{Decision, PreferencePair, RoutingExample};
-use crate::inference::format::{RoutingAnswer, answer_payload, clip_reasoning, round_confidence};
-use crate::inference::profile::PromptProfile;
-use crate::model::template::response_text;
-use crate::model::tokenizer::Tokenizer;
-use crate::sap::catalog::Catalog;
 use crate::train::data::{read_jsonl, routing_sequence};
+use sapllm_engine::format::{RoutingAnswer, answer_payload, clip_reasoning, round_confidence};
+use sapllm_engine::profile::PromptProfile;
+use sapllm_engine::template::response_text;
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_sap::catalog::Catalog;
 
 /// A tokenized preference pair.
 #[derive(Debug, Clone)]

@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::reward::RewardWeights;
 use super::rollout::{Problem, Rollout, SampleSettings, sample};
-use crate::model::mixtral::Mixtral;
-use crate::model::tokenizer::Tokenizer;
-use crate::sap::catalog::Catalog;
+use sapllm_model::mixtral::Mixtral;
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_sap::catalog::Catalog;
 
 /// Mean verifiable reward and its parts over a set of answers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

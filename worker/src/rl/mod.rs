@@ -35,17 +35,16 @@
 //! the run with an error, leaves the checkpoints as they are and copies the newest one's
 //! adapter (or the SFT adapter) to `last_good_adapter/`.
 
-pub mod checkpoint;
 pub mod dpo;
 pub mod eval;
 pub mod gae;
 pub mod grpo;
 pub mod log;
 pub mod ppo;
+pub mod resume;
 pub mod reward;
 pub mod rollout;
 pub mod score;
-pub mod stage;
 pub mod value_head;
 
 use std::path::{Path, PathBuf};
@@ -59,21 +58,21 @@ use sha2::{Digest, Sha256};
 
 pub use sapllm_crds::RlAlgorithm;
 
-use self::checkpoint::RlState;
 use self::eval::{EvalStats, evaluate};
 use self::log::{IterLog, write_history};
+use self::resume::RlState;
 use self::reward::RewardWeights;
 use self::rollout::{Problem, PromptFit, load_problems};
 use self::value_head::ValueHead;
-use crate::inference::profile::{PROFILE_FILE, PromptProfile};
-use crate::model::checkpoint::load_model;
-use crate::model::linear::Precision;
-use crate::model::mixtral::{Mixtral, ModelOptions};
-use crate::model::optim::{AdamW, AdamWConfig, LrSchedule};
-use crate::model::peft;
-use crate::model::tokenizer::Tokenizer;
 use crate::progress::{Progress, ProgressMode};
-use crate::sap::catalog::Catalog;
+use sapllm_engine::profile::{PROFILE_FILE, PromptProfile};
+use sapllm_model::hf_io::load_model;
+use sapllm_model::linear::Precision;
+use sapllm_model::mixtral::{Mixtral, ModelOptions};
+use sapllm_model::optim::{AdamW, AdamWConfig, LrSchedule};
+use sapllm_model::peft;
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_sap::catalog::Catalog;
 
 /// Settings of one RL run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -341,20 +340,20 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
     };
     let ckpt_dir = cfg.out_dir.join("checkpoints");
     let digest = cfg.digest();
-    let latest = checkpoint::list(&ckpt_dir)?.pop();
+    let latest = resume::list(&ckpt_dir)?.pop();
     let mut state =
         RlState { iteration: 0, history: Vec::new(), before: None, settings_digest: digest.clone() };
     if let Some(ck) = &latest {
-        state = checkpoint::read_state(ck)?;
+        state = resume::read_state(ck)?;
         if state.settings_digest != digest {
             bail!(
                 "{} was written by an RL run with different settings; use another output directory or delete it",
                 ck.display()
             );
         }
-        checkpoint::restore_adapter(ck, &mut policy)?;
+        resume::restore_adapter(ck, &mut policy)?;
         if let Some(vh) = &value_head {
-            checkpoint::restore_value_head(ck, vh)?;
+            resume::restore_value_head(ck, vh)?;
         }
     }
     let mut vars = policy.trainable_vars();
@@ -370,7 +369,7 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
     };
     let mut opt = AdamW::new(vars, opt_cfg)?;
     if let Some(ck) = &latest {
-        checkpoint::restore_optimizer(ck, &mut opt)?;
+        resume::restore_optimizer(ck, &mut opt)?;
     }
     let resumed_from = latest.as_ref().map(|_| state.iteration);
     let eval_batch = cfg.batch_size.max(1);
@@ -426,7 +425,7 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
         state.history.push(log);
         let at_end = state.iteration == cfg.iterations;
         if state.iteration.is_multiple_of(cfg.checkpoint_interval) || at_end {
-            checkpoint::save(
+            resume::save(
                 &ckpt_dir,
                 &sess.policy,
                 sess.value_head.as_ref(),
@@ -508,8 +507,8 @@ fn guard(cfg: &RlConfig, log: IterLog) -> Result<IterLog> {
 
 /// Copies the newest checkpoint's adapter (or the SFT adapter) to `last_good_adapter/`.
 fn keep_last_good(cfg: &RlConfig, ckpt_dir: &Path, profile: &PromptProfile) -> Result<PathBuf> {
-    let src = match checkpoint::list(ckpt_dir)?.pop() {
-        Some(ck) => checkpoint::adapter_dir(&ck),
+    let src = match resume::list(ckpt_dir)?.pop() {
+        Some(ck) => resume::adapter_dir(&ck),
         None => cfg.sft_adapter.clone(),
     };
     let dst = cfg.out_dir.join("last_good_adapter");

@@ -5,7 +5,7 @@
 //! - `api`: +1 when the answer's endpoint is the target endpoint, -1 otherwise (also when the
 //!   answer cannot be parsed: no endpoint is a wrong endpoint).
 //! - `rules`: +0.25 per satisfied business rule, at most 1.0. The rules are data-prep's validator
-//!   ([`crate::sap::rules::validate`]) run on the answer's payload as a create to the ANSWER's
+//!   ([`sapllm_sap::rules::validate`]) run on the answer's payload as a create to the ANSWER's
 //!   endpoint (what SAP would receive). A rule (by its stable id) is satisfied when every check
 //!   of it passed. Exception handling with no payload satisfies the rules outright (nothing is
 //!   posted, data-prep scores it the same way); a payload for exception handling, a read-only or
@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::dataprep::examples::RoutingExample;
-use crate::inference::format::RoutingAnswer;
-use crate::model::template::parse_response;
-use crate::sap::catalog::Catalog;
-use crate::sap::routing::EXCEPTION_ENDPOINT;
-use crate::sap::rules::{RuleContext, validate};
+use sapllm_engine::format::RoutingAnswer;
+use sapllm_engine::template::parse_response;
+use sapllm_sap::catalog::Catalog;
+use sapllm_sap::routing::EXCEPTION_ENDPOINT;
+use sapllm_sap::rules::{RuleContext, validate};
 
 /// Credit per satisfied rule and its cap, as the business specified.
 pub const RULE_CREDIT: f64 = 0.25;

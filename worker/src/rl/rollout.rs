@@ -13,15 +13,15 @@ use candle_core::{DType, Device, Tensor};
 
 use super::reward::{Reward, RewardWeights, score_text};
 use crate::dataprep::examples::RoutingExample;
-use crate::inference::profile::PromptProfile;
-use crate::model::generation::GenerationConfig;
-use crate::model::linear::log_softmax_last;
-use crate::model::loss::shifted_logprobs;
-use crate::model::mixtral::{Mixtral, ModelOutput};
-use crate::model::template::STOP_SEQUENCE;
-use crate::model::tokenizer::Tokenizer;
-use crate::sap::catalog::Catalog;
 use crate::train::data::{read_jsonl, routing_sequence};
+use sapllm_engine::profile::PromptProfile;
+use sapllm_engine::template::STOP_SEQUENCE;
+use sapllm_model::generation::GenerationConfig;
+use sapllm_model::linear::log_softmax_last;
+use sapllm_model::loss::shifted_logprobs;
+use sapllm_model::mixtral::{Mixtral, ModelOutput};
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_sap::catalog::Catalog;
 
 /// One routing problem: its example and the prompt tokens the policy reads.
 #[derive(Debug, Clone)]

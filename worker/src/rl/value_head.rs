@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Device, Tensor, Var};
 
-use crate::model::linear::matmul_t;
+use sapllm_model::linear::matmul_t;
 
 const WEIGHT: &str = "v_head.summary.weight";
 const BIAS: &str = "v_head.summary.bias";

@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 
 use crate::dataprep::examples::{ExceptionExample, RoutingExample};
-use crate::inference::format::{exception_training_pair, routing_training_pair};
-use crate::inference::profile::PromptProfile;
-use crate::model::template::encode_example;
-use crate::model::tokenizer::Tokenizer;
-use crate::sap::catalog::Catalog;
-use crate::sap::routing::EXCEPTION_ENDPOINT;
+use sapllm_engine::format::{exception_training_pair, routing_training_pair};
+use sapllm_engine::profile::PromptProfile;
+use sapllm_engine::template::encode_example;
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_sap::catalog::Catalog;
+use sapllm_sap::routing::EXCEPTION_ENDPOINT;
 
 /// Loss weight of the decision's choice (the answer's first field: the endpoint of a routing
 /// decision, the action of an exception decision) relative to the rest of the response.
@@ -245,7 +245,7 @@ mod tests {
         let tok = Tokenizer::train_bpe(texts.iter(), 300).unwrap();
         let prompt = "### Request\n{\"doc_type\":\"sales_order\"}\n### Response\n";
         let seq = SftSequence::new(&tok, prompt, resp).unwrap();
-        let n_prompt = crate::model::template::encode_prompt(&tok, prompt).unwrap().len();
+        let n_prompt = sapllm_engine::template::encode_prompt(&tok, prompt).unwrap().len();
         assert!(seq.loss_mask[..n_prompt].iter().all(|&w| w == 0), "no loss on the prompt");
         let weighted: Vec<u32> = seq
             .ids

@@ -2,6 +2,6 @@
 //! and the training loop.
 
 pub mod batcher;
-pub mod checkpoint;
 pub mod data;
+pub mod resume;
 pub mod sft;

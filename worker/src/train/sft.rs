@@ -18,19 +18,19 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::batcher::{Batch, collate, epoch_batches};
-use super::checkpoint::{self, TrainState};
 use super::data;
-use crate::inference::profile::PromptProfile;
-use crate::model::checkpoint::load_model;
-use crate::model::linear::{LoraConfig, Precision};
-use crate::model::loss::shifted_logprobs;
-use crate::model::mixtral::{Mixtral, ModelOptions};
-use crate::model::optim::{AdamW, AdamWConfig, LrSchedule};
-use crate::model::peft;
-use crate::model::tokenizer::Tokenizer;
+use super::resume::{self, TrainState};
 use crate::plot::{Series, line_chart};
 use crate::progress::{Progress, ProgressMode};
-use crate::sap::catalog::Catalog;
+use sapllm_engine::profile::PromptProfile;
+use sapllm_model::hf_io::load_model;
+use sapllm_model::linear::{LoraConfig, Precision};
+use sapllm_model::loss::shifted_logprobs;
+use sapllm_model::mixtral::{Mixtral, ModelOptions};
+use sapllm_model::optim::{AdamW, AdamWConfig, LrSchedule};
+use sapllm_model::peft;
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_sap::catalog::Catalog;
 
 /// Settings of one SFT run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,16 +200,16 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
         losses: Vec::new(),
         settings_digest: digest.clone(),
     };
-    let latest = checkpoint::list(&ckpt_dir)?.pop();
+    let latest = resume::list(&ckpt_dir)?.pop();
     if let Some(ck) = &latest {
-        state = checkpoint::read_state(ck)?;
+        state = resume::read_state(ck)?;
         if state.settings_digest != digest {
             bail!(
                 "{} was written by an SFT run with different settings; use another output directory or delete it",
                 ck.display()
             );
         }
-        checkpoint::restore_adapter(ck, &mut model)?;
+        resume::restore_adapter(ck, &mut model)?;
     }
     model.set_training(true);
     let schedule = LrSchedule {
@@ -228,7 +228,7 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
     ensure!(!vars.is_empty(), "the model has no trainable adapter: check sft.lora.targetModules");
     let mut opt = AdamW::new(vars, opt_cfg)?;
     if let Some(ck) = &latest {
-        checkpoint::restore_optimizer(ck, &mut opt)?;
+        resume::restore_optimizer(ck, &mut opt)?;
         model.control.set_dropout_counter(state.dropout_counter);
     }
     let resumed_from = latest.as_ref().map(|_| state.step);
@@ -310,7 +310,7 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
         );
         let at_end = state.step == total_steps;
         if state.step.is_multiple_of(cfg.checkpoint_interval) || at_end {
-            checkpoint::save(&ckpt_dir, &model, &opt, &state, &base_name, 2)?;
+            resume::save(&ckpt_dir, &model, &opt, &state, &base_name, 2)?;
         }
         if cfg.stop_after.is_some_and(|n| steps_here >= n) && !at_end {
             return Ok(summary(cfg, &state, &data, tps, resumed_from, false));

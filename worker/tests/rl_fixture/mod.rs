@@ -22,17 +22,17 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use sapllm_engine::format::routing_training_pair;
+use sapllm_model::config::{MixtralConfig, Preset};
+use sapllm_model::linear::{LoraConfig, Precision};
+use sapllm_model::loss::causal_lm_loss;
+use sapllm_model::mixtral::{Mixtral, ModelOptions};
+use sapllm_model::optim::{AdamW, AdamWConfig, LrSchedule};
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_model::{SaveOptions, save_model};
+use sapllm_sap::catalog::Catalog;
 use sapllm_worker::dataprep::{self, DataPrepConfig, RoutingExample};
-use sapllm_worker::inference::format::routing_training_pair;
-use sapllm_worker::model::config::{MixtralConfig, Preset};
-use sapllm_worker::model::linear::{LoraConfig, Precision};
-use sapllm_worker::model::loss::causal_lm_loss;
-use sapllm_worker::model::mixtral::{Mixtral, ModelOptions};
-use sapllm_worker::model::optim::{AdamW, AdamWConfig, LrSchedule};
-use sapllm_worker::model::tokenizer::Tokenizer;
-use sapllm_worker::model::{SaveOptions, save_model};
 use sapllm_worker::progress::ProgressMode;
-use sapllm_worker::sap::catalog::Catalog;
 use sapllm_worker::train::batcher::{collate, epoch_batches};
 use sapllm_worker::train::data::read_jsonl;
 use sapllm_worker::train::sft::{self, SftConfig};

@@ -11,13 +11,13 @@ use hyper::body::Bytes;
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use sapllm_worker::inference::decoder::DecodeOptions;
-use sapllm_worker::inference::engine::{Engine, EngineConfig};
-use sapllm_worker::inference::grammar::GrammarLimits;
-use sapllm_worker::inference::load::ModelInfo;
-use sapllm_worker::inference::testkit::tiny_engine;
-use sapllm_worker::serve::ServeConfig;
-use sapllm_worker::serve::batcher::BatchConfig;
+use sapllm_engine::decoder::DecodeOptions;
+use sapllm_engine::engine::{Engine, EngineConfig};
+use sapllm_engine::grammar::GrammarLimits;
+use sapllm_engine::load::ModelInfo;
+use sapllm_serve::ServeConfig;
+use sapllm_serve::batcher::BatchConfig;
+use sapllm_worker::testkit::tiny_engine;
 use serde_json::Value;
 
 pub fn engine_config() -> EngineConfig {
@@ -41,7 +41,7 @@ pub fn info() -> ModelInfo {
 }
 
 /// A loader building the random tiny engine.
-pub fn loader() -> sapllm_worker::serve::Loader {
+pub fn loader() -> sapllm_serve::Loader {
     Box::new(|| Ok((tiny_engine(engine_config(), 5)?.0, info())))
 }
 
@@ -108,6 +108,6 @@ pub async fn post_json(addr: SocketAddr, path: &str, headers: &[(&str, &str)], b
 
 /// A routing request body for a sample document.
 pub fn route_body(i: usize) -> String {
-    let q = sapllm_worker::inference::testkit::sample_queries(i + 1, 5).pop().expect("query");
+    let q = sapllm_worker::testkit::sample_queries(i + 1, 5).pop().expect("query");
     serde_json::json!({"doc_type": q.doc_type, "adc_json": q.adc_json}).to_string()
 }

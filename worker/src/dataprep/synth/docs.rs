@@ -8,8 +8,8 @@ use rand::Rng;
 use rand::rngs::SmallRng;
 
 use super::world::{COMPANIES, Order, World};
-use crate::sap::documents::*;
-use crate::sap::rules::ReferenceLine;
+use sapllm_sap::documents::*;
+use sapllm_sap::rules::ReferenceLine;
 
 /// A generated document and what the rules need to know about it.
 pub struct Generated {

@@ -21,11 +21,11 @@ use serde_json::{Value, json};
 
 use super::config::DataPrepConfig;
 use super::log::TransactionLog;
-use crate::sap::catalog::Catalog;
-use crate::sap::documents::{AdcDocument, DocType};
-use crate::sap::exceptions::scenarios::{self, Scenario};
-use crate::sap::routing;
-use crate::sap::rules::RuleContext;
+use sapllm_sap::catalog::Catalog;
+use sapllm_sap::documents::{AdcDocument, DocType};
+use sapllm_sap::exceptions::scenarios::{self, Scenario};
+use sapllm_sap::routing;
+use sapllm_sap::rules::RuleContext;
 use world::{World, rng_for};
 
 /// Business-mandatory facts an extraction can miss, per type (extraction keys).
@@ -145,7 +145,7 @@ impl Generator {
         t: DocType,
         adc: Value,
         doc: &AdcDocument,
-        references: Vec<crate::sap::rules::ReferenceLine>,
+        references: Vec<sapllm_sap::rules::ReferenceLine>,
         resubmission: bool,
         r: &mut SmallRng,
     ) -> (TransactionLog, routing::RoutingDecision) {
@@ -208,7 +208,7 @@ impl Generator {
         &self,
         mut log: TransactionLog,
         request: Value,
-        failure: &crate::sap::exceptions::SapFailure,
+        failure: &sapllm_sap::exceptions::SapFailure,
     ) -> TransactionLog {
         log.sap_payload = Some(request);
         log.success = false;

@@ -132,8 +132,8 @@ fn ocr(s: &str, r: &mut SmallRng) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sap::documents::Amount;
     use rand::SeedableRng;
+    use sapllm_sap::documents::Amount;
 
     #[test]
     fn locale_amounts_parse_back_to_the_same_value() {

@@ -1,0 +1,502 @@
+//! The inference API: [`Engine::decide_routing`], [`Engine::handle_exception`] and their batch
+//! forms. An engine owns a loaded model, its tokenizer, the llguidance grammars and the API
+//! catalog the payload schemas come from.
+
+use std::str::FromStr;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use llguidance::ParserFactory;
+use serde_json::Value;
+
+use super::confidence::{ConfidenceWeights, body_certainty, combine};
+use super::decoder::{BatchTiming, DecodeOptions, OptionSpec, RowOutput, RowSpec, decode_batch};
+use super::format::{self, ExceptionAnswer, RoutingAnswer};
+use super::grammar::{GrammarCache, GrammarLimits, exception_answer_schema, routing_answer_schema};
+use super::tok_env::ModelTokEnv;
+use super::types::{
+    ConfidenceParts, ExceptionDecision, ExceptionQuery, RoutingDecision, RoutingQuery, SimilarException,
+};
+use crate::examples::SimilarCase;
+use crate::template;
+use sapllm_model::decode_step::DecodeWeights;
+use sapllm_model::mixtral::Mixtral;
+use sapllm_model::tokenizer::Tokenizer;
+use sapllm_sap::catalog::create_payload_schema;
+use sapllm_sap::catalog::{Catalog, CompactSchema};
+use sapllm_sap::documents::DocType;
+use sapllm_sap::exceptions::ExceptionAction;
+use sapllm_sap::routing::EXCEPTION_ENDPOINT;
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// Decisions with confidence below this abstain (go to human review).
+    pub abstain_threshold: f64,
+    pub decode: DecodeOptions,
+    pub weights: ConfidenceWeights,
+    /// Rows decoded together at most (larger batch calls are split).
+    pub max_batch: usize,
+    pub limits: GrammarLimits,
+    /// How routing prompts are rendered (what the model was trained with; `load_engine` reads it
+    /// from the adapter folder).
+    pub prompt: super::profile::PromptProfile,
+    /// Offer every candidate, even those that do not serve the request's document type (see
+    /// [`Engine::allowed_endpoints`]); false (the default) keeps the type-consistent ones.
+    pub any_candidate: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            abstain_threshold: 0.5,
+            decode: DecodeOptions::default(),
+            weights: ConfidenceWeights::default(),
+            max_batch: 8,
+            limits: GrammarLimits::default(),
+            prompt: super::profile::PromptProfile::default(),
+            any_candidate: false,
+        }
+    }
+}
+
+/// Context that must remain after the prompt.
+const MIN_ANSWER_TOKENS: usize = 64;
+
+/// A model ready to decide.
+pub struct Engine {
+    model: Mixtral,
+    /// The plain-slice decode step's copy of the weights (`None` where it does not apply).
+    fast: Option<DecodeWeights>,
+    tokenizer: Tokenizer,
+    grammars: GrammarCache,
+    catalog: Catalog,
+    pub config: EngineConfig,
+}
+
+/// The JSON string literal of `s` (escaped as serde writes it).
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// Splits per-option token sequences into (shared prefix, non-empty suffixes).
+fn split_prefix(seqs: &[Vec<u32>]) -> (Vec<u32>, Vec<Vec<u32>>) {
+    let min_len = seqs.iter().map(Vec::len).min().unwrap_or(0);
+    let mut n = 0;
+    while n + 1 < min_len && seqs.iter().all(|s| s[n] == seqs[0][n]) {
+        n += 1;
+    }
+    (seqs[0][..n].to_vec(), seqs.iter().map(|s| s[n..].to_vec()).collect())
+}
+
+impl Engine {
+    /// Builds an engine around a loaded model and tokenizer.
+    pub fn new(model: Mixtral, tokenizer: Tokenizer, catalog: Catalog, config: EngineConfig) -> Result<Self> {
+        ensure!(
+            tokenizer.vocab_size() <= model.cfg.vocab_size,
+            "tokenizer has {} tokens but the model only {}",
+            tokenizer.vocab_size(),
+            model.cfg.vocab_size
+        );
+        ensure!((0.0..=1.0).contains(&config.abstain_threshold), "abstain threshold must be in [0, 1]");
+        let env = ModelTokEnv::new(&tokenizer)?.into_env();
+        let mut factory =
+            ParserFactory::new_simple(&env).context("creating the llguidance parser factory")?;
+        factory.quiet();
+        let fast = DecodeWeights::new(&model);
+        Ok(Engine { model, fast, tokenizer, grammars: GrammarCache::new(factory), catalog, config })
+    }
+
+    pub fn model(&self) -> &Mixtral {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Compiles the answer grammar of every catalog endpoint, exception handling and every
+    /// exception action ahead of traffic, so no request pays a grammar compilation (a latency
+    /// spike of milliseconds per new endpoint). Returns how many grammars were compiled.
+    pub fn precompile_grammars(&self) -> Result<usize> {
+        let mut schemas = vec![routing_answer_schema(EXCEPTION_ENDPOINT, None, &self.config.limits)];
+        for api in &self.catalog.apis {
+            let ep = api.endpoint();
+            schemas.push(routing_answer_schema(&ep, self.payload_schema(&ep).as_ref(), &self.config.limits));
+        }
+        for a in ExceptionAction::ALL {
+            schemas.push(exception_answer_schema(a.as_str(), &self.config.limits));
+        }
+        for s in &schemas {
+            self.grammars.matcher(s)?;
+        }
+        Ok(schemas.len())
+    }
+
+    /// The compiled-grammar cache (also used by free-form completion).
+    pub fn grammars(&self) -> &GrammarCache {
+        &self.grammars
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Routes one document.
+    pub fn decide_routing(
+        &self,
+        adc_json: &Value,
+        doc_type: &str,
+        api_schemas: &[CompactSchema],
+        similar_cases: &[SimilarCase],
+    ) -> Result<RoutingDecision> {
+        let q = RoutingQuery {
+            adc_json: adc_json.clone(),
+            doc_type: doc_type.to_string(),
+            api_schemas: api_schemas.to_vec(),
+            similar_cases: similar_cases.to_vec(),
+        };
+        self.decide_routing_batch(std::slice::from_ref(&q))?.pop().ok_or_else(|| anyhow!("no decision"))?
+    }
+
+    /// Routes many documents, decoding up to `max_batch` together. A bad query gets its own
+    /// `Err`; the outer error is a model failure.
+    pub fn decide_routing_batch(&self, queries: &[RoutingQuery]) -> Result<Vec<Result<RoutingDecision>>> {
+        Ok(self.decide_routing_batch_timed(queries)?.0)
+    }
+
+    /// As [`Engine::decide_routing_batch`], with the decoder's timings.
+    pub fn decide_routing_batch_timed(
+        &self,
+        queries: &[RoutingQuery],
+    ) -> Result<(Vec<Result<RoutingDecision>>, BatchTiming)> {
+        self.run_batches(queries, |q| self.routing_row(q), |q, row, out| self.routing_decision(q, row, out))
+    }
+
+    /// LATENCY MEASUREMENT ONLY: decodes each query through the full pipeline (prefill, option
+    /// scoring, grammar, forced tokens, one forward per sampled token) but writes the given
+    /// reference answer instead of the model's choices, so an untrained model can be timed on
+    /// answers of realistic length. Not a decision: confidence and probabilities are the
+    /// model's, the answer is the reference's.
+    pub fn replay_routing_batch(
+        &self,
+        queries: &[RoutingQuery],
+        references: &[RoutingAnswer],
+    ) -> Result<(Vec<Result<RoutingDecision>>, BatchTiming)> {
+        ensure!(queries.len() == references.len(), "one reference per query");
+        let pairs: Vec<(&RoutingQuery, &RoutingAnswer)> = queries.iter().zip(references).collect();
+        self.run_batches(
+            &pairs,
+            |(q, a)| {
+                let mut row = self.routing_row(q)?;
+                let c = row
+                    .options
+                    .iter()
+                    .position(|o| o.label == a.endpoint)
+                    .ok_or_else(|| anyhow!("reference endpoint {} is not a candidate", a.endpoint))?;
+                row.reference = Some((c, template::response_text(a)?.into_bytes()));
+                Ok(row)
+            },
+            |(q, _), row, out| self.routing_decision(q, row, out),
+        )
+    }
+
+    /// Decides how to handle one failure.
+    pub fn handle_exception(
+        &self,
+        exception: &ExceptionQuery,
+        similar_exceptions: &[SimilarException],
+    ) -> Result<ExceptionDecision> {
+        let item = (exception.clone(), similar_exceptions.to_vec());
+        self.handle_exception_batch(std::slice::from_ref(&item))?
+            .pop()
+            .ok_or_else(|| anyhow!("no decision"))?
+    }
+
+    /// Decides many failures, batched as [`Engine::decide_routing_batch`].
+    pub fn handle_exception_batch(
+        &self,
+        items: &[(ExceptionQuery, Vec<SimilarException>)],
+    ) -> Result<Vec<Result<ExceptionDecision>>> {
+        Ok(self
+            .run_batches(
+                items,
+                |(q, s)| self.exception_row(q, s),
+                |_, row, out| self.exception_decision(row, out),
+            )?
+            .0)
+    }
+
+    fn run_batches<Q, D>(
+        &self,
+        items: &[Q],
+        to_row: impl Fn(&Q) -> Result<RowSpec>,
+        to_decision: impl Fn(&Q, &RowSpec, RowOutput) -> Result<D>,
+    ) -> Result<(Vec<Result<D>>, BatchTiming)> {
+        let mut out: Vec<Option<Result<D>>> = (0..items.len()).map(|_| None).collect();
+        let mut ready: Vec<(usize, RowSpec)> = Vec::new();
+        for (i, q) in items.iter().enumerate() {
+            match to_row(q) {
+                Ok(r) => ready.push((i, r)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let mut total = BatchTiming::default();
+        for chunk in ready.chunks(self.config.max_batch.max(1)) {
+            let rows: Vec<RowSpec> = chunk.iter().map(|(_, r)| r.clone()).collect();
+            let (outputs, t) = decode_batch(
+                &self.model,
+                self.fast.as_ref(),
+                &self.grammars,
+                self.tokenizer.eos_id,
+                self.tokenizer.pad_id,
+                &rows,
+                &self.config.decode,
+            )?;
+            total.prefill_s += t.prefill_s;
+            total.scoring_s += t.scoring_s;
+            total.generate_s += t.generate_s;
+            total.mask_s += t.mask_s;
+            total.forward_calls += t.forward_calls;
+            total.drafted += t.drafted;
+            total.accepted += t.accepted;
+            total.unmasked += t.unmasked;
+            for ((i, row), o) in chunk.iter().zip(outputs) {
+                out[*i] = Some(o.and_then(|o| to_decision(&items[*i], row, o)));
+            }
+        }
+        Ok((out.into_iter().map(|o| o.unwrap_or_else(|| Err(anyhow!("not decoded")))).collect(), total))
+    }
+
+    fn encode_options(&self, texts: &[String]) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+        let seqs: Vec<Vec<u32>> = texts.iter().map(|t| self.tokenizer.encode(t)).collect::<Result<_>>()?;
+        Ok(split_prefix(&seqs))
+    }
+
+    fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let ids = template::encode_prompt(&self.tokenizer, prompt)?;
+        let max = self.model.cfg.max_position_embeddings;
+        ensure!(
+            ids.len() + MIN_ANSWER_TOKENS <= max,
+            "prompt is {} tokens; the model's context of {max} leaves no room for an answer",
+            ids.len()
+        );
+        Ok(ids)
+    }
+
+    /// The allowed endpoints of a query: its candidates (deduplicated) + exception handling.
+    pub fn allowed_endpoints(q: &RoutingQuery) -> Vec<String> {
+        Self::endpoints_where(q, |_| true)
+    }
+
+    /// The endpoints the decoder offers: with `any_candidate` off, only the candidates that
+    /// serve the request's document type or declare no type (+ exception handling), unless
+    /// none does, then all of them. A candidate whose schema says it creates other document
+    /// types cannot be right for this one (a quotation posted as a sales order is a wrong
+    /// business document, not a routing preference), so the decoder does not let the model
+    /// pick it; what remains for the model is the decision between posting and exception
+    /// handling, and the payload. Callers that send no reliable type turn it off.
+    pub fn offered_endpoints(q: &RoutingQuery, any_candidate: bool) -> Vec<String> {
+        let serves = |c: &CompactSchema| c.doc_types.is_empty() || c.doc_types.contains(&q.doc_type);
+        let typed = Self::endpoints_where(q, serves);
+        if any_candidate || typed.len() == 1 { Self::allowed_endpoints(q) } else { typed }
+    }
+
+    fn endpoints_where(q: &RoutingQuery, keep: impl Fn(&CompactSchema) -> bool) -> Vec<String> {
+        let mut eps: Vec<String> = Vec::new();
+        for c in &q.api_schemas {
+            if !c.endpoint.is_empty()
+                && c.endpoint != EXCEPTION_ENDPOINT
+                && keep(c)
+                && !eps.contains(&c.endpoint)
+            {
+                eps.push(c.endpoint.clone());
+            }
+        }
+        eps.push(EXCEPTION_ENDPOINT.to_string());
+        eps
+    }
+
+    fn payload_schema(&self, endpoint: &str) -> Option<Value> {
+        if endpoint == EXCEPTION_ENDPOINT {
+            return None;
+        }
+        match self.catalog.api_for_endpoint(endpoint) {
+            Some(api) => create_payload_schema(api),
+            // An API the catalog does not know: any JSON object.
+            None => Some(serde_json::json!({"type": "object"})),
+        }
+    }
+
+    fn routing_row(&self, q: &RoutingQuery) -> Result<RowSpec> {
+        DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
+        ensure!(q.adc_json.is_object(), "adc_json: must be a JSON object");
+        let endpoints = Self::offered_endpoints(q, self.config.any_candidate);
+        let texts: Vec<String> = endpoints
+            .iter()
+            .map(|e| {
+                format!("{{\"doc_type\":{},\"endpoint\":{},\"payload", json_str(&q.doc_type), json_str(e))
+            })
+            .collect();
+        let (prefix, suffixes) = self.encode_options(&texts)?;
+        // A payload never has more items than its document has lines: bounding the item arrays
+        // by the line count stops a small model from repeating items until its token budget
+        // runs out (the answer would be lost, the decision with it).
+        let limits = match sapllm_sap::documents::line_count(&q.adc_json) {
+            Some(n) => GrammarLimits {
+                max_array_items: n.clamp(1, self.config.limits.max_array_items),
+                ..self.config.limits
+            },
+            None => self.config.limits,
+        };
+        let options = endpoints
+            .iter()
+            .zip(suffixes)
+            .map(|(e, suffix)| OptionSpec {
+                label: e.clone(),
+                suffix,
+                schema: routing_answer_schema(e, self.payload_schema(e).as_ref(), &limits),
+            })
+            .collect();
+        Ok(RowSpec {
+            prompt: self.prompt_ids(&format::routing_prompt(
+                &self.config.prompt.apply(q),
+                self.config.prompt.checks(&self.catalog, q),
+            )?)?,
+            prefix,
+            options,
+            body_end: ",\"reasoning\":".into(),
+            reference: None,
+        })
+    }
+
+    fn alternatives(row: &RowSpec, out: &RowOutput) -> Vec<(String, f64)> {
+        let mut alts: Vec<(String, f64)> =
+            row.options.iter().map(|o| o.label.clone()).zip(out.option_probs.iter().copied()).collect();
+        alts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        alts
+    }
+
+    fn routing_decision(&self, _q: &RoutingQuery, row: &RowSpec, out: RowOutput) -> Result<RoutingDecision> {
+        let answer: RoutingAnswer = template::parse_response(&out.text)?;
+        let chosen = &row.options[out.choice].label;
+        if &answer.endpoint != chosen {
+            bail!("decoder produced endpoint {:?} for chosen option {chosen:?}", answer.endpoint);
+        }
+        let parts = ConfidenceParts {
+            choice_probability: out.option_probs[out.choice],
+            body_certainty: body_certainty(&out.body_logprobs),
+            generated: Some(answer.confidence),
+        };
+        let confidence = combine(&parts, &self.config.weights);
+        let api =
+            self.catalog.api_for_endpoint(chosen).filter(|a| !answer.payload.is_null() && a.create.is_some());
+        Ok(RoutingDecision {
+            endpoint: answer.endpoint,
+            method: api.map(|_| "POST".to_string()),
+            entity_set: api.and_then(|a| a.create.as_ref()).map(|e| e.entity_set.clone()),
+            payload: answer.payload,
+            confidence,
+            confidence_parts: parts,
+            reasoning: answer.reasoning,
+            abstained: confidence < self.config.abstain_threshold,
+            alternatives: Self::alternatives(row, &out),
+            stats: out.stats,
+        })
+    }
+
+    fn exception_row(&self, q: &ExceptionQuery, similar: &[SimilarException]) -> Result<RowSpec> {
+        DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
+        let labels: Vec<&str> = ExceptionAction::ALL.iter().map(|a| a.as_str()).collect();
+        let texts: Vec<String> =
+            labels.iter().map(|a| format!("{{\"action\":{},\"correction", json_str(a))).collect();
+        let (prefix, suffixes) = self.encode_options(&texts)?;
+        let options = labels
+            .iter()
+            .zip(suffixes)
+            .map(|(a, suffix)| OptionSpec {
+                label: a.to_string(),
+                suffix,
+                schema: exception_answer_schema(a, &self.config.limits),
+            })
+            .collect();
+        Ok(RowSpec {
+            prompt: self.prompt_ids(&format::exception_prompt(q, similar)?)?,
+            prefix,
+            options,
+            body_end: ",\"reasoning\":".into(),
+            reference: None,
+        })
+    }
+
+    fn exception_decision(&self, row: &RowSpec, out: RowOutput) -> Result<ExceptionDecision> {
+        let answer: ExceptionAnswer = template::parse_response(&out.text)?;
+        let parts = ConfidenceParts {
+            choice_probability: out.option_probs[out.choice],
+            body_certainty: body_certainty(&out.body_logprobs),
+            generated: None,
+        };
+        let confidence = combine(&parts, &self.config.weights);
+        Ok(ExceptionDecision {
+            action: answer.action,
+            correction: answer.correction,
+            retry: answer.retry,
+            rule: answer.rule,
+            reasoning: answer.reasoning,
+            confidence,
+            confidence_parts: parts,
+            abstained: confidence < self.config.abstain_threshold,
+            alternatives: Self::alternatives(row, &out),
+            stats: out.stats,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_prefix;
+
+    #[test]
+    fn split_keeps_every_suffix_non_empty() {
+        let (p, s) = split_prefix(&[vec![1, 2, 3], vec![1, 2, 4, 5]]);
+        assert_eq!(p, vec![1, 2]);
+        assert_eq!(s, vec![vec![3], vec![4, 5]]);
+        let (p, s) = split_prefix(&[vec![1, 2], vec![1, 2, 3]]);
+        assert_eq!(p, vec![1], "a suffix may not be empty even when one option is a prefix of another");
+        assert_eq!(s, vec![vec![2], vec![2, 3]]);
+    }
+
+    #[test]
+    fn only_candidates_serving_the_document_type_are_offered_unless_none_does() {
+        use super::{EXCEPTION_ENDPOINT, Engine};
+        use sapllm_sap::catalog::CompactSchema;
+        let c = |endpoint: &str, types: &[&str]| CompactSchema {
+            api: endpoint.into(),
+            endpoint: endpoint.into(),
+            doc_types: types.iter().map(|t| t.to_string()).collect(),
+            read_only: false,
+            schema: String::new(),
+        };
+        let mut q = crate::types::RoutingQuery {
+            adc_json: serde_json::json!({}),
+            doc_type: "sales_quotation".into(),
+            api_schemas: vec![
+                c("SO/A_SalesOrder", &["sales_order"]),
+                c("SQ/A_SalesQuotation", &["sales_quotation"]),
+                c("Z/A_Unknown", &[]),
+                c("SQ/A_SalesQuotation", &["sales_quotation"]),
+            ],
+            similar_cases: vec![],
+        };
+        let ex = EXCEPTION_ENDPOINT.to_string();
+        assert_eq!(
+            Engine::offered_endpoints(&q, false),
+            vec!["SQ/A_SalesQuotation".to_string(), "Z/A_Unknown".into(), ex.clone()]
+        );
+        assert_eq!(Engine::offered_endpoints(&q, true), Engine::allowed_endpoints(&q));
+        assert_eq!(Engine::allowed_endpoints(&q).len(), 4, "deduplicated, exception handling last");
+        // No candidate serves the type: the model chooses among all of them.
+        q.doc_type = "customer_return".into();
+        q.api_schemas.remove(2);
+        assert_eq!(Engine::offered_endpoints(&q, false), Engine::allowed_endpoints(&q));
+    }
+}

@@ -1,0 +1,96 @@
+//! What the server needs of a model: the [`Backend`] trait (as text-generation-inference's router
+//! knows its backend). The server's queue, batching, HTTP and metrics are written against it;
+//! [`Engine`] is the production implementation, and tests can serve through any other.
+
+use anyhow::Result;
+use sapllm_engine::chat::Completion;
+use sapllm_engine::engine::Engine;
+use sapllm_engine::types::{
+    ExceptionDecision, ExceptionQuery, RoutingDecision, RoutingQuery, SimilarException,
+};
+use sapllm_sap::catalog::{Catalog, compact_schema};
+use serde_json::json;
+
+/// A loaded model that makes decisions. Shared by the model threads, hence `Sync`.
+pub trait Backend: Send + Sync {
+    /// Prepares what the first request would otherwise pay for (answer grammars); returns how
+    /// many items were prepared.
+    fn prepare(&self) -> Result<usize>;
+
+    /// Routing decisions for a batch: the outer error fails the whole batch, an inner one a
+    /// single document.
+    fn decide_routing_batch(&self, queries: &[RoutingQuery]) -> Result<Vec<Result<RoutingDecision>>>;
+
+    /// Exception decisions for a batch, each with its similar past exceptions.
+    fn handle_exception_batch(
+        &self,
+        items: &[(ExceptionQuery, Vec<SimilarException>)],
+    ) -> Result<Vec<Result<ExceptionDecision>>>;
+
+    /// A free completion for the OpenAI-compatible API (optionally constrained by a JSON schema).
+    fn complete(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+        temperature: f64,
+        schema: Option<&serde_json::Value>,
+    ) -> Result<Completion>;
+}
+
+impl Backend for Engine {
+    fn prepare(&self) -> Result<usize> {
+        self.precompile_grammars()
+    }
+
+    fn decide_routing_batch(&self, queries: &[RoutingQuery]) -> Result<Vec<Result<RoutingDecision>>> {
+        Engine::decide_routing_batch(self, queries)
+    }
+
+    fn handle_exception_batch(
+        &self,
+        items: &[(ExceptionQuery, Vec<SimilarException>)],
+    ) -> Result<Vec<Result<ExceptionDecision>>> {
+        Engine::handle_exception_batch(self, items)
+    }
+
+    fn complete(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+        temperature: f64,
+        schema: Option<&serde_json::Value>,
+    ) -> Result<Completion> {
+        Engine::complete(self, prompt, max_tokens, temperature, schema)
+    }
+}
+
+/// The warm-up request: a document of the catalog's first creatable type, with the candidates
+/// the catalog offers for it. Its fields are empty on purpose: warm-up exercises the whole
+/// decision path (prefill, grammar, decoding), and a made-up document would only look real.
+pub fn warm_up_query(catalog: &Catalog) -> Option<RoutingQuery> {
+    let doc_type = catalog.apis.iter().filter(|a| !a.read_only).flat_map(|a| a.doc_types.first()).next()?;
+    Some(RoutingQuery {
+        doc_type: doc_type.clone(),
+        adc_json: json!({}),
+        api_schemas: catalog.candidates_for(doc_type).into_iter().map(compact_schema).collect(),
+        similar_cases: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_up_query_comes_from_the_catalog() {
+        let catalog = Catalog::builtin();
+        let q = warm_up_query(&catalog).expect("the built-in catalog has creatable APIs");
+        let serving = catalog.serving(&q.doc_type);
+        assert!(serving.iter().any(|a| !a.read_only), "{} has no creatable API", q.doc_type);
+        let offered: Vec<&str> = q.api_schemas.iter().map(|s| s.endpoint.as_str()).collect();
+        let expected: Vec<String> =
+            catalog.candidates_for(&q.doc_type).iter().map(|a| a.endpoint()).collect();
+        assert_eq!(offered, expected);
+        assert_eq!(warm_up_query(&Catalog { version: 1, apis: Vec::new() }), None);
+    }
+}
