@@ -10,7 +10,8 @@ use super::engine::Engine;
 use super::forward::{Step, forward_select};
 use super::logits::pick_allowed;
 use crate::template::{self, STOP_SEQUENCE};
-use sapllm_model::kv_cache::KvCache;
+use sapllm_model::ForwardPath;
+use sapllm_model::mixtral::kv_cache::KvCache;
 
 /// A finished completion.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,9 +42,10 @@ impl Engine {
         }
         let mut matcher = schema.map(|s| self.grammars().matcher(s)).transpose()?;
         let model = self.model();
-        let mut cache = KvCache::new(model, 1);
+        let mut cache = KvCache::new(model.cfg.num_hidden_layers, 1);
         let step = Step::left_padded(&[ids.as_slice()], tok.pad_id);
-        let mut logits = forward_select(model, &step, &mut cache, &[(0, step.len - 1)])?.remove(0);
+        let mut logits =
+            forward_select(model, &step, &mut cache, &[(0, step.len - 1)], ForwardPath::Fused)?.remove(0);
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let mut out: Vec<u32> = Vec::new();
         let mut finish = "length";
@@ -79,7 +81,7 @@ impl Engine {
                 break;
             }
             let step = Step::right_padded(&[&[tok_id][..]], tok.pad_id);
-            logits = forward_select(model, &step, &mut cache, &[(0, 0)])?.remove(0);
+            logits = forward_select(model, &step, &mut cache, &[(0, 0)], ForwardPath::Fused)?.remove(0);
         }
         let mut text = tok.decode(&out)?;
         if let Some(cut) = text.find(STOP_SEQUENCE) {

@@ -34,9 +34,10 @@ use super::forward::{Step, forward_branches, forward_select, forward_select_with
 use super::grammar::GrammarCache;
 use super::logits::{log_prob, pick_allowed, softmax};
 use super::types::DecodeStats;
-use sapllm_model::decode_step::DecodeWeights;
-use sapllm_model::kv_cache::KvCache;
+use sapllm_model::ForwardPath;
 use sapllm_model::mixtral::Mixtral;
+use sapllm_model::mixtral::kv_cache::KvCache;
+use sapllm_model::plain::DecodeWeights;
 
 /// Decoding settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,12 +54,11 @@ pub struct DecodeOptions {
     /// Draft tokens proposed by prompt lookup per forward (greedy decoding only; 0 = off, the
     /// default: measured net cost on CPU with the tiny preset, see `bench_serve`).
     pub speculate: usize,
-    /// Run single-row generation steps through the plain-slice forward when the caller
-    /// provides one (`model::decode_step`; off only to measure what it saves).
-    pub fast_step: bool,
-    /// Run a single-row prompt prefill through the plain-slice forward too (with `fast_step`;
-    /// off only to measure what it saves).
-    pub plain_prefill: bool,
+    /// Which forward implementation runs: [`ForwardPath::Plain`] by default (single-row prefill
+    /// and generation steps through the plain-slice forward when the caller provides one,
+    /// everything else through the fused candle graph); the others only to measure what each
+    /// part saves, or to compare.
+    pub path: ForwardPath,
     /// Greedy decoding after the body: take the unconstrained best token when the grammar
     /// accepts it instead of computing the full mask (same answer; off only to measure).
     pub lazy_mask: bool,
@@ -73,8 +73,7 @@ impl Default for DecodeOptions {
             seed: 0,
             tree_scoring: true,
             speculate: 0,
-            fast_step: true,
-            plain_prefill: true,
+            path: ForwardPath::Plain,
             lazy_mask: true,
         }
     }
@@ -176,7 +175,7 @@ pub fn decode_batch(
         }
     }
     let b = rows.len();
-    let fast = fast.filter(|_| opts.fast_step);
+    let fast = fast.filter(|_| opts.path.plain_steps());
     let mut timing = BatchTiming::default();
     let trie = grammars.factory().tok_env().tok_trie().clone();
 
@@ -186,11 +185,11 @@ pub fn decode_batch(
         rows.iter().map(|r| [r.prompt.as_slice(), r.prefix.as_slice()].concat()).collect();
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let step = Step::left_padded(&refs, pad);
-    let mut snapshot = KvCache::new(model, b);
+    let mut snapshot = KvCache::new(model.cfg.num_hidden_layers, b);
     let last_col = step.len - 1;
     let select: Vec<(usize, usize)> = (0..b).map(|r| (r, last_col)).collect();
-    let prefill_fast = fast.filter(|_| opts.plain_prefill);
-    let first_logits = forward_select_with(model, prefill_fast, &step, &mut snapshot, &select)?;
+    let prefill_fast = fast.filter(|_| opts.path.plain_prefill());
+    let first_logits = forward_select_with(model, prefill_fast, &step, &mut snapshot, &select, opts.path)?;
     timing.prefill_s = t0.elapsed().as_secs_f64();
 
     // 2. Score the options from the snapshot: all branches in one tree-attention forward, or
@@ -201,7 +200,7 @@ pub fn decode_batch(
         let mut scratch = snapshot.fork()?;
         let feeds: Vec<Vec<&[u32]>> =
             rows.iter().map(|r| r.options.iter().map(|o| o.suffix.as_slice()).collect()).collect();
-        let logits = forward_branches(model, &mut scratch, &feeds, pad)?;
+        let logits = forward_branches(model, &mut scratch, &feeds, pad, opts.path)?;
         timing.forward_calls += 1;
         let scores = rows
             .iter()
@@ -217,7 +216,7 @@ pub fn decode_batch(
             .collect();
         (scores, Vec::new())
     } else {
-        score_sequential(model, &snapshot, &first_logits, rows, pad, &mut timing)?
+        score_sequential(model, &snapshot, &first_logits, rows, pad, opts.path, &mut timing)?
     };
     let probs: Vec<Vec<f64>> = scores.iter().map(|s| softmax(s)).collect();
     let choice: Vec<usize> = probs
@@ -240,7 +239,7 @@ pub fn decode_batch(
         let step = Step::right_padded(&feeds, pad);
         let select: Vec<(usize, usize)> = feeds.iter().enumerate().map(|(r, f)| (r, f.len() - 1)).collect();
         let mut cache = snapshot.fork()?;
-        let l = forward_select_with(model, fast, &step, &mut cache, &select)?;
+        let l = forward_select_with(model, fast, &step, &mut cache, &select, opts.path)?;
         timing.forward_calls += 1;
         (cache, l)
     };
@@ -309,7 +308,7 @@ pub fn decode_batch(
             .flat_map(|(r, f)| (f.len() - 1 - live[r].draft..f.len()).map(move |c| (r, c)))
             .collect();
         let fed: Vec<usize> = feeds.iter().map(|f| f.len()).collect();
-        let mut logits = forward_select_with(model, fast, &step, &mut cache, &select)?.into_iter();
+        let mut logits = forward_select_with(model, fast, &step, &mut cache, &select, opts.path)?.into_iter();
         timing.forward_calls += 1;
         let base = cache.len() - step.len;
         for (r, l) in live.iter_mut().enumerate() {
@@ -394,6 +393,7 @@ fn score_sequential(
     first_logits: &[Vec<f32>],
     rows: &[RowSpec],
     pad: u32,
+    path: ForwardPath,
     timing: &mut BatchTiming,
 ) -> Result<(Vec<Vec<f64>>, Vec<Branch>)> {
     let b = rows.len();
@@ -407,7 +407,7 @@ fn score_sequential(
         let select: Vec<(usize, usize)> =
             feeds.iter().enumerate().flat_map(|(r, f)| (0..f.len()).map(move |c| (r, c))).collect();
         let mut cache = snapshot.fork()?;
-        let logits = forward_select(model, &step, &mut cache, &select)?;
+        let logits = forward_select(model, &step, &mut cache, &select, path)?;
         timing.forward_calls += 1;
         let mut it = logits.into_iter();
         let mut last_per_row = vec![Vec::new(); b];

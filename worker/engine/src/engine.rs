@@ -18,8 +18,8 @@ use super::types::{
 };
 use crate::examples::SimilarCase;
 use crate::template;
-use sapllm_model::decode_step::DecodeWeights;
 use sapllm_model::mixtral::Mixtral;
+use sapllm_model::plain::DecodeWeights;
 use sapllm_model::tokenizer::Tokenizer;
 use sapllm_sap::catalog::create_payload_schema;
 use sapllm_sap::catalog::{Catalog, CompactSchema};

@@ -8,9 +8,10 @@
 use anyhow::{Context, Result, ensure};
 use candle_core::{DType, Tensor};
 
-use sapllm_model::decode_step::DecodeWeights;
-use sapllm_model::kv_cache::KvCache;
+use sapllm_model::ForwardPath;
 use sapllm_model::mixtral::Mixtral;
+use sapllm_model::mixtral::kv_cache::KvCache;
+use sapllm_model::plain::DecodeWeights;
 
 /// A batch of new tokens per row (right-padded to the longest; `mask` 1 = real, 0 = padding).
 pub struct Step {
@@ -52,13 +53,15 @@ impl Step {
     }
 }
 
-/// Runs `step` after the cached positions (appending to `cache`) and returns the logits (f32,
-/// full vocabulary) at each `(row, column)` of `select`, in that order.
+/// Runs `step` after the cached positions (appending to `cache`) through the candle graph
+/// (`path` says whether with its fused shortcuts) and returns the logits (f32, full vocabulary)
+/// at each `(row, column)` of `select`, in that order.
 pub fn forward_select(
     model: &Mixtral,
     step: &Step,
     cache: &mut KvCache,
     select: &[(usize, usize)],
+    path: ForwardPath,
 ) -> Result<Vec<Vec<f32>>> {
     let (b, q) = (step.batch, step.len);
     ensure!(cache.mask.len() == b, "cache is for batch {}, step has {b}", cache.mask.len());
@@ -69,12 +72,9 @@ pub fn forward_select(
         row.extend_from_slice(m);
     }
     let k_len = cache.len();
-    let inp = model.attn_inputs(b, q, k_len, Some(&cache.mask))?;
+    let inp = model.attn_inputs(b, q, k_len, Some(&cache.mask), path)?;
     let input = Tensor::from_vec(step.ids.clone(), (b, q), model.device())?;
-    let mut x = model.embed(&input)?;
-    for (layer, lc) in model.layers.iter().zip(cache.layers.iter_mut()) {
-        x = layer.forward(&x, &inp, Some(lc))?.0;
-    }
+    let (x, _) = model.run_layers(model.embed(&input)?, &inp, Some(&mut cache.layers))?;
     if select.is_empty() {
         return Ok(Vec::new());
     }
@@ -82,19 +82,20 @@ pub fn forward_select(
     let idx: Vec<u32> = select.iter().map(|&(r, c)| (r * q + c) as u32).collect();
     let idx = Tensor::from_vec(idx, select.len(), model.device())?;
     let picked = hidden.index_select(&idx, 0)?.unsqueeze(0)?;
-    let (_, logits) = model.head(&picked)?;
+    let (_, logits) = model.head(&picked, path)?;
     logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>().context("reading logits")
 }
 
-/// [`forward_select`] through the plain-slice forward ([`DecodeWeights::step`]) when it
-/// applies: one row without padding (a prefill or a generation step). Same logits up to float
-/// rounding.
+/// [`forward_select`] through the plain-slice forward ([`DecodeWeights::step`]) when it is
+/// given and applies: one row without padding (a prefill or a generation step). Same logits up
+/// to float rounding.
 pub fn forward_select_with(
     model: &Mixtral,
     fast: Option<&DecodeWeights>,
     step: &Step,
     cache: &mut KvCache,
     select: &[(usize, usize)],
+    path: ForwardPath,
 ) -> Result<Vec<Vec<f32>>> {
     if let Some(w) = fast
         && step.batch == 1
@@ -104,7 +105,7 @@ pub fn forward_select_with(
         let cols: Vec<usize> = select.iter().map(|&(_, c)| c).collect();
         return w.step(&step.ids, cache, &cols);
     }
-    forward_select(model, step, cache, select)
+    forward_select(model, step, cache, select, path)
 }
 
 /// Logits after each token of one branch.
@@ -124,6 +125,7 @@ pub fn forward_branches(
     cache: &mut KvCache,
     branches: &[Vec<&[u32]>],
     pad: u32,
+    path: ForwardPath,
 ) -> Result<Vec<Vec<BranchLogits>>> {
     ensure!(model.cfg.sliding_window.is_none(), "branch scoring needs full attention");
     let b = branches.len();
@@ -169,16 +171,13 @@ pub fn forward_branches(
         row.extend_from_slice(m);
     }
     let dev = model.device();
-    let inp = model.attn_inputs_from(pos, bias, b, q, k_len)?;
+    let inp = model.attn_inputs_from(pos, bias, b, q, k_len, path)?;
     let input = Tensor::from_vec(ids, (b, q), dev)?;
-    let mut x = model.embed(&input)?;
-    for (layer, lc) in model.layers.iter().zip(cache.layers.iter_mut()) {
-        x = layer.forward(&x, &inp, Some(lc))?.0;
-    }
+    let (x, _) = model.run_layers(model.embed(&input)?, &inp, Some(&mut cache.layers))?;
     let hidden = x.reshape((b * q, model.cfg.hidden_size))?;
     let idx: Vec<u32> = select.iter().map(|&(r, c)| (r * q + c) as u32).collect();
     let idx = Tensor::from_vec(idx, select.len(), dev)?;
-    let (_, logits) = model.head(&hidden.index_select(&idx, 0)?.unsqueeze(0)?)?;
+    let (_, logits) = model.head(&hidden.index_select(&idx, 0)?.unsqueeze(0)?, path)?;
     let mut rows = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?.into_iter();
     let mut out = Vec::with_capacity(b);
     for row in branches {

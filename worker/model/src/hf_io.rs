@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::MixtralConfig;
 use super::linear::{BaseWeight, Precision};
 use super::mixtral::{LoadedWeight, Mixtral, ModelOptions, WeightKind};
-use super::nf4::Nf4Tensor;
+use crate::quant::nf4::Nf4Tensor;
 
 /// Name of the single-file checkpoint.
 pub const SINGLE_FILE: &str = "model.safetensors";

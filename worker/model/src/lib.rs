@@ -1,5 +1,19 @@
 //! The model: a Mixtral-architecture causal LM with LoRA adapters over frozen f32 / bf16 / int8 /
-//! NF4 base weights, trainable in candle (every op on the training path is differentiable).
+//! NF4 base weights, trainable in candle (every op on the training path is differentiable). It
+//! knows nothing of SAP, HTTP or Kubernetes.
+//!
+//! # Layout: one model, three ways to run its forward pass
+//!
+//! - [`mixtral`]: the model as the paper reads (attention, sparse MoE, decoder layers, the one
+//!   layer loop [`Mixtral::run_layers`] that training, gradient checkpointing and cached
+//!   generation share), its KV cache, generation and gradient checkpointing. Its `fused`
+//!   module holds the in-graph CPU shortcuts of inference.
+//! - [`plain`]: the plain-slice forward (flat copies of the weights, gemm and matrix-vector
+//!   kernels on slices) for single-row prefill and generation steps on a CPU.
+//! - [`cpu`]: SIMD kernels (matrix-vector with its portable `dot`, fast exp/max/sum, row
+//!   kernels). [`quant`]: int8 and NF4 weights.
+//! - Which path runs is one [`ForwardPath`] value ([`path`]), passed where a forward is asked
+//!   for; there is no global switch.
 //!
 //! # Public API (what SFT, PPO, evaluation and serving build on)
 //!
@@ -48,36 +62,29 @@
 //!   `encode_example` (ids + loss mask), `parse_response`, `STOP_SEQUENCE`. One template for
 //!   every stage.
 //!
-//! Pretraining a from-scratch preset: [`pretrain::run`] (also the `pretrain` subcommand).
+//! Pretraining a from-scratch preset lives in the worker binary (`sapllm-worker pretrain`).
 
 pub mod config;
-pub mod decode_step;
-pub mod fast_math;
-pub mod fused;
-pub mod generation;
-pub mod grad_checkpoint;
+pub mod cpu;
 pub mod hf_io;
-pub mod int8;
-pub mod int8_matmul;
-pub mod kv_cache;
 pub mod linear;
 pub mod loss;
-pub mod matvec;
 pub mod mixtral;
-pub mod nf4;
 pub mod optim;
+pub mod path;
 pub mod peft;
-pub mod plain_attention;
-pub mod plain_linear;
+pub mod plain;
+pub mod quant;
+pub mod threads;
 pub mod tokenizer;
 
 pub use config::{MixtralConfig, Preset};
-pub use generation::{FinishReason, Generation, GenerationConfig};
 pub use hf_io::{SaveOptions, load_model, save_model};
-pub use kv_cache::KvCache;
 pub use linear::{LoraConfig, Precision};
+pub use mixtral::generation::{FinishReason, Generation, GenerationConfig};
+pub use mixtral::kv_cache::KvCache;
 pub use mixtral::{Mixtral, ModelOptions, ModelOutput};
 pub use optim::{AdamW, AdamWConfig, LrSchedule, StepStats};
+pub use path::ForwardPath;
 pub use peft::{load_adapter, save_adapter};
 pub use tokenizer::Tokenizer;
-pub mod threads;

@@ -12,9 +12,9 @@ use anyhow::{Context, Result, bail, ensure};
 use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::int8::Int8Tensor;
-use super::int8_matmul;
-use super::nf4::Nf4Tensor;
+use crate::quant::int8::Int8Tensor;
+use crate::quant::int8_matmul;
+use crate::quant::nf4::Nf4Tensor;
 
 /// How the base (non-adapter) linear weights are held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

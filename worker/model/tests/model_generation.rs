@@ -2,11 +2,12 @@
 // the same tokens and log-probs as one sequence at a time, stop conditions work.
 
 use candle_core::{DType, Device, Tensor};
+use sapllm_model::ForwardPath;
 use sapllm_model::config::MixtralConfig;
-use sapllm_model::generation::{FinishReason, GenerationConfig};
-use sapllm_model::kv_cache::KvCache;
 use sapllm_model::linear::LoraConfig;
 use sapllm_model::loss::token_logprobs;
+use sapllm_model::mixtral::generation::{FinishReason, GenerationConfig};
+use sapllm_model::mixtral::kv_cache::KvCache;
 use sapllm_model::mixtral::{Mixtral, ModelOptions};
 
 const VOCAB: usize = 64;
@@ -36,11 +37,11 @@ fn kv_cache_logits_equal_full_forward_logits() {
             .unwrap()
             .logits;
         // Prefill 6 tokens, then 3, then one at a time.
-        let mut cache = KvCache::new(&m, 1);
+        let mut cache = KvCache::new(m.cfg.num_hidden_layers, 1);
         let mut pos = 0;
         for chunk in [6usize, 3, 1, 1, 1, 1, 1] {
             let ids = Tensor::new(&seq[pos..pos + chunk], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            let got = m.forward_cached(&ids, &[vec![1u8; chunk]], &mut cache).unwrap();
+            let got = m.forward_cached(&ids, &[vec![1u8; chunk]], &mut cache, ForwardPath::Fused).unwrap();
             let want = full.narrow(1, pos, chunk).unwrap();
             let d = max_diff(&got, &want);
             assert!(d < 1e-4, "window {window:?}: positions {pos}..{}: max diff {d}", pos + chunk);

@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
-use sapllm_model::int8::Int8Tensor;
-use sapllm_model::nf4::{BLOCK, NF4_CODE, Nf4Tensor, double_quantize, dynamic_map_signed, nf4_index};
+use sapllm_model::quant::int8::Int8Tensor;
+use sapllm_model::quant::nf4::{BLOCK, NF4_CODE, Nf4Tensor, double_quantize, dynamic_map_signed, nf4_index};
 
 fn gaussian(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -20,11 +20,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use sapllm_model::ForwardPath;
 use sapllm_model::config::{MixtralConfig, Preset};
-use sapllm_model::generation::GenerationConfig;
 use sapllm_model::hf_io::{SaveOptions, load_model, save_model};
 use sapllm_model::linear::{LoraConfig, Precision};
 use sapllm_model::loss::causal_lm_loss;
+use sapllm_model::mixtral::generation::GenerationConfig;
 use sapllm_model::mixtral::{Mixtral, ModelOptions};
 
 const VOCAB: usize = 2048;
@@ -278,8 +279,8 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 /// 50, the cache cut back to `n` after each).
 fn decode_steps() -> Result<()> {
     use sapllm_engine::forward::{Step, forward_select};
-    use sapllm_model::decode_step::DecodeWeights;
-    use sapllm_model::kv_cache::KvCache;
+    use sapllm_model::mixtral::kv_cache::KvCache;
+    use sapllm_model::plain::DecodeWeights;
     let m = Mixtral::new_random(
         &MixtralConfig::preset(Preset::Tiny, VOCAB),
         &ModelOptions { precision: Precision::Int8, ..Default::default() },
@@ -293,7 +294,7 @@ fn decode_steps() -> Result<()> {
             for _ in 0..runs {
                 let mut cache = match base {
                     Some(b) => b.fork()?,
-                    None => KvCache::new(&m, 1),
+                    None => KvCache::new(m.cfg.num_hidden_layers, 1),
                 };
                 let start = Instant::now();
                 f(&mut cache)?;
@@ -306,12 +307,12 @@ fn decode_steps() -> Result<()> {
         |k: usize| -> Vec<u32> { (0..k).map(|i| ((i as u64 * 2654435761) % VOCAB as u64) as u32).collect() };
 
     println!("\n## one cached forward of k new tokens (tiny, int8, batch 1): ms, median of 51");
-    println!("candle = `Mixtral::forward_cached`; plain = the plain-slice forward (`model::decode_step`)");
+    println!("candle = `Mixtral::forward_cached`; plain = the plain-slice forward (`sapllm_model::plain`)");
     println!("| cached positions | path | 1 token | 2 tokens | 4 tokens | 8 tokens | 8 tokens / 1 token |");
     println!("|---|---|---|---|---|---|---|");
     for n in [128usize, 512, 768] {
-        let mut base = KvCache::new(&m, 1);
-        m.forward_cached(&ids(1, n)?, &[vec![1u8; n]], &mut base)?;
+        let mut base = KvCache::new(m.cfg.num_hidden_layers, 1);
+        m.forward_cached(&ids(1, n)?, &[vec![1u8; n]], &mut base, ForwardPath::Fused)?;
         for path in ["candle", "plain"] {
             let mut row = Vec::new();
             for k in [1usize, 2, 4, 8] {
@@ -319,7 +320,7 @@ fn decode_steps() -> Result<()> {
                 let input = ids(1, k)?;
                 row.push(median(51, Some(&base), &|cache| {
                     if path == "candle" {
-                        m.forward_cached(&input, &[vec![1u8; k]], cache)?;
+                        m.forward_cached(&input, &[vec![1u8; k]], cache, ForwardPath::Fused)?;
                     } else {
                         plain.step(&toks, cache, &[k - 1])?;
                     }
@@ -347,7 +348,7 @@ fn decode_steps() -> Result<()> {
         // As the decoder runs it through candle: the LM head on the last position only.
         let step = Step::left_padded(&[&toks], 0);
         let candle = median(11, None, &|cache| {
-            forward_select(&m, &step, cache, &[(0, t - 1)])?;
+            forward_select(&m, &step, cache, &[(0, t - 1)], ForwardPath::Fused)?;
             Ok(())
         })?;
         let fast = median(11, None, &|cache| {

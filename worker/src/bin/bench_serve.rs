@@ -33,6 +33,7 @@ use sapllm_engine::grammar::GrammarLimits;
 use sapllm_engine::load::{load_engine, parse_precision};
 use sapllm_engine::profile::PromptProfile;
 use sapllm_engine::types::RoutingQuery;
+use sapllm_model::ForwardPath;
 use sapllm_sap::catalog::Catalog;
 use sapllm_worker::dataprep::{DataPrepConfig, RoutingExample};
 use sapllm_worker::testkit::{sample_queries, write_tiny_model};
@@ -143,9 +144,7 @@ impl Answers {
 struct Row {
     forced: bool,
     speculate: usize,
-    fused: bool,
-    step: bool,
-    prefill: bool,
+    path: ForwardPath,
     lazy: bool,
 }
 
@@ -167,14 +166,14 @@ fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) ->
         "| answers | forced tokens | drafts | fused ops | plain decode step | plain prefill | lazy mask | mean ms | P50 ms | P95 ms | prefill ms | option scoring ms | generation ms | of which grammar ms | forward calls | sampled tok | forced tok | drafts kept / proposed | answer tok |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let serving = Row { forced: true, speculate: 0, fused: true, step: true, prefill: true, lazy: true };
+    let serving = Row { forced: true, speculate: 0, path: ForwardPath::Plain, lazy: true };
     // The serving configuration, then one change at a time: drafts on, forced tokens off; then,
-    // one after the other, the lazy grammar mask, the plain-slice prefill, the plain-slice
-    // decode step (`model::decode_step`) and the fused inference kernels (`model::fused`) off:
-    // what each saves.
+    // one after the other, the lazy grammar mask off and the forward paths from the fastest to
+    // the reference: plain-slice steps without the plain prefill, the fused candle graph, the
+    // candle graph alone (`sapllm_model::ForwardPath`): what each saves.
     let lazy_off = Row { lazy: false, ..serving };
-    let prefill_off = Row { prefill: false, ..lazy_off };
-    let step_off = Row { step: false, ..prefill_off };
+    let prefill_off = Row { path: ForwardPath::PlainSteps, ..lazy_off };
+    let step_off = Row { path: ForwardPath::Fused, ..prefill_off };
     let rows = [
         serving,
         Row { speculate: 4, ..serving },
@@ -182,21 +181,19 @@ fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) ->
         lazy_off,
         prefill_off,
         step_off,
-        Row { fused: false, ..step_off },
+        Row { path: ForwardPath::Candle, ..step_off },
     ];
     for answers_kind in [Answers::Reference, Answers::OwnSeen, Answers::OwnUnseen] {
         // The unseen sample has no reference answers: only the serving configuration there.
         let docs = if answers_kind == Answers::OwnUnseen { unseen } else { &queries[..] };
         for row in rows {
-            sapllm_model::fused::set_enabled(row.fused);
             let config = EngineConfig {
                 abstain_threshold: 0.0,
                 max_batch: 1,
                 decode: DecodeOptions {
                     use_forced_tokens: row.forced,
                     speculate: row.speculate,
-                    fast_step: row.step,
-                    plain_prefill: row.prefill,
+                    path: row.path,
                     lazy_mask: row.lazy,
                     ..DecodeOptions::default()
                 },
@@ -255,9 +252,9 @@ fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) ->
                 answers_kind.label(),
                 on(row.forced),
                 if row.speculate > 0 { format!("prompt lookup, {}", row.speculate) } else { "off".into() },
-                on(row.fused),
-                on(row.step),
-                on(row.step && row.prefill),
+                on(row.path.fused()),
+                on(row.path.plain_steps()),
+                on(row.path.plain_prefill()),
                 on(row.lazy),
                 percentile(&lat, 50.0),
                 percentile(&lat, 95.0),
@@ -277,7 +274,6 @@ fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) ->
             }
         }
     }
-    sapllm_model::fused::set_enabled(true);
     Ok(())
 }
 

@@ -1,8 +1,8 @@
 //! Causal attention of a step's queries over a one-sequence KV cache, on plain slices (the
 //! plain-slice forward of [`super::decode_step`]).
 
-use super::fused::softmax_row;
-use super::plain_linear::gemm_strided;
+use super::linear::gemm_strided;
+use crate::cpu::rows::softmax_row;
 
 /// Sizes of one [`attend`] call.
 pub struct AttnShape {

@@ -20,12 +20,15 @@
 use anyhow::{Result, ensure};
 use candle_core::{DType, Tensor};
 
-use super::fast_math;
-use super::fused::{rms_norm_row, route};
-use super::kv_cache::KvCache;
-use super::mixtral::Mixtral;
-use super::plain_attention::{AttnShape, attend};
-use super::plain_linear::Weight;
+use crate::cpu::fast_math;
+use crate::cpu::rows::{rms_norm_row, route};
+use crate::mixtral::kv_cache::KvCache;
+
+pub mod attention;
+pub mod linear;
+use self::attention::{AttnShape, attend};
+use self::linear::Weight;
+use crate::mixtral::Mixtral;
 
 /// Weights above this size are not copied (the copy doubles them in memory).
 const MAX_COPY_BYTES: usize = 512 << 20;
@@ -338,6 +341,7 @@ mod tests {
     use crate::config::{MixtralConfig, Preset};
     use crate::linear::Precision;
     use crate::mixtral::ModelOptions;
+    use crate::path::ForwardPath;
 
     fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         assert_eq!(a.len(), b.len());
@@ -348,7 +352,7 @@ mod tests {
     fn candle_step(m: &Mixtral, cache: &mut KvCache, ids: &[u32]) -> Vec<Vec<f32>> {
         let t = ids.len();
         let input = Tensor::from_vec(ids.to_vec(), (1, t), &Device::Cpu).unwrap();
-        let logits = m.forward_cached(&input, &[vec![1u8; t]], cache).unwrap();
+        let logits = m.forward_cached(&input, &[vec![1u8; t]], cache, ForwardPath::Fused).unwrap();
         logits.squeeze(0).unwrap().to_vec2::<f32>().unwrap()
     }
 
@@ -361,10 +365,10 @@ mod tests {
             let w = DecodeWeights::new(&m).expect("f32 / int8 on the CPU without adapters");
             // The prefill: longer than GEMM_MIN_ROWS, so its projections go through gemm.
             let prompt: Vec<u32> = (0..23u32).map(|i| (i * 37 + 3) % 256).collect();
-            assert!(prompt.len() >= crate::plain_linear::GEMM_MIN_ROWS);
-            let mut a = KvCache::new(&m, 1);
+            assert!(prompt.len() >= crate::plain::linear::GEMM_MIN_ROWS);
+            let mut a = KvCache::new(m.cfg.num_hidden_layers, 1);
             let want = candle_step(&m, &mut a, &prompt);
-            let mut b = KvCache::new(&m, 1);
+            let mut b = KvCache::new(m.cfg.num_hidden_layers, 1);
             assert!(w.applies(&b, prompt.len()), "a prefill into an empty cache");
             let got = w.step(&prompt, &mut b, &(0..prompt.len()).collect::<Vec<_>>()).unwrap();
             let d = max_diff(&want, &got);
@@ -402,9 +406,12 @@ mod tests {
         assert!(DecodeWeights::new(&Mixtral::new_random(&cfg, &lora, &Device::Cpu).unwrap()).is_none());
         let m = Mixtral::new_random(&cfg, &ModelOptions::default(), &Device::Cpu).unwrap();
         let w = DecodeWeights::new(&m).unwrap();
-        assert!(!w.applies(&KvCache::new(&m, 2), 1), "one sequence only");
-        assert!(!w.applies(&KvCache::new(&m, 1), 0), "no new token");
-        assert!(w.step(&[64], &mut KvCache::new(&m, 1), &[0]).is_err(), "a token outside the vocabulary");
-        assert!(w.step(&[1], &mut KvCache::new(&m, 2), &[0]).is_err());
+        assert!(!w.applies(&KvCache::new(m.cfg.num_hidden_layers, 2), 1), "one sequence only");
+        assert!(!w.applies(&KvCache::new(m.cfg.num_hidden_layers, 1), 0), "no new token");
+        assert!(
+            w.step(&[64], &mut KvCache::new(m.cfg.num_hidden_layers, 1), &[0]).is_err(),
+            "a token outside the vocabulary"
+        );
+        assert!(w.step(&[1], &mut KvCache::new(m.cfg.num_hidden_layers, 2), &[0]).is_err());
     }
 }

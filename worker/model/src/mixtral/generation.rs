@@ -9,8 +9,9 @@ use candle_core::{DType, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::Mixtral;
 use super::kv_cache::KvCache;
-use super::mixtral::Mixtral;
+use crate::path::ForwardPath;
 
 /// Sampling settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,9 +161,9 @@ impl Mixtral {
             mask.push(m);
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
-        let mut cache = KvCache::new(self, b);
+        let mut cache = KvCache::new(self.layers.len(), b);
         let input = Tensor::from_vec(ids, (b, max_len), self.device())?;
-        let logits = self.forward_cached(&input, &mask, &mut cache)?;
+        let logits = self.forward_cached(&input, &mask, &mut cache, ForwardPath::Fused)?;
         let mut last =
             logits.narrow(1, max_len - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
 
@@ -206,7 +207,7 @@ impl Mixtral {
             }
             let input = Tensor::from_vec(next, (b, 1), self.device())?;
             let m: Vec<Vec<u8>> = done.iter().map(|&d| vec![u8::from(!d)]).collect();
-            let logits = self.forward_cached(&input, &m, &mut cache)?;
+            let logits = self.forward_cached(&input, &m, &mut cache, ForwardPath::Fused)?;
             last = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         }
         if let Some(dec) = decode {

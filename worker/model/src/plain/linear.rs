@@ -8,9 +8,9 @@
 
 use candle_core::DType;
 
-use super::int8_matmul;
-use super::linear::{BaseWeight, Linear};
-use super::matvec;
+use crate::cpu::matvec;
+use crate::linear::{BaseWeight, Linear};
+use crate::quant::int8_matmul;
 
 /// Rows from which a product goes through gemm (its packing pays off); below, one
 /// matrix-vector product per row. The int8 direct kernel's bound in the candle path.
@@ -172,7 +172,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::int8::Int8Tensor;
+    use crate::quant::int8::Int8Tensor;
 
     /// Both regimes (row by row, gemm) of both weight kinds against a plain triple loop.
     #[test]

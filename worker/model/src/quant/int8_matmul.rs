@@ -11,7 +11,7 @@ use anyhow::{Result, ensure};
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
 use super::int8::Int8Tensor;
-use super::matvec;
+use crate::cpu::matvec;
 
 /// Rows up to which the direct kernel is used (above, dequantize + gemm is faster).
 pub const DIRECT_MAX_ROWS: usize = 16;
@@ -88,36 +88,6 @@ pub(crate) fn rows_times_weight(x: &[f32], q: &[u8], s: &[f32], k: usize, y: &mu
             *yv = sn * (*yv - shift);
         }
     }
-}
-
-/// `x . w` with eight independent partial sums, so the compiler can keep them in one vector
-/// register (float addition is not reassociated otherwise), added up pairwise at the end (with
-/// constant bounds: a loop over a variable width would keep them in memory). `w` is f32, or
-/// u8 widened on the fly.
-#[inline(always)]
-pub(crate) fn dot<T: Copy>(x: &[f32], w: &[T]) -> f32
-where
-    f32: From<T>,
-{
-    let mut acc = [0f32; 8];
-    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
-    let (xr, wr) = (xc.remainder(), wc.remainder());
-    for (xs, ws) in xc.zip(wc) {
-        for i in 0..8 {
-            acc[i] += xs[i] * f32::from(ws[i]);
-        }
-    }
-    for i in 0..4 {
-        acc[i] += acc[i + 4];
-    }
-    for i in 0..2 {
-        acc[i] += acc[i + 2];
-    }
-    let mut total = acc[0] + acc[1];
-    for (&a, &b) in xr.iter().zip(wr) {
-        total += a * f32::from(b);
-    }
-    total
 }
 
 #[cfg(test)]

@@ -8,8 +8,6 @@
 //! accumulators, so the multiply-adds of one row do not wait for each other. Which kernel runs
 //! is decided once per call; elsewhere the portable loop ([`super::int8_matmul::dot`]) runs.
 
-use super::int8_matmul::dot;
-
 /// A weight element: f32, or an int8 byte stored as `w / s + 128` (u8).
 pub trait Elem: Copy + 'static
 where
@@ -292,6 +290,36 @@ where
         let tail: f32 = x[body..].iter().zip(&row[body..]).map(|(&a, &b)| a * f32::from(b)).sum();
         *yr = unsafe { W::sum(*a) } + tail;
     }
+}
+
+/// `x . w` with eight independent partial sums, so the compiler can keep them in one vector
+/// register (float addition is not reassociated otherwise), added up pairwise at the end (with
+/// constant bounds: a loop over a variable width would keep them in memory). `w` is f32, or
+/// u8 widened on the fly.
+#[inline(always)]
+pub fn dot<T: Copy>(x: &[f32], w: &[T]) -> f32
+where
+    f32: From<T>,
+{
+    let mut acc = [0f32; 8];
+    let (xc, wc) = (x.chunks_exact(8), w.chunks_exact(8));
+    let (xr, wr) = (xc.remainder(), wc.remainder());
+    for (xs, ws) in xc.zip(wc) {
+        for i in 0..8 {
+            acc[i] += xs[i] * f32::from(ws[i]);
+        }
+    }
+    for i in 0..4 {
+        acc[i] += acc[i + 4];
+    }
+    for i in 0..2 {
+        acc[i] += acc[i + 2];
+    }
+    let mut total = acc[0] + acc[1];
+    for (&a, &b) in xr.iter().zip(wr) {
+        total += a * f32::from(b);
+    }
+    total
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use super::mixtral::{Mixtral, ModelOutput, mask_rows};
+use super::{Mixtral, ModelOutput, mask_rows};
+use crate::path::ForwardPath;
 
 /// Adds `src`'s gradients for `ids` into `acc`.
 fn accumulate(acc: &mut GradStore, src: &GradStore, vars: &[Var]) -> Result<()> {
@@ -37,7 +38,7 @@ pub fn forward_backward(
 ) -> Result<(Tensor, GradStore)> {
     let (b, t) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
     let mask = mask_rows(attention_mask, b, t)?;
-    let inp = model.attn_inputs(b, t, t, mask.as_deref())?;
+    let inp = model.attn_inputs(b, t, t, mask.as_deref(), ForwardPath::Fused)?;
     let vars: Vec<Var> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
 
     let emb = model.embed(input_ids)?;
@@ -53,7 +54,7 @@ pub fn forward_backward(
 
     // Head + loss with a graph rooted at the last hidden state.
     let last = Var::from_tensor(&x)?;
-    let (hidden, logits) = model.head(last.as_tensor())?;
+    let (hidden, logits) = model.head(last.as_tensor(), ForwardPath::Fused)?;
     let out = ModelOutput { logits, hidden, router_logits: Vec::new() };
     let loss = loss_fn(&out)?;
     drop(out);

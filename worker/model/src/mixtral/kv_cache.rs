@@ -4,8 +4,6 @@
 use anyhow::{Context, Result, ensure};
 use candle_core::Tensor;
 
-use super::mixtral::Mixtral;
-
 /// Keys and values of one layer, `[B, n_kv_heads, S, head_dim]` (after rotary embedding).
 ///
 /// Stored in buffers with spare room along S that new positions are written into in place, so
@@ -96,9 +94,11 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(model: &Mixtral, batch: usize) -> Self {
+    /// An empty cache for `batch` sequences through `n_layers` decoder layers
+    /// (`MixtralConfig::num_hidden_layers`).
+    pub fn new(n_layers: usize, batch: usize) -> Self {
         KvCache {
-            layers: (0..model.layers.len()).map(|_| LayerCache::default()).collect(),
+            layers: (0..n_layers).map(|_| LayerCache::default()).collect(),
             mask: vec![Vec::new(); batch],
         }
     }
@@ -136,33 +136,6 @@ impl KvCache {
             layers: self.layers.iter().map(LayerCache::fork).collect::<Result<_>>()?,
             mask: self.mask.clone(),
         })
-    }
-}
-
-impl Mixtral {
-    /// Runs `input_ids` `[B, q]` after the cached positions, appends their keys/values, and
-    /// returns the logits `[B, q, V]`. `mask` gives 1/0 (real/padding) for the new positions.
-    pub fn forward_cached(
-        &self,
-        input_ids: &Tensor,
-        mask: &[Vec<u8>],
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let (b, q) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
-        ensure!(cache.mask.len() == b, "cache is for batch {}, input has {b}", cache.mask.len());
-        ensure!(mask.len() == b, "mask has {} rows for batch {b}", mask.len());
-        for (row, m) in cache.mask.iter_mut().zip(mask) {
-            ensure!(m.len() == q, "mask row has {} entries for {q} tokens", m.len());
-            row.extend_from_slice(m);
-        }
-        let k_len = cache.len();
-        let inp = self.attn_inputs(b, q, k_len, Some(&cache.mask))?;
-        let mut x = self.embed(input_ids)?;
-        for (layer, lc) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(&x, &inp, Some(lc))?.0;
-        }
-        let (_, logits) = self.head(&x)?;
-        Ok(logits.detach())
     }
 }
 

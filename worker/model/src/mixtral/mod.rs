@@ -10,10 +10,17 @@
 //!   (`w2(silu(w1 x) * w3 x)`), results scattered back with `index_add`;
 //! - full-sequence logits `[B, T, V]`.
 //!
-//! Weight names are HF's, so a real checkpoint loads by name (see `checkpoint.rs`).
+//! Weight names are HF's, so a real checkpoint loads by name (see `hf_io.rs`).
 //!
-//! Inference, where no input tracks a gradient, takes exact shortcuts through fused kernels
-//! (`fused.rs`): same arithmetic, fewer ops per decoded token.
+//! Every forward runs the decoder stack through one loop, [`Mixtral::run_layers`]; gradient
+//! checkpointing ([`grad_checkpoint`]) recomputes it layer by layer. Inference, where no input
+//! tracks a gradient, takes exact shortcuts through fused kernels ([`fused`]) unless the
+//! [`ForwardPath`] says otherwise: same arithmetic, fewer ops per decoded token.
+
+pub mod fused;
+pub mod generation;
+pub mod grad_checkpoint;
+pub mod kv_cache;
 
 use std::sync::Arc;
 
@@ -22,10 +29,10 @@ use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 use rand::SeedableRng;
 
-use super::config::MixtralConfig;
-use super::fused;
-use super::kv_cache::LayerCache;
-use super::linear::{BaseWeight, Linear, LoraAdapter, LoraConfig, LoraControl, Param, Precision};
+use self::kv_cache::{KvCache, LayerCache};
+use crate::config::MixtralConfig;
+use crate::linear::{BaseWeight, Linear, LoraAdapter, LoraConfig, LoraControl, Param, Precision};
+use crate::path::ForwardPath;
 
 /// Additive mask value for disallowed attention positions: finite so that fully masked rows
 /// (padding queries) give a uniform softmax instead of NaN, and representable in bf16.
@@ -98,9 +105,9 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, path: ForwardPath) -> Result<Tensor> {
         let w = self.weight.tensor();
-        if fused::enabled(&[x, w]) {
+        if path.shortcut(&[x, w]) {
             let op = fused::RmsNormOp { eps: self.eps as f32 };
             return Ok(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?);
         }
@@ -122,6 +129,8 @@ pub struct AttnInputs {
     /// `[B, T, head_dim / 2]`, contiguous: the tables of the fused rotary kernel.
     pub cos_half: Tensor,
     pub sin_half: Tensor,
+    /// Which implementation the layers use.
+    pub path: ForwardPath,
 }
 
 #[derive(Debug, Clone)]
@@ -157,7 +166,7 @@ impl Attention {
         let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         // candle's rope runs one-position inputs on the calling thread and longer ones on
         // rayon (see `fused.rs` on why that costs more than it saves here).
-        let (q, k) = if t == 1 && fused::enabled(&[&q, &k, &inp.cos_half]) {
+        let (q, k) = if t == 1 && inp.path.shortcut(&[&q, &k, &inp.cos_half]) {
             (
                 candle_nn::rotary_emb::rope(&q, &inp.cos_half, &inp.sin_half)?,
                 candle_nn::rotary_emb::rope(&k, &inp.cos_half, &inp.sin_half)?,
@@ -179,7 +188,7 @@ impl Attention {
         let scores = (qg.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?.reshape((b, nh, t, s))?;
         let acc = acc_dtype(x.dtype());
         let scores = scores.to_dtype(acc)?.broadcast_add(&inp.bias.to_dtype(acc)?)?;
-        let probs = if fused::enabled(&[&scores]) {
+        let probs = if inp.path.shortcut(&[&scores]) {
             scores.contiguous()?.apply_op1_no_bwd(&fused::SoftmaxOp)?.to_dtype(x.dtype())?
         } else {
             candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(x.dtype())?
@@ -215,11 +224,11 @@ pub struct SparseMoe {
 
 impl SparseMoe {
     /// Returns the output `[B, T, H]` and the router logits `[B*T, E]` (for an auxiliary loss).
-    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward(&self, x: &Tensor, path: ForwardPath) -> Result<(Tensor, Tensor)> {
         let (b, t, h) = x.dims3()?;
         let xs = x.reshape((b * t, h))?;
         let router_logits = self.gate.forward(&xs)?;
-        if fused::enabled(&[&xs, &router_logits]) {
+        if path.shortcut(&[&xs, &router_logits]) {
             return Ok((
                 self.forward_routed_on_host(&xs, &router_logits)?.reshape((b, t, h))?,
                 router_logits,
@@ -257,11 +266,12 @@ impl SparseMoe {
         Ok((out.reshape((b, t, h))?, router_logits))
     }
 
-    /// The same block without gradients: routing decided on the host (`fused::route`), each
+    /// The same block without gradients: routing decided on the host (`cpu::rows::route`), each
     /// chosen expert run on its rows, weighted, summed. `xs` `[N, H]`, `router_logits` `[N, E]`.
     fn forward_routed_on_host(&self, xs: &Tensor, router_logits: &Tensor) -> Result<Tensor> {
         let n = xs.dim(0)?;
-        let routes = fused::route(&router_logits.to_dtype(DType::F32)?.to_vec2::<f32>()?, self.top_k);
+        let routes =
+            crate::cpu::rows::route(&router_logits.to_dtype(DType::F32)?.to_vec2::<f32>()?, self.top_k);
         let mut out: Option<Tensor> = None;
         for (e, expert) in self.experts.iter().enumerate() {
             let (rows, weights): (Vec<u32>, Vec<f32>) = routes
@@ -312,9 +322,10 @@ impl DecoderLayer {
         inp: &AttnInputs,
         cache: Option<&mut LayerCache>,
     ) -> Result<(Tensor, Tensor)> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(x)?, inp, cache)?;
+        let h = self.self_attn.forward(&self.input_layernorm.forward(x, inp.path)?, inp, cache)?;
         let x = (x + h)?;
-        let (m, router) = self.block_sparse_moe.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let normed = self.post_attention_layernorm.forward(&x, inp.path)?;
+        let (m, router) = self.block_sparse_moe.forward(&normed, inp.path)?;
         Ok(((x + m)?, router))
     }
 }
@@ -678,16 +689,44 @@ impl Mixtral {
     }
 
     /// Final norm + lm_head: `hidden [B, T, H]` -> (normed hidden, logits `[B, T, V]`).
-    pub fn head(&self, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
-        let hidden = self.norm.forward(hidden)?;
+    pub fn head(&self, hidden: &Tensor, path: ForwardPath) -> Result<(Tensor, Tensor)> {
+        let hidden = self.norm.forward(hidden, path)?;
         let p = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let w = p.tensor().to_dtype(hidden.dtype())?;
         let logits = if p.var().is_some() {
-            super::linear::matmul_t(&hidden, &w)?
+            crate::linear::matmul_t(&hidden, &w)?
         } else {
-            super::linear::frozen_matmul_t(&hidden, &w)?
+            crate::linear::frozen_matmul_t(&hidden, &w)?
         };
         Ok((hidden, logits))
+    }
+
+    /// THE decoder stack: every layer in order over `x [B, T, H]`, each appending its new keys
+    /// and values to its cache when `cache` is given (one per layer). Returns the last layer's
+    /// output (before the final norm) and each layer's router logits.
+    pub fn run_layers(
+        &self,
+        mut x: Tensor,
+        inp: &AttnInputs,
+        cache: Option<&mut [LayerCache]>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut router_logits = Vec::with_capacity(self.layers.len());
+        let mut caches = cache.map(|c| c.iter_mut());
+        if let Some(c) = &caches {
+            ensure!(
+                c.len() == self.layers.len(),
+                "cache has {} layers, model {}",
+                c.len(),
+                self.layers.len()
+            );
+        }
+        for layer in &self.layers {
+            let lc = caches.as_mut().and_then(|c| c.next());
+            let (y, r) = layer.forward(&x, inp, lc)?;
+            x = y;
+            router_logits.push(r);
+        }
+        Ok((x, router_logits))
     }
 
     /// Rotary tables and attention bias for queries at the last `q_len` of `k_len` positions.
@@ -700,6 +739,7 @@ impl Mixtral {
         q_len: usize,
         k_len: usize,
         key_mask: Option<&[Vec<u8>]>,
+        path: ForwardPath,
     ) -> Result<AttnInputs> {
         ensure!(q_len <= k_len, "attention: {q_len} queries over {k_len} keys");
         if let Some(m) = key_mask {
@@ -736,7 +776,7 @@ impl Mixtral {
                 }
             }
         }
-        self.attn_inputs_from(pos, bias, b, q_len, k_len)
+        self.attn_inputs_from(pos, bias, b, q_len, k_len, path)
     }
 
     /// [`AttnInputs`] from per-query positions `[B * T_q]` and the additive bias
@@ -748,6 +788,7 @@ impl Mixtral {
         b: usize,
         q_len: usize,
         k_len: usize,
+        path: ForwardPath,
     ) -> Result<AttnInputs> {
         let hd = self.cfg.head_dim;
         let inv: Vec<f32> = (0..hd / 2)
@@ -764,24 +805,53 @@ impl Mixtral {
             bias: Tensor::from_vec(bias, (b, 1, q_len, k_len), &self.device)?,
             cos_half,
             sin_half,
+            path,
         })
     }
 
     /// Full-sequence forward for training and scoring. `input_ids` `[B, T]` (U32/I64),
-    /// `attention_mask` `[B, T]` (1 = token, 0 = padding; any integer or float dtype).
+    /// `attention_mask` `[B, T]` (1 = token, 0 = padding; any integer or float dtype). Takes the
+    /// fused shortcuts where nothing tracks a gradient ([`ForwardPath::Fused`]).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<ModelOutput> {
+        self.forward_on(input_ids, attention_mask, ForwardPath::Fused)
+    }
+
+    /// [`Mixtral::forward`] through a chosen graph path.
+    pub fn forward_on(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        path: ForwardPath,
+    ) -> Result<ModelOutput> {
         let (b, t) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
         let mask = mask_rows(attention_mask, b, t)?;
-        let inp = self.attn_inputs(b, t, t, mask.as_deref())?;
-        let mut x = self.embed(input_ids)?;
-        let mut router_logits = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let (y, r) = layer.forward(&x, &inp, None)?;
-            x = y;
-            router_logits.push(r);
-        }
-        let (hidden, logits) = self.head(&x)?;
+        let inp = self.attn_inputs(b, t, t, mask.as_deref(), path)?;
+        let (x, router_logits) = self.run_layers(self.embed(input_ids)?, &inp, None)?;
+        let (hidden, logits) = self.head(&x, path)?;
         Ok(ModelOutput { logits, hidden, router_logits })
+    }
+
+    /// Runs `input_ids` `[B, q]` after the cached positions, appends their keys/values, and
+    /// returns the logits `[B, q, V]`. `mask` gives 1/0 (real/padding) for the new positions.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        mask: &[Vec<u8>],
+        cache: &mut KvCache,
+        path: ForwardPath,
+    ) -> Result<Tensor> {
+        let (b, q) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
+        ensure!(cache.mask.len() == b, "cache is for batch {}, input has {b}", cache.mask.len());
+        ensure!(mask.len() == b, "mask has {} rows for batch {b}", mask.len());
+        for (row, m) in cache.mask.iter_mut().zip(mask) {
+            ensure!(m.len() == q, "mask row has {} entries for {q} tokens", m.len());
+            row.extend_from_slice(m);
+        }
+        let k_len = cache.len();
+        let inp = self.attn_inputs(b, q, k_len, Some(&cache.mask), path)?;
+        let (x, _) = self.run_layers(self.embed(input_ids)?, &inp, Some(&mut cache.layers))?;
+        let (_, logits) = self.head(&x, path)?;
+        Ok(logits.detach())
     }
 
     /// Runs forward, applies `loss_fn` to the output, and back-propagates, with or without
@@ -795,7 +865,7 @@ impl Mixtral {
         loss_fn: &mut dyn FnMut(&ModelOutput) -> Result<Tensor>,
     ) -> Result<(Tensor, GradStore)> {
         if self.opts.grad_checkpoint {
-            return super::grad_checkpoint::forward_backward(self, input_ids, attention_mask, loss_fn);
+            return grad_checkpoint::forward_backward(self, input_ids, attention_mask, loss_fn);
         }
         let out = self.forward(input_ids, attention_mask)?;
         let loss = loss_fn(&out)?;
