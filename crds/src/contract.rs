@@ -1,11 +1,14 @@
 //! The contract between the operator and the worker it runs: command lines, mount paths, the
 //! run-directory layout, and the stage result the worker leaves in its termination message.
 //!
-//! Progress travels as JSON lines on the worker's stdout (`{"event":"progress","stage":"sft",
-//! "step":12,"total":300,"loss":1.9,"tokens_per_s":850.0,"eta_s":41.0}`); the result of a stage
+//! Progress travels as JSON lines on the worker's stdout, one [`ProgressLine`] each
+//! (`{"event":"progress","stage":"sft","step":12,"total":300,"eta_s":41.0,"loss":1.9,
+//! "tokens_per_s":850.0}`), written by the worker and read by the operator; the result of a stage
 //! travels as one [`StageResult`] JSON object written to the container's termination-message file
 //! (Kubernetes keeps up to 4 KiB of it in the pod status), so the operator learns artifacts,
 //! metrics and verdicts without reading the volume.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +83,45 @@ pub struct StageResult {
     pub report: Option<String>,
 }
 
+/// What a progress line reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressEvent {
+    /// A step of a running stage.
+    Progress,
+    /// The stage's last line.
+    Done,
+}
+
+/// One progress line on the worker's stdout. Steps, totals and times are typed; the stage's
+/// metrics (`loss`, `reward`, `lr`, `tokens_per_s`, ...) are the other keys of the same object,
+/// `null` where a value is not finite.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressLine {
+    pub event: ProgressEvent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<StageName>,
+    #[serde(default)]
+    pub step: u64,
+    /// Steps in all; 0 when unknown.
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_s: Option<f64>,
+    /// Estimated seconds to the end of the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_s: Option<f64>,
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, serde_json::Value>,
+}
+
+impl ProgressLine {
+    /// A metric's value, when the line has it as a finite number.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).and_then(serde_json::Value::as_f64).filter(|v| v.is_finite())
+    }
+}
+
 /// Worker exit codes, so a Job's failure reason is machine-readable.
 pub mod exit_code {
     /// Success; for evaluation: every gate passed.
@@ -88,4 +130,24 @@ pub mod exit_code {
     pub const GATES_FAILED: u8 = 1;
     /// The stage could not run (bad input, I/O, model error).
     pub const ERROR: u8 = 2;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_progress_line_round_trips_with_its_metrics_beside_the_typed_fields() {
+        let json = r#"{"event":"progress","stage":"sft","step":12,"total":300,"elapsed_s":9.5,"eta_s":41.0,"loss":1.9,"lr":null,"tokens_per_s":850.0}"#;
+        let line: ProgressLine = serde_json::from_str(json).unwrap();
+        assert_eq!(line.event, ProgressEvent::Progress);
+        assert_eq!(line.stage, Some(StageName::Sft));
+        assert_eq!((line.step, line.total, line.eta_s), (12, 300, Some(41.0)));
+        assert_eq!(line.metric("loss"), Some(1.9));
+        assert_eq!(line.metric("lr"), None, "null is no value");
+        assert_eq!(line.metric("reward"), None);
+        let again: ProgressLine = serde_json::from_str(&serde_json::to_string(&line).unwrap()).unwrap();
+        assert_eq!(again, line);
+        assert!(serde_json::from_str::<ProgressLine>(r#"{"event":"checkpoint","step":1}"#).is_err());
+    }
 }

@@ -2,40 +2,20 @@
 //! the tail of the pod's log and turns the newest `progress` line into `.status.progress`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use sapllm_crds::training_run::{Progress, StageName};
-use serde::Deserialize;
+use sapllm_crds::contract::{ProgressEvent, ProgressLine};
+use sapllm_crds::training_run::Progress;
 
 /// How many log lines are fetched per poll: progress is printed every step, other lines (warnings,
 /// checkpoints) are rare, so the newest progress line is in the last few.
 pub const TAIL_LINES: i64 = 40;
-
-/// One progress line as the worker prints it (snake_case, per the contract).
-#[derive(Debug, Deserialize)]
-struct Line {
-    event: String,
-    #[serde(default)]
-    stage: Option<StageName>,
-    #[serde(default)]
-    step: u64,
-    #[serde(default)]
-    total: u64,
-    #[serde(default)]
-    loss: Option<f64>,
-    #[serde(default)]
-    reward: Option<f64>,
-    #[serde(default)]
-    tokens_per_s: Option<f64>,
-    #[serde(default)]
-    eta_s: Option<f64>,
-}
 
 /// The newest progress line in `log` (other lines, partial lines and garbage are skipped).
 pub fn parse_latest(log: &str, now: Time) -> Option<Progress> {
     let line = log
         .lines()
         .rev()
-        .filter_map(|l| serde_json::from_str::<Line>(l.trim()).ok())
-        .find(|l| l.event == "progress")?;
+        .filter_map(|l| serde_json::from_str::<ProgressLine>(l.trim()).ok())
+        .find(|l| l.event == ProgressEvent::Progress)?;
     let summary = match (line.stage, line.total) {
         (Some(s), t) if t > 0 => format!("{} {}/{} ({}%)", s.as_str(), line.step, t, line.step * 100 / t),
         (Some(s), _) => format!("{} step {}", s.as_str(), line.step),
@@ -47,8 +27,8 @@ pub fn parse_latest(log: &str, now: Time) -> Option<Progress> {
         step: line.step,
         total_steps: line.total,
         // PPO reports a reward instead of a loss; the column shows whichever the stage has.
-        loss: line.loss.or(line.reward).filter(|v| v.is_finite()),
-        tokens_per_second: line.tokens_per_s.filter(|v| v.is_finite()),
+        loss: line.metric("loss").or(line.metric("reward")),
+        tokens_per_second: line.metric("tokens_per_s"),
         eta: line.eta_s.filter(|v| v.is_finite() && *v >= 0.0).map(format_eta),
         summary: Some(summary),
         updated_at: Some(now),
@@ -72,6 +52,7 @@ pub fn format_eta(secs: f64) -> String {
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
+    use sapllm_crds::training_run::StageName;
 
     fn now() -> Time {
         Time(Timestamp::from_second(1_800_000_000).unwrap())

@@ -352,7 +352,7 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
         (model, opt, TrainState { step: 0, losses: Vec::new(), tokens_trained: 0 })
     };
 
-    let mut progress = Progress::new(mode, "pretrain", cfg.steps as u64);
+    let mut progress = Progress::new(mode, sapllm_crds::StageName::Pretrain, cfg.steps as u64);
     progress.resume_from(state.step as u64);
     progress.println(&format!(
         "pretrain {:?}: {:.2}M parameters, vocab {}, {} corpus tokens ({} held out)",

@@ -1,7 +1,8 @@
 //! Progress of long-running work: an indicatif bar for people, JSON lines for machines.
 //!
 //! Every stage reports through [`Progress`], so the operator (which reads the JSON lines) and a
-//! person at a terminal see the same numbers. JSON lines go to stdout, one object per update:
+//! person at a terminal see the same numbers. JSON lines go to stdout, one
+//! [`ProgressLine`] (the contract in `sapllm_crds::contract`) per update:
 //! `{"event":"progress","stage":"sft","step":12,"total":300,"eta_s":41.2,"loss":1.93,...}`,
 //! and a final `{"event":"done",...}` line.
 
@@ -9,7 +10,9 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Map, Value, json};
+use sapllm_crds::StageName;
+use sapllm_crds::contract::{ProgressEvent, ProgressLine};
+use serde_json::Value;
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -38,7 +41,7 @@ impl ProgressMode {
 /// A progress reporter for one stage.
 pub struct Progress {
     mode: ProgressMode,
-    stage: String,
+    stage: StageName,
     total: u64,
     start: Instant,
     start_step: u64,
@@ -49,7 +52,7 @@ pub struct Progress {
 
 impl Progress {
     /// Starts reporting `stage` with `total` steps (0 when unknown).
-    pub fn new(mode: ProgressMode, stage: &str, total: u64) -> Self {
+    pub fn new(mode: ProgressMode, stage: StageName, total: u64) -> Self {
         let mode = mode.resolve();
         let bar = (mode == ProgressMode::Bar).then(|| {
             let bar = ProgressBar::new(total);
@@ -109,7 +112,7 @@ impl Progress {
                 let due = self.last_json.is_none_or(|t| now.duration_since(t) >= self.min_json_interval);
                 if due || step >= self.total {
                     self.last_json = Some(now);
-                    self.emit("progress", step, metrics);
+                    self.emit(ProgressEvent::Progress, step, metrics);
                 }
             }
             ProgressMode::Quiet | ProgressMode::Auto => {}
@@ -124,7 +127,7 @@ impl Progress {
                     bar.finish();
                 }
             }
-            ProgressMode::Json => self.emit("done", self.total, metrics),
+            ProgressMode::Json => self.emit(ProgressEvent::Done, self.total, metrics),
             _ => {}
         }
     }
@@ -138,23 +141,24 @@ impl Progress {
         }
     }
 
-    fn emit(&self, event: &str, step: u64, metrics: &[(&str, f64)]) {
-        let mut obj = Map::new();
-        obj.insert("event".into(), json!(event));
-        obj.insert("stage".into(), json!(self.stage));
-        obj.insert("step".into(), json!(step));
-        obj.insert("total".into(), json!(self.total));
-        obj.insert("elapsed_s".into(), json!(round3(self.start.elapsed().as_secs_f64())));
-        if let Some(eta) = self.eta_seconds(step) {
-            obj.insert("eta_s".into(), json!(round3(eta)));
-        }
-        for (k, v) in metrics {
+    fn emit(&self, event: ProgressEvent, step: u64, metrics: &[(&str, f64)]) {
+        let line = ProgressLine {
+            event,
+            stage: Some(self.stage),
+            step,
+            total: self.total,
+            elapsed_s: Some(round3(self.start.elapsed().as_secs_f64())),
+            eta_s: self.eta_seconds(step).map(round3),
             // NaN/inf are not JSON: report them as null rather than breaking the line.
-            let value = if v.is_finite() { json!(v) } else { Value::Null };
-            obj.insert((*k).to_string(), value);
-        }
+            metrics: metrics
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), if v.is_finite() { Value::from(*v) } else { Value::Null }))
+                .collect(),
+        };
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", Value::Object(obj));
+        if let Ok(text) = serde_json::to_string(&line) {
+            let _ = writeln!(out, "{text}");
+        }
         let _ = out.flush();
     }
 }
@@ -173,7 +177,7 @@ mod tests {
 
     #[test]
     fn eta_extrapolates_from_steps_done_since_resume() {
-        let mut p = Progress::new(ProgressMode::Quiet, "sft", 100);
+        let mut p = Progress::new(ProgressMode::Quiet, StageName::Sft, 100);
         p.resume_from(50);
         assert_eq!(p.eta_seconds(50), None, "no step done since resume yet");
         std::thread::sleep(Duration::from_millis(20));

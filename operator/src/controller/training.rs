@@ -1,4 +1,5 @@
-//! TrainingRun controller: observe Jobs, pods and Evaluations, decide, act, write status.
+//! TrainingRun controller: validate, observe Jobs, pods, Evaluations and the fed endpoint,
+//! decide, act, write status.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use sapllm_crds::endpoint::RoutingEndpoint;
 use sapllm_crds::evaluation::Evaluation;
-use sapllm_crds::training_run::TrainingRun;
+use sapllm_crds::training_run::{StageName, TrainingRun};
 
 use crate::controller::apply::{apply, apply_status, create_if_missing, delete_job, fresh, suspend_job};
 use crate::controller::context::now;
@@ -19,7 +20,7 @@ use crate::controller::{Context, Error};
 use crate::names::{LABEL_JOB_NAME, LABEL_MANAGED_BY, LABEL_RUN, MANAGER, label_value};
 use crate::observe::{JobState, observe_job, running_pod};
 use crate::progress::{TAIL_LINES, parse_latest};
-use crate::training::{self, Observed};
+use crate::training::{self, Observed, PlannedStage};
 
 const KIND: &str = "TrainingRun";
 
@@ -45,7 +46,7 @@ fn owned_by<K: kube::Resource>(child: &K, owner_uid: &str) -> bool {
     child.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == owner_uid)
 }
 
-/// Reconciles one run.
+/// Reconciles one run: dereference -> validate -> observe -> decide -> apply -> status.
 pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.reconcile(KIND);
     let Some(run) = fresh(&ctx.client, run.as_ref()).await?.map(Arc::new) else {
@@ -68,11 +69,49 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
     apply(&ctx.client, &training::manifest_config_map(&run)?).await?;
 
     let plan = training::plan(&run);
+    let obs = observe(&ctx, &run, &ns, &plan).await?;
+    let d = training::decide(&run, &plan, &obs, now());
+    for job in &d.delete_jobs {
+        delete_job(&ctx.client, &ns, job).await?;
+    }
+    for (job, suspend) in &d.suspend_jobs {
+        suspend_job(&ctx.client, &ns, job, *suspend).await?;
+    }
+    // Status first: an Evaluation created before the run says its training stages succeeded
+    // would find the run unfinished and wait.
+    if run.status.as_ref() != Some(&d.status) {
+        apply_status(&ctx.client, run.as_ref(), &d.status).await?;
+    }
+    if let Some(stage) = &d.start {
+        if stage.name == StageName::Evaluation {
+            let feeds = obs.endpoint_lineage.as_deref();
+            apply(&ctx.client, &training::run_evaluation(&run, stage, feeds)).await?;
+        } else {
+            apply(&ctx.client, &training::stage_job(&run, stage, &ctx.config)).await?;
+        }
+    }
+    ctx.publish(run.as_ref(), &d.transitions).await;
+    Ok(if d.running {
+        Action::requeue(ctx.config.progress_interval)
+    } else {
+        Action::requeue(ctx.config.resync_interval)
+    })
+}
+
+/// Everything `decide` reads of the cluster: the run's Jobs and their pods, its Evaluations,
+/// the running stage's progress (from its pod's log), and the lineage of the endpoint the run
+/// feeds.
+async fn observe(
+    ctx: &Context,
+    run: &TrainingRun,
+    ns: &str,
+    plan: &[PlannedStage],
+) -> Result<Observed, Error> {
     let uid = run.uid().unwrap_or_default();
     let selector = format!("{LABEL_RUN}={}", label_value(&run.name_any()));
     let lp = ListParams::default().labels(&selector);
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let jobs: Vec<Job> = jobs_api.list(&lp).await?.items.into_iter().filter(|j| owned_by(j, &uid)).collect();
     let pods: Vec<Pod> = if jobs.is_empty() { Vec::new() } else { pods_api.list(&lp).await?.items };
     let mut obs = Observed::default();
@@ -94,7 +133,7 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         }
         obs.jobs.insert(name, o);
     }
-    let evs: Api<Evaluation> = Api::namespaced(ctx.client.clone(), &ns);
+    let evs: Api<Evaluation> = Api::namespaced(ctx.client.clone(), ns);
     obs.evaluations = evs
         .list(&lp)
         .await?
@@ -126,39 +165,14 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
             Err(e) => tracing::debug!(error = %e, pod, "cannot read progress"),
         }
     }
-
-    let d = training::decide(&run, &plan, &obs, now());
-    for job in &d.delete_jobs {
-        delete_job(&ctx.client, &ns, job).await?;
+    // The endpoint's passing lineage, which the run's Evaluation compares against.
+    if let Some(ep) = &run.spec.endpoint {
+        obs.endpoint_lineage = Api::<RoutingEndpoint>::namespaced(ctx.client.clone(), ns)
+            .get_opt(ep)
+            .await?
+            .and_then(|e| e.spec.model.latest_passing.map(|l| l.lineage));
     }
-    for (job, suspend) in &d.suspend_jobs {
-        suspend_job(&ctx.client, &ns, job, *suspend).await?;
-    }
-    // Status first: an Evaluation created before the run says its training stages succeeded
-    // would find the run unfinished and wait.
-    if run.status.as_ref() != Some(&d.status) {
-        apply_status(&ctx.client, run.as_ref(), &d.status).await?;
-    }
-    if let Some(stage) = &d.start {
-        if stage.name == sapllm_crds::training_run::StageName::Evaluation {
-            let feeds = match &run.spec.endpoint {
-                Some(ep) => Api::<RoutingEndpoint>::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(ep)
-                    .await?
-                    .and_then(|e| e.spec.model.latest_passing.map(|l| l.lineage)),
-                None => None,
-            };
-            apply(&ctx.client, &training::run_evaluation(&run, stage, feeds.as_deref())).await?;
-        } else {
-            apply(&ctx.client, &training::stage_job(&run, stage, &ctx.config)).await?;
-        }
-    }
-    ctx.publish(run.as_ref(), &d.transitions).await;
-    Ok(if d.running {
-        Action::requeue(ctx.config.progress_interval)
-    } else {
-        Action::requeue(ctx.config.resync_interval)
-    })
+    Ok(obs)
 }
 
 /// Retries a failed reconcile with a short delay (the API server or the network hiccupped).

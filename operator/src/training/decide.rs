@@ -25,6 +25,9 @@ pub struct Observed {
     pub evaluations: BTreeMap<String, Evaluation>,
     /// Progress read from the running stage's pod.
     pub progress: Option<Progress>,
+    /// The lineage of the model version serving at `spec.endpoint`, when it names one that
+    /// exists and has a passing version.
+    pub endpoint_lineage: Option<String>,
 }
 
 /// What to do next and the status to write.
@@ -353,22 +356,7 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
         Some(v) => {
             let failing = evaluation
                 .and_then(|e| e.status.as_ref())
-                .map(|s| {
-                    s.gates
-                        .iter()
-                        .filter(|x| !x.passed)
-                        .map(|x| {
-                            format!(
-                                "{} {} {} {}",
-                                x.name,
-                                x.value,
-                                if x.comparator == "<" { ">=" } else { "<" },
-                                x.threshold
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
+                .map(|s| crate::evaluation::decide::failing_gates(&s.gates))
                 .unwrap_or_default();
             let reason = if v == Verdict::Error { "EvaluationError" } else { "GatesFailed" };
             let m = format!("{}: {failing}", status.evaluation.clone().unwrap_or_default());

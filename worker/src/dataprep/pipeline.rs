@@ -197,7 +197,7 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
         Source::LogFile(p) => Input::File(p.clone()),
     };
     let total_hint = if cfg.source == Source::Synthetic { cfg.examples as u64 * 2 } else { 0 };
-    let mut progress = Progress::new(cfg.progress, "data-prep", total_hint);
+    let mut progress = Progress::new(cfg.progress, sapllm_crds::StageName::DataPrep, total_hint);
     let mut card = DatasetCard {
         source: match &cfg.source {
             Source::Synthetic => format!("synthetic ({} records)", cfg.examples),

@@ -73,7 +73,7 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome> {
     // Exceptions in proportion: at most a quarter of the routing sample.
     let exceptions: Vec<&ExceptionExample> = exceptions.iter().take(cfg.samples.div_ceil(4)).collect();
     let total = (routing.len() + exceptions.len()) as u64;
-    let mut progress = Progress::new(cfg.progress, "evaluation", total);
+    let mut progress = Progress::new(cfg.progress, sapllm_crds::StageName::Evaluation, total);
     let mut decisions = Vec::with_capacity(total as usize);
     for (i, ex) in routing.iter().enumerate() {
         decisions.push(score_routing(&engine, ex));

@@ -388,7 +388,7 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
 
     let base_name = cfg.base_model.display().to_string();
     let mut sess = Session { cfg, tok, catalog, problems, policy, reference, value_head, opt, pairs };
-    let mut progress = Progress::new(cfg.progress, "ppo", cfg.iterations);
+    let mut progress = Progress::new(cfg.progress, sapllm_crds::StageName::Ppo, cfg.iterations);
     progress.resume_from(state.iteration);
     progress.println(&format!(
         "{:?}: {} training problems ({} skipped as too long), {} validation, {} iterations{}",

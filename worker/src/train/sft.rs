@@ -233,7 +233,7 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
     }
     let resumed_from = latest.as_ref().map(|_| state.step);
 
-    let mut progress = Progress::new(cfg.progress, "sft", total_steps);
+    let mut progress = Progress::new(cfg.progress, sapllm_crds::StageName::Sft, total_steps);
     progress.resume_from(state.step);
     progress.println(&format!(
         "sft: {} routing + {} exception sequences ({} shortened, {} too long; exception-handling \
