@@ -61,12 +61,12 @@ impl Progress {
             )
             .expect("static template is valid");
             bar.set_style(style);
-            bar.set_prefix(stage.to_string());
+            bar.set_prefix(stage.as_str());
             bar
         });
         Progress {
             mode,
-            stage: stage.to_string(),
+            stage,
             total,
             start: Instant::now(),
             start_step: 0,
