@@ -84,19 +84,7 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
     let mut evaluation: Option<&Evaluation> = None;
     let mut rerun_from: Option<StageName> = None;
 
-    // Digests are compared only when the spec changed. With the same generation a different
-    // digest means the operator computes them differently now (an upgrade, a new defaulted
-    // field): the recorded digest and child are adopted instead of re-training finished stages.
-    let same_generation = prev.observed_generation.is_some() && prev.observed_generation == generation;
-    let plan: Vec<PlannedStage> = plan
-        .iter()
-        .map(|ps| match prev.stages.iter().find(|s| s.name == ps.name) {
-            Some(StageStatus { settings_digest: Some(d), job_name: Some(j), .. }) if same_generation => {
-                PlannedStage { name: ps.name, digest: d.clone(), child: j.clone() }
-            }
-            _ => ps.clone(),
-        })
-        .collect();
+    let plan = adopt_recorded(plan, &prev, generation);
     let plan = plan.as_slice();
     for ps in plan {
         let before = prev.stages.iter().find(|s| s.name == ps.name);
@@ -122,84 +110,22 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
         st.job_name = Some(ps.child.clone());
         st.start_time = before.filter(|_| same).and_then(|b| b.start_time.clone()).or(Some(now.clone()));
         let kept = |phase| before.filter(|b| same && b.phase == phase).cloned();
-        if ps.name == StageName::Evaluation {
-            match obs.evaluations.get(&ps.child) {
-                Some(ev) => {
-                    evaluation = Some(ev);
-                    let es = ev.status.clone().unwrap_or_default();
-                    st.attempts = es.attempts.max(1);
-                    match es.phase {
-                        Some(EvaluationPhase::Completed) => st.phase = StagePhase::Succeeded,
-                        Some(EvaluationPhase::Failed) => {
-                            st.phase = StagePhase::Failed;
-                            let why =
-                                es.conditions.iter().find(|c| c.type_ == "Failed").map(|c| c.message.clone());
-                            st.message =
-                                Some(why.unwrap_or_else(|| format!("evaluation {} failed", ps.child)));
-                        }
-                        _ => {
-                            st.phase = StagePhase::Running;
-                            st.message = es
-                                .conditions
-                                .iter()
-                                .find(|c| c.type_ == "Running")
-                                .map(|c| c.message.clone());
-                        }
-                    }
-                    if let Some(v) = es.model_version {
-                        artifacts.model_version = Some(v);
-                    }
-                }
-                None => match kept(StagePhase::Succeeded) {
-                    // The Evaluation was deleted after it completed: the verdict stays recorded.
-                    Some(b) => st = b,
-                    None if suspend => st.phase = StagePhase::Pending,
-                    None => {
-                        d.start = Some(ps.clone());
-                        st.phase = StagePhase::Running;
-                        st.attempts = 1;
-                    }
-                },
-            }
+        let kept_succeeded = kept(StagePhase::Succeeded);
+        let start = if ps.name == StageName::Evaluation {
+            let ev = obs.evaluations.get(&ps.child);
+            evaluation = evaluation.or(ev);
+            evaluation_stage(&mut st, ps, ev, kept_succeeded, suspend, &mut artifacts)
         } else {
-            match obs.jobs.get(&ps.child) {
-                Some(job) => {
-                    st.attempts = job.attempts.max(1);
-                    match job.state {
-                        JobState::Succeeded => {
-                            st.phase = StagePhase::Succeeded;
-                            if let Some(a) = job.result.as_ref().and_then(|r| r.artifacts.as_ref()) {
-                                merge_artifacts(&mut artifacts, a);
-                            }
-                            st.message = job.result.as_ref().and_then(|r| r.message.clone());
-                        }
-                        JobState::Failed => {
-                            st.phase = StagePhase::Failed;
-                            st.message = job.message.clone().or(Some("the stage's Job failed".into()));
-                        }
-                        JobState::Active => {
-                            st.phase = StagePhase::Running;
-                            let want = suspend;
-                            // With a queue, Kueue owns `suspend` once the Job is admitted; the
-                            // operator only ever suspends queued Jobs, never admits them.
-                            if job.suspended != want && (want || run.spec.queue_name.is_none()) {
-                                d.suspend_jobs.push((job.name.clone(), want));
-                            }
-                        }
-                    }
-                }
-                None => match (kept(StagePhase::Succeeded), kept(StagePhase::Failed)) {
-                    // The Job is gone (TTL, manual delete) but its outcome is recorded; the
-                    // outputs are on the volume, so the stage is not run twice.
-                    (Some(b), _) | (None, Some(b)) => st = b,
-                    (None, None) if suspend => st.phase = StagePhase::Pending,
-                    (None, None) => {
-                        d.start = Some(ps.clone());
-                        st.phase = StagePhase::Running;
-                        st.attempts = 1;
-                    }
-                },
+            let job = obs.jobs.get(&ps.child);
+            let outcome =
+                job_stage(&mut st, run, job, kept_succeeded, kept(StagePhase::Failed), &mut artifacts);
+            if let Some(toggle) = outcome.suspend {
+                d.suspend_jobs.push(toggle);
             }
+            outcome.start
+        };
+        if start {
+            d.start = Some(ps.clone());
         }
         if matches!(st.phase, StagePhase::Succeeded | StagePhase::Failed) {
             st.completion_time = before
@@ -221,23 +147,7 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
         }
         stages.push(st);
     }
-    // Stages the spec does not run are listed as Skipped so `kubectl describe` shows the plan.
-    let mut all: Vec<StageStatus> = StageName::ALL
-        .into_iter()
-        .map(|n| {
-            stages.iter().find(|s| s.name == n).cloned().unwrap_or(StageStatus {
-                name: n,
-                phase: StagePhase::Skipped,
-                job_name: None,
-                attempts: 0,
-                start_time: None,
-                completion_time: None,
-                settings_digest: None,
-                message: None,
-            })
-        })
-        .collect();
-    all.retain(|s| s.phase != StagePhase::Skipped || !plan.iter().any(|p| p.name == s.name));
+    let all = with_skipped(stages, plan);
 
     // Jobs of superseded settings: their outputs are about to be overwritten, so they must not
     // run on (or be adopted later).
@@ -251,18 +161,7 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
     if !trained {
         artifacts.model_version = None;
     }
-    let all_done = failed.is_none() && current.is_none();
-    let phase = if failed.is_some() {
-        RunPhase::Failed
-    } else if all_done {
-        RunPhase::Succeeded
-    } else if suspend {
-        RunPhase::Suspended
-    } else if all.iter().any(|s| s.phase == StagePhase::Running) {
-        RunPhase::Running
-    } else {
-        RunPhase::Pending
-    };
+    let phase = run_phase(failed.is_some(), current.is_some(), suspend, &all);
     d.running = phase == RunPhase::Running;
 
     let mut status = TrainingRunStatus {
@@ -291,14 +190,205 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
         status.verdict = None;
     }
 
-    let g = generation;
+    set_conditions(
+        &mut status,
+        Outcome { phase, failed, current, rerun_from, suspend, evaluation },
+        generation,
+        &now,
+    );
+
+    d.transitions =
+        transitions(&prev, &status, rerun_from.filter(|_| prev.observed_generation != generation));
+    d.status = status;
+    d
+}
+
+/// The plan with recorded digests and children adopted. Digests are compared only when the
+/// spec changed. With the same generation a different digest means the operator computes them
+/// differently now (an upgrade, a new defaulted field): the recorded digest and child are
+/// adopted instead of re-training finished stages.
+fn adopt_recorded(
+    plan: &[PlannedStage],
+    prev: &TrainingRunStatus,
+    generation: Option<i64>,
+) -> Vec<PlannedStage> {
+    let same_generation = prev.observed_generation.is_some() && prev.observed_generation == generation;
+    plan.iter()
+        .map(|ps| match prev.stages.iter().find(|s| s.name == ps.name) {
+            Some(StageStatus { settings_digest: Some(d), job_name: Some(j), .. }) if same_generation => {
+                PlannedStage { name: ps.name, digest: d.clone(), child: j.clone() }
+            }
+            _ => ps.clone(),
+        })
+        .collect()
+}
+
+/// The evaluation stage from its Evaluation (or, when that is gone, from its recorded
+/// success). Returns whether the Evaluation is to be created now.
+fn evaluation_stage(
+    st: &mut StageStatus,
+    ps: &PlannedStage,
+    ev: Option<&Evaluation>,
+    kept_succeeded: Option<StageStatus>,
+    suspend: bool,
+    artifacts: &mut Artifacts,
+) -> bool {
+    let Some(ev) = ev else {
+        return match kept_succeeded {
+            // The Evaluation was deleted after it completed: the verdict stays recorded.
+            Some(b) => {
+                *st = b;
+                false
+            }
+            None if suspend => {
+                st.phase = StagePhase::Pending;
+                false
+            }
+            None => {
+                st.phase = StagePhase::Running;
+                st.attempts = 1;
+                true
+            }
+        };
+    };
+    let es = ev.status.clone().unwrap_or_default();
+    st.attempts = es.attempts.max(1);
+    match es.phase {
+        Some(EvaluationPhase::Completed) => st.phase = StagePhase::Succeeded,
+        Some(EvaluationPhase::Failed) => {
+            st.phase = StagePhase::Failed;
+            let why = es.conditions.iter().find(|c| c.type_ == "Failed").map(|c| c.message.clone());
+            st.message = Some(why.unwrap_or_else(|| format!("evaluation {} failed", ps.child)));
+        }
+        _ => {
+            st.phase = StagePhase::Running;
+            st.message = es.conditions.iter().find(|c| c.type_ == "Running").map(|c| c.message.clone());
+        }
+    }
+    if let Some(v) = es.model_version {
+        artifacts.model_version = Some(v);
+    }
+    false
+}
+
+/// What a worker stage's Job asks of the operator.
+struct JobOutcome {
+    /// Create the stage's Job now.
+    start: bool,
+    /// Suspend (true) or resume (false) the Job.
+    suspend: Option<(String, bool)>,
+}
+
+/// A worker stage from its Job (or, when that is gone, from its recorded outcome).
+fn job_stage(
+    st: &mut StageStatus,
+    run: &TrainingRun,
+    job: Option<&JobObservation>,
+    kept_succeeded: Option<StageStatus>,
+    kept_failed: Option<StageStatus>,
+    artifacts: &mut Artifacts,
+) -> JobOutcome {
+    let suspend = run.spec.suspend;
+    let mut out = JobOutcome { start: false, suspend: None };
+    let Some(job) = job else {
+        match (kept_succeeded, kept_failed) {
+            // The Job is gone (TTL, manual delete) but its outcome is recorded; the outputs
+            // are on the volume, so the stage is not run twice.
+            (Some(b), _) | (None, Some(b)) => *st = b,
+            (None, None) if suspend => st.phase = StagePhase::Pending,
+            (None, None) => {
+                st.phase = StagePhase::Running;
+                st.attempts = 1;
+                out.start = true;
+            }
+        }
+        return out;
+    };
+    st.attempts = job.attempts.max(1);
+    match job.state {
+        JobState::Succeeded => {
+            st.phase = StagePhase::Succeeded;
+            if let Some(a) = job.result.as_ref().and_then(|r| r.artifacts.as_ref()) {
+                merge_artifacts(artifacts, a);
+            }
+            st.message = job.result.as_ref().and_then(|r| r.message.clone());
+        }
+        JobState::Failed => {
+            st.phase = StagePhase::Failed;
+            st.message = job.message.clone().or(Some("the stage's Job failed".into()));
+        }
+        JobState::Active => {
+            st.phase = StagePhase::Running;
+            // With a queue, Kueue owns `suspend` once the Job is admitted; the operator only
+            // ever suspends queued Jobs, never admits them.
+            if job.suspended != suspend && (suspend || run.spec.queue_name.is_none()) {
+                out.suspend = Some((job.name.clone(), suspend));
+            }
+        }
+    }
+    out
+}
+
+/// Every stage in order: the planned ones as decided, the others listed as Skipped so
+/// `kubectl describe` shows the plan.
+fn with_skipped(stages: Vec<StageStatus>, plan: &[PlannedStage]) -> Vec<StageStatus> {
+    let mut all: Vec<StageStatus> = StageName::ALL
+        .into_iter()
+        .map(|n| {
+            stages.iter().find(|s| s.name == n).cloned().unwrap_or(StageStatus {
+                name: n,
+                phase: StagePhase::Skipped,
+                job_name: None,
+                attempts: 0,
+                start_time: None,
+                completion_time: None,
+                settings_digest: None,
+                message: None,
+            })
+        })
+        .collect();
+    all.retain(|s| s.phase != StagePhase::Skipped || !plan.iter().any(|p| p.name == s.name));
+    all
+}
+
+/// The run's phase from its stages.
+fn run_phase(failed: bool, current: bool, suspend: bool, stages: &[StageStatus]) -> RunPhase {
+    if failed {
+        RunPhase::Failed
+    } else if !current {
+        RunPhase::Succeeded
+    } else if suspend {
+        RunPhase::Suspended
+    } else if stages.iter().any(|s| s.phase == StagePhase::Running) {
+        RunPhase::Running
+    } else {
+        RunPhase::Pending
+    }
+}
+
+/// What the conditions are written from.
+struct Outcome<'a> {
+    phase: RunPhase,
+    failed: Option<(StageName, String)>,
+    current: Option<StageName>,
+    rerun_from: Option<StageName>,
+    suspend: bool,
+    evaluation: Option<&'a Evaluation>,
+}
+
+/// The Running / Succeeded / Failed / Suspended / GatesPassed conditions.
+fn set_conditions(status: &mut TrainingRunStatus, o: Outcome<'_>, g: Option<i64>, now: &Time) {
+    let Outcome { phase, failed, current, rerun_from, suspend, evaluation } = o;
+    let evaluation_name = status.evaluation.clone().unwrap_or_default();
+    let verdict = status.verdict;
+    let failed_attempts = |s: StageName| status.stages.iter().find(|x| x.name == s).map_or(0, |x| x.attempts);
+    let failed_attempts = failed.as_ref().map_or(0, |(s, _)| failed_attempts(*s));
     let c = &mut status.conditions;
     let stage_s = |s: Option<StageName>| s.map(|s| s.as_str()).unwrap_or("-");
     match phase {
         RunPhase::Failed => {
             let (s, m) = failed.clone().unwrap_or((StageName::DataPrep, String::new()));
-            let attempts = status.stages.iter().find(|x| x.name == s).map(|x| x.attempts).unwrap_or(0);
-            let msg = format!("stage {} failed after {attempts} attempt(s): {m}", s.as_str());
+            let msg = format!("stage {} failed after {failed_attempts} attempt(s): {m}", s.as_str());
             set_condition(c, "Failed", true, "StageFailed", msg, g, now.clone());
             set_condition(
                 c,
@@ -348,9 +438,9 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
         ("NotSuspended", "spec.suspend is false")
     };
     set_condition(c, "Suspended", suspend, sus_reason, sus_msg, g, now.clone());
-    match status.verdict {
+    match verdict {
         Some(Verdict::Passed) => {
-            let m = format!("{} passed every gate", status.evaluation.clone().unwrap_or_default());
+            let m = format!("{evaluation_name} passed every gate");
             set_condition(c, "GatesPassed", true, "GatesPassed", m, g, now.clone());
         }
         Some(v) => {
@@ -359,16 +449,11 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
                 .map(|s| crate::evaluation::decide::failing_gates(&s.gates))
                 .unwrap_or_default();
             let reason = if v == Verdict::Error { "EvaluationError" } else { "GatesFailed" };
-            let m = format!("{}: {failing}", status.evaluation.clone().unwrap_or_default());
+            let m = format!("{evaluation_name}: {failing}");
             set_condition(c, "GatesPassed", false, reason, m, g, now.clone());
         }
         None => c.retain(|x| x.type_ != "GatesPassed"),
     }
-
-    d.transitions =
-        transitions(&prev, &status, rerun_from.filter(|_| prev.observed_generation != generation));
-    d.status = status;
-    d
 }
 
 fn merge_artifacts(into: &mut Artifacts, from: &Artifacts) {

@@ -157,6 +157,10 @@ struct Live {
 /// Decodes every row of the batch. The outer `Result` fails only when the model itself fails;
 /// a row-level problem (grammar error, token budget exhausted) is that row's `Err`. `fast` is
 /// the model's plain-slice decode step, when it has one.
+///
+/// Four steps, each a method of [`Batch`]: prefill the prompts and the shared answer prefix;
+/// score the options; continue the cache from the chosen ones; generate the rest of each
+/// answer under its option's grammar.
 pub fn decode_batch(
     model: &Mixtral,
     fast: Option<&DecodeWeights>,
@@ -174,170 +178,28 @@ pub fn decode_batch(
             bail!("every row needs at least one option with a non-empty token suffix");
         }
     }
-    let b = rows.len();
-    let fast = fast.filter(|_| opts.path.plain_steps());
+    let batch = Batch { model, fast: fast.filter(|_| opts.path.plain_steps()), eos, pad, rows, opts };
     let mut timing = BatchTiming::default();
     let trie = grammars.factory().tok_env().tok_trie().clone();
 
-    // 1. Prefill.
     let t0 = Instant::now();
-    let seqs: Vec<Vec<u32>> =
-        rows.iter().map(|r| [r.prompt.as_slice(), r.prefix.as_slice()].concat()).collect();
-    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-    let step = Step::left_padded(&refs, pad);
-    let mut snapshot = KvCache::new(model.cfg.num_hidden_layers, b);
-    let last_col = step.len - 1;
-    let select: Vec<(usize, usize)> = (0..b).map(|r| (r, last_col)).collect();
-    let prefill_fast = fast.filter(|_| opts.path.plain_prefill());
-    let first_logits = forward_select_with(model, prefill_fast, &step, &mut snapshot, &select, opts.path)?;
+    let (snapshot, first_logits) = batch.prefill()?;
     timing.prefill_s = t0.elapsed().as_secs_f64();
 
-    // 2. Score the options from the snapshot: all branches in one tree-attention forward, or
-    //    (sliding-window models, or on request) one forward per option index.
     let t1 = Instant::now();
-    let tree = opts.tree_scoring && model.cfg.sliding_window.is_none();
-    let (scores, mut branches) = if tree {
-        let mut scratch = snapshot.fork()?;
-        let feeds: Vec<Vec<&[u32]>> =
-            rows.iter().map(|r| r.options.iter().map(|o| o.suffix.as_slice()).collect()).collect();
-        let logits = forward_branches(model, &mut scratch, &feeds, pad, opts.path)?;
-        timing.forward_calls += 1;
-        let scores = rows
-            .iter()
-            .zip(&logits)
-            .enumerate()
-            .map(|(r, (row, per_option))| {
-                row.options
-                    .iter()
-                    .zip(per_option)
-                    .map(|(o, lg)| sequence_logprob(&first_logits[r], lg, &o.suffix))
-                    .collect()
-            })
-            .collect();
-        (scores, Vec::new())
-    } else {
-        score_sequential(model, &snapshot, &first_logits, rows, pad, opts.path, &mut timing)?
-    };
-    let probs: Vec<Vec<f64>> = scores.iter().map(|s| softmax(s)).collect();
-    let choice: Vec<usize> = probs
-        .iter()
-        .zip(rows)
-        .map(|(p, r)| match &r.reference {
-            Some((c, _)) if *c < p.len() => *c,
-            _ => p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best }),
-        })
-        .collect();
-
-    // 3. Continue from the chosen options: reuse a sequential scoring branch when every row
-    //    chose the same index, else feed the chosen suffixes from the snapshot once more.
-    let reuse = !branches.is_empty() && choice.iter().all(|&c| c == choice[0]);
-    let (mut cache, last) = if reuse {
-        branches.swap_remove(choice[0])
-    } else {
-        let feeds: Vec<&[u32]> =
-            rows.iter().zip(&choice).map(|(r, &c)| r.options[c].suffix.as_slice()).collect();
-        let step = Step::right_padded(&feeds, pad);
-        let select: Vec<(usize, usize)> = feeds.iter().enumerate().map(|(r, f)| (r, f.len() - 1)).collect();
-        let mut cache = snapshot.fork()?;
-        let l = forward_select_with(model, fast, &step, &mut cache, &select, opts.path)?;
-        timing.forward_calls += 1;
-        (cache, l)
-    };
-    drop(branches);
+    let (probs, choice, branches) = batch.score_options(&snapshot, &first_logits, &mut timing)?;
+    let (mut cache, last) = batch.follow_choice(&snapshot, &choice, branches, &mut timing)?;
     timing.scoring_s = t1.elapsed().as_secs_f64();
 
-    // 4. Constrained generation.
     let t2 = Instant::now();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
-    // Drafts are checked against the greedy pick; sampling would need rejection sampling.
-    let speculate = if opts.temperature > 0.0 { 0 } else { opts.speculate };
-    let mut live: Vec<Live> = Vec::with_capacity(b);
-    for ((r, &c), last_logits) in rows.iter().zip(&choice).zip(last) {
-        let answer_prefix: Vec<u32> = [r.prefix.as_slice(), r.options[c].suffix.as_slice()].concat();
-        let mut l = Live {
-            matcher: grammars.matcher(&r.options[c].schema)?,
-            tokens: answer_prefix.clone(),
-            pending: Vec::new(),
-            last_logits,
-            body_logprobs: Vec::new(),
-            in_body: true,
-            sampled: 0,
-            forced: 0,
-            draft: 0,
-            drafted: 0,
-            accepted: 0,
-            unmasked: 0,
-            done: false,
-            error: None,
-            budget: opts.max_new_tokens.min(model.cfg.max_position_embeddings.saturating_sub(r.prompt.len())),
-        };
-        if let Err(e) = l.matcher.consume_tokens(&answer_prefix) {
-            l.error = Some(format!("the grammar rejected the answer prefix: {e}"));
-            l.done = true;
-        } else if opts.use_forced_tokens {
-            take_forced(&mut l, eos);
-        }
-        add_draft(&mut l, r, speculate);
-        live.push(l);
-    }
-    loop {
-        let tm = Instant::now();
-        for (l, r) in live.iter_mut().zip(rows) {
-            if l.done || !l.pending.is_empty() {
-                continue;
-            }
-            sample_one(l, r, &trie, eos, opts, &mut rng);
-            if !l.done && opts.use_forced_tokens {
-                take_forced(l, eos);
-            }
-            check_budget(l);
-            add_draft(l, r, speculate);
-        }
-        timing.mask_s += tm.elapsed().as_secs_f64();
-        if live.iter().all(|l| l.done || l.pending.is_empty()) {
-            break;
-        }
-        let feeds: Vec<&[u32]> =
-            live.iter().map(|l| if l.done { &[][..] } else { l.pending.as_slice() }).collect();
-        let step = Step::right_padded(&feeds, pad);
-        // Logits after the last real token, and after each draft token before it.
-        let select: Vec<(usize, usize)> = feeds
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !f.is_empty())
-            .flat_map(|(r, f)| (f.len() - 1 - live[r].draft..f.len()).map(move |c| (r, c)))
-            .collect();
-        let fed: Vec<usize> = feeds.iter().map(|f| f.len()).collect();
-        let mut logits = forward_select_with(model, fast, &step, &mut cache, &select, opts.path)?.into_iter();
-        timing.forward_calls += 1;
-        let base = cache.len() - step.len;
-        for (r, l) in live.iter_mut().enumerate() {
-            if fed[r] == 0 {
-                continue;
-            }
-            let lgs: Vec<Vec<f32>> = logits.by_ref().take(l.draft + 1).collect();
-            if l.draft == 0 {
-                l.last_logits = lgs.into_iter().next().unwrap_or_default();
-                l.pending.clear();
-                continue;
-            }
-            let rejected = verify(l, &rows[r], lgs, &trie, eos, opts, &mut rng);
-            // Rejected draft tokens leave the cache as padding (masked, no position).
-            for m in &mut cache.mask[r][base + fed[r] - rejected..base + fed[r]] {
-                *m = 0;
-            }
-            if !l.done {
-                check_budget(l);
-                add_draft(l, &rows[r], speculate);
-            }
-        }
-        cache.trim_padding_tail()?;
-    }
+    let mut live = batch.start_answers(grammars, &choice, last)?;
+    batch.generate(&mut live, &mut cache, &trie, &mut timing)?;
     timing.generate_s = t2.elapsed().as_secs_f64();
     timing.drafted = live.iter().map(|l| l.drafted).sum();
     timing.accepted = live.iter().map(|l| l.accepted).sum();
     timing.unmasked = live.iter().map(|l| l.unmasked).sum();
 
+    let forward_calls = timing.forward_calls;
     let outputs = live
         .into_iter()
         .zip(rows)
@@ -361,7 +223,7 @@ pub fn decode_batch(
                     response_tokens: l.tokens.len(),
                     sampled_tokens: l.sampled,
                     forced_tokens: l.forced,
-                    forward_calls: timing.forward_calls,
+                    forward_calls,
                     draft_tokens: l.drafted,
                     accepted_draft_tokens: l.accepted,
                 },
@@ -369,6 +231,222 @@ pub fn decode_batch(
         })
         .collect();
     Ok((outputs, timing))
+}
+
+/// What every step of one batch decode reads.
+struct Batch<'a> {
+    model: &'a Mixtral,
+    /// The plain-slice forward, when the path uses it for generation steps.
+    fast: Option<&'a DecodeWeights>,
+    eos: u32,
+    pad: u32,
+    rows: &'a [RowSpec],
+    opts: &'a DecodeOptions,
+}
+
+impl Batch<'_> {
+    /// Prompt + shared answer prefix of every row, left-padded: the snapshot every option
+    /// continues from, and the logits after each row's last token.
+    fn prefill(&self) -> Result<(KvCache, Vec<Vec<f32>>)> {
+        let (model, opts) = (self.model, self.opts);
+        let seqs: Vec<Vec<u32>> =
+            self.rows.iter().map(|r| [r.prompt.as_slice(), r.prefix.as_slice()].concat()).collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let step = Step::left_padded(&refs, self.pad);
+        let b = self.rows.len();
+        let mut snapshot = KvCache::new(model.cfg.num_hidden_layers, b);
+        let last_col = step.len - 1;
+        let select: Vec<(usize, usize)> = (0..b).map(|r| (r, last_col)).collect();
+        let prefill_fast = self.fast.filter(|_| opts.path.plain_prefill());
+        let first_logits =
+            forward_select_with(model, prefill_fast, &step, &mut snapshot, &select, opts.path)?;
+        Ok((snapshot, first_logits))
+    }
+
+    /// Scores the options from the snapshot: all branches in one tree-attention forward, or
+    /// (sliding-window models, or on request) one forward per option index. Returns each row's
+    /// option probabilities, its choice (the reference's, when following one) and, for
+    /// sequential scoring, each option index's cache and last logits.
+    fn score_options(
+        &self,
+        snapshot: &KvCache,
+        first_logits: &[Vec<f32>],
+        timing: &mut BatchTiming,
+    ) -> Result<(Vec<Vec<f64>>, Vec<usize>, Vec<Branch>)> {
+        let (model, rows, opts) = (self.model, self.rows, self.opts);
+        let tree = opts.tree_scoring && model.cfg.sliding_window.is_none();
+        let (scores, branches) = if tree {
+            let mut scratch = snapshot.fork()?;
+            let feeds: Vec<Vec<&[u32]>> =
+                rows.iter().map(|r| r.options.iter().map(|o| o.suffix.as_slice()).collect()).collect();
+            let logits = forward_branches(model, &mut scratch, &feeds, self.pad, opts.path)?;
+            timing.forward_calls += 1;
+            let scores = rows
+                .iter()
+                .zip(&logits)
+                .enumerate()
+                .map(|(r, (row, per_option))| {
+                    row.options
+                        .iter()
+                        .zip(per_option)
+                        .map(|(o, lg)| sequence_logprob(&first_logits[r], lg, &o.suffix))
+                        .collect()
+                })
+                .collect();
+            (scores, Vec::new())
+        } else {
+            score_sequential(model, snapshot, first_logits, rows, self.pad, opts.path, timing)?
+        };
+        let probs: Vec<Vec<f64>> = scores.iter().map(|s| softmax(s)).collect();
+        let choice: Vec<usize> = probs
+            .iter()
+            .zip(rows)
+            .map(|(p, r)| match &r.reference {
+                Some((c, _)) if *c < p.len() => *c,
+                _ => p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best }),
+            })
+            .collect();
+        Ok((probs, choice, branches))
+    }
+
+    /// The cache after each row's chosen option and the logits after it: a sequential scoring
+    /// branch when every row chose the same index, else the chosen suffixes fed from the
+    /// snapshot once more.
+    fn follow_choice(
+        &self,
+        snapshot: &KvCache,
+        choice: &[usize],
+        mut branches: Vec<Branch>,
+        timing: &mut BatchTiming,
+    ) -> Result<(KvCache, Vec<Vec<f32>>)> {
+        if !branches.is_empty() && choice.iter().all(|&c| c == choice[0]) {
+            return Ok(branches.swap_remove(choice[0]));
+        }
+        let feeds: Vec<&[u32]> =
+            self.rows.iter().zip(choice).map(|(r, &c)| r.options[c].suffix.as_slice()).collect();
+        let step = Step::right_padded(&feeds, self.pad);
+        let select: Vec<(usize, usize)> = feeds.iter().enumerate().map(|(r, f)| (r, f.len() - 1)).collect();
+        let mut cache = snapshot.fork()?;
+        let l = forward_select_with(self.model, self.fast, &step, &mut cache, &select, self.opts.path)?;
+        timing.forward_calls += 1;
+        Ok((cache, l))
+    }
+
+    /// Each row's answer so far (prefix + chosen option) under its option's grammar, with the
+    /// grammar-forced tokens that follow and a first draft queued.
+    fn start_answers(
+        &self,
+        grammars: &GrammarCache,
+        choice: &[usize],
+        last: Vec<Vec<f32>>,
+    ) -> Result<Vec<Live>> {
+        let opts = self.opts;
+        let mut live: Vec<Live> = Vec::with_capacity(self.rows.len());
+        for ((r, &c), last_logits) in self.rows.iter().zip(choice).zip(last) {
+            let answer_prefix: Vec<u32> = [r.prefix.as_slice(), r.options[c].suffix.as_slice()].concat();
+            let mut l = Live {
+                matcher: grammars.matcher(&r.options[c].schema)?,
+                tokens: answer_prefix.clone(),
+                pending: Vec::new(),
+                last_logits,
+                body_logprobs: Vec::new(),
+                in_body: true,
+                sampled: 0,
+                forced: 0,
+                draft: 0,
+                drafted: 0,
+                accepted: 0,
+                unmasked: 0,
+                done: false,
+                error: None,
+                budget: opts
+                    .max_new_tokens
+                    .min(self.model.cfg.max_position_embeddings.saturating_sub(r.prompt.len())),
+            };
+            if let Err(e) = l.matcher.consume_tokens(&answer_prefix) {
+                l.error = Some(format!("the grammar rejected the answer prefix: {e}"));
+                l.done = true;
+            } else if opts.use_forced_tokens {
+                take_forced(&mut l, self.eos);
+            }
+            add_draft(&mut l, r, self.speculate());
+            live.push(l);
+        }
+        Ok(live)
+    }
+
+    /// Drafts are checked against the greedy pick; sampling would need rejection sampling.
+    fn speculate(&self) -> usize {
+        if self.opts.temperature > 0.0 { 0 } else { self.opts.speculate }
+    }
+
+    /// Constrained generation until every row is done: sample (or take forced tokens) per row,
+    /// then one forward over every row's pending tokens, verifying drafts.
+    fn generate(
+        &self,
+        live: &mut [Live],
+        cache: &mut KvCache,
+        trie: &toktrie::TokTrie,
+        timing: &mut BatchTiming,
+    ) -> Result<()> {
+        let (rows, opts, eos) = (self.rows, self.opts, self.eos);
+        let speculate = self.speculate();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
+        loop {
+            let tm = Instant::now();
+            for (l, r) in live.iter_mut().zip(rows) {
+                if l.done || !l.pending.is_empty() {
+                    continue;
+                }
+                sample_one(l, r, trie, eos, opts, &mut rng);
+                if !l.done && opts.use_forced_tokens {
+                    take_forced(l, eos);
+                }
+                check_budget(l);
+                add_draft(l, r, speculate);
+            }
+            timing.mask_s += tm.elapsed().as_secs_f64();
+            if live.iter().all(|l| l.done || l.pending.is_empty()) {
+                return Ok(());
+            }
+            let feeds: Vec<&[u32]> =
+                live.iter().map(|l| if l.done { &[][..] } else { l.pending.as_slice() }).collect();
+            let step = Step::right_padded(&feeds, self.pad);
+            // Logits after the last real token, and after each draft token before it.
+            let select: Vec<(usize, usize)> = feeds
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| !f.is_empty())
+                .flat_map(|(r, f)| (f.len() - 1 - live[r].draft..f.len()).map(move |c| (r, c)))
+                .collect();
+            let fed: Vec<usize> = feeds.iter().map(|f| f.len()).collect();
+            let mut logits =
+                forward_select_with(self.model, self.fast, &step, cache, &select, opts.path)?.into_iter();
+            timing.forward_calls += 1;
+            let base = cache.len() - step.len;
+            for (r, l) in live.iter_mut().enumerate() {
+                if fed[r] == 0 {
+                    continue;
+                }
+                let lgs: Vec<Vec<f32>> = logits.by_ref().take(l.draft + 1).collect();
+                if l.draft == 0 {
+                    l.last_logits = lgs.into_iter().next().unwrap_or_default();
+                    l.pending.clear();
+                    continue;
+                }
+                let rejected = verify(l, &rows[r], lgs, trie, eos, opts, &mut rng);
+                // Rejected draft tokens leave the cache as padding (masked, no position).
+                for m in &mut cache.mask[r][base + fed[r] - rejected..base + fed[r]] {
+                    *m = 0;
+                }
+                if !l.done {
+                    check_budget(l);
+                    add_draft(l, &rows[r], speculate);
+                }
+            }
+            cache.trim_padding_tail()?;
+        }
+    }
 }
 
 /// `log p(suffix | prefix)`: the first token from the prefix's last logits, each next token

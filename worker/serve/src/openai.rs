@@ -55,7 +55,7 @@ fn invalid(field: &str, msg: &str) -> ApiError {
     ApiError::invalid(FieldError::new(field, msg))
 }
 
-/// The prompt in the shared template's layout (`model::template`) for free-form messages.
+/// The prompt in the shared template's layout (`sapllm_engine::template`) for free-form messages.
 fn chat_prompt(system: Option<&str>, user: &str) -> String {
     format!("### Instruction\n{}\n### Request\n{user}\n### Response\n", system.unwrap_or(ROUTING_INSTRUCTION))
 }

@@ -8,7 +8,7 @@
 //!    generator seed). Rows turn the drafts, forced tokens, lazy mask, plain-slice prefill and
 //!    decode step and fused inference kernels on or off, so what each saves is measured in the
 //!    same run.
-//! 2. HTTP load: the real server (`serve::start`) on a loopback port, N requests at each
+//! 2. HTTP load: the real server (`sapllm_serve::start`) on a loopback port, N requests at each
 //!    concurrency level from a hyper client: throughput and P50/P95/P99 latency.
 //!
 //! Without `--base-model` a random tiny-preset checkpoint is written to a temp dir (a random

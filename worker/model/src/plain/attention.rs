@@ -1,5 +1,5 @@
 //! Causal attention of a step's queries over a one-sequence KV cache, on plain slices (the
-//! plain-slice forward of [`super::decode_step`]).
+//! plain-slice forward of [`super`]).
 
 use super::linear::gemm_strided;
 use crate::cpu::rows::softmax_row;

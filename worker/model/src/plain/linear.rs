@@ -1,5 +1,5 @@
 //! A frozen linear layer's weight as a flat copy, multiplied on plain slices (the plain-slice
-//! forward of [`super::decode_step`]).
+//! forward of [`super`]).
 //!
 //! Two regimes, as in the candle path (`int8_matmul`): a few rows (decode steps) are
 //! matrix-vector products that read each weight once, straight from its int8 bytes; many rows

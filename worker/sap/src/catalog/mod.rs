@@ -246,7 +246,7 @@ impl Catalog {
 
     /// The strings a routing answer chooses between: every document type, every endpoint and
     /// exception handling, sorted. A tokenizer trained for this catalog keeps them whole (see
-    /// `model::pretrain::PretrainConfig::domain_tokens`).
+    /// `sapllm_worker::pretrain::PretrainConfig::domain_tokens`).
     pub fn domain_tokens(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .apis
