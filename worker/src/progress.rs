@@ -142,24 +142,40 @@ impl Progress {
     }
 
     fn emit(&self, event: ProgressEvent, step: u64, metrics: &[(&str, f64)]) {
-        let line = ProgressLine {
+        let line = self.line(event, step, metrics);
+        let mut out = std::io::stdout().lock();
+        if let Ok(text) = serde_json::to_string(&line) {
+            let _ = writeln!(out, "{text}");
+        }
+        let _ = out.flush();
+    }
+
+    /// The line for `step`. A metric named like a typed field (`elapsed_s`, `eta_s`) replaces
+    /// the computed value; one named `event`, `stage`, `step` or `total` is dropped (it would
+    /// give the object a key twice).
+    fn line(&self, event: ProgressEvent, step: u64, metrics: &[(&str, f64)]) -> ProgressLine {
+        let mut line = ProgressLine {
             event,
             stage: Some(self.stage),
             step,
             total: self.total,
             elapsed_s: Some(round3(self.start.elapsed().as_secs_f64())),
             eta_s: self.eta_seconds(step).map(round3),
-            // NaN/inf are not JSON: report them as null rather than breaking the line.
-            metrics: metrics
-                .iter()
-                .map(|(k, v)| ((*k).to_string(), if v.is_finite() { Value::from(*v) } else { Value::Null }))
-                .collect(),
+            metrics: Default::default(),
         };
-        let mut out = std::io::stdout().lock();
-        if let Ok(text) = serde_json::to_string(&line) {
-            let _ = writeln!(out, "{text}");
+        for &(k, v) in metrics {
+            // NaN/inf are not JSON: report them as null rather than breaking the line.
+            let finite = v.is_finite().then_some(v);
+            match k {
+                "elapsed_s" => line.elapsed_s = finite,
+                "eta_s" => line.eta_s = finite,
+                "event" | "stage" | "step" | "total" => {}
+                _ => {
+                    line.metrics.insert(k.to_string(), finite.map_or(Value::Null, Value::from));
+                }
+            }
         }
-        let _ = out.flush();
+        line
     }
 }
 
@@ -190,5 +206,24 @@ mod tests {
     fn small_and_large_metrics_use_scientific_notation() {
         assert_eq!(fmt_metric(2e-5), "2.000e-5");
         assert_eq!(fmt_metric(1.5), "1.5000");
+    }
+
+    #[test]
+    fn a_line_has_each_key_once_and_reads_back_as_the_contract() {
+        let p = Progress::new(ProgressMode::Quiet, StageName::DataPrep, 10);
+        let line = p.line(
+            ProgressEvent::Done,
+            10,
+            &[("elapsed_s", 0.5), ("examples", 3000.0), ("step", 3.0), ("kl", f64::NAN)],
+        );
+        let text = serde_json::to_string(&line).unwrap();
+        assert_eq!(text.matches("\"elapsed_s\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"step\"").count(), 1, "{text}");
+        let back: ProgressLine = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.elapsed_s, Some(0.5));
+        assert_eq!((back.step, back.total), (10, 10));
+        assert_eq!(back.metric("examples"), Some(3000.0));
+        assert_eq!(back.metrics.get("kl"), Some(&Value::Null));
+        assert_eq!(back.stage, Some(StageName::DataPrep));
     }
 }
