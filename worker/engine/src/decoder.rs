@@ -187,7 +187,7 @@ pub fn decode_batch(
     timing.prefill_s = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let (probs, choice, branches) = batch.score_options(&snapshot, &first_logits, &mut timing)?;
+    let Scored { probs, choice, branches } = batch.score_options(&snapshot, &first_logits, &mut timing)?;
     let (mut cache, last) = batch.follow_choice(&snapshot, &choice, branches, &mut timing)?;
     timing.scoring_s = t1.elapsed().as_secs_f64();
 
@@ -233,6 +233,14 @@ pub fn decode_batch(
     Ok((outputs, timing))
 }
 
+/// The options scored: per row, each option's probability and the choice; for sequential
+/// scoring, each option index's cache and last logits.
+struct Scored {
+    probs: Vec<Vec<f64>>,
+    choice: Vec<usize>,
+    branches: Vec<Branch>,
+}
+
 /// What every step of one batch decode reads.
 struct Batch<'a> {
     model: &'a Mixtral,
@@ -272,7 +280,7 @@ impl Batch<'_> {
         snapshot: &KvCache,
         first_logits: &[Vec<f32>],
         timing: &mut BatchTiming,
-    ) -> Result<(Vec<Vec<f64>>, Vec<usize>, Vec<Branch>)> {
+    ) -> Result<Scored> {
         let (model, rows, opts) = (self.model, self.rows, self.opts);
         let tree = opts.tree_scoring && model.cfg.sliding_window.is_none();
         let (scores, branches) = if tree {
@@ -306,7 +314,7 @@ impl Batch<'_> {
                 _ => p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best }),
             })
             .collect();
-        Ok((probs, choice, branches))
+        Ok(Scored { probs, choice, branches })
     }
 
     /// The cache after each row's chosen option and the logits after it: a sequential scoring
