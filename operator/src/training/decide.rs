@@ -92,16 +92,7 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
         if before.is_some_and(|b| b.settings_digest.is_some() && !same) && rerun_from.is_none() {
             rerun_from = Some(ps.name);
         }
-        let mut st = StageStatus {
-            name: ps.name,
-            phase: StagePhase::Pending,
-            job_name: None,
-            attempts: 0,
-            start_time: None,
-            completion_time: None,
-            settings_digest: None,
-            message: None,
-        };
+        let mut st = bare_stage(ps.name, StagePhase::Pending);
         if blocked {
             stages.push(st);
             continue;
@@ -329,22 +320,27 @@ fn job_stage(
     out
 }
 
+/// A stage with nothing started: no Job, no attempts, no times.
+fn bare_stage(name: StageName, phase: StagePhase) -> StageStatus {
+    StageStatus {
+        name,
+        phase,
+        job_name: None,
+        attempts: 0,
+        start_time: None,
+        completion_time: None,
+        settings_digest: None,
+        message: None,
+    }
+}
+
 /// Every stage in order: the planned ones as decided, the others listed as Skipped so
 /// `kubectl describe` shows the plan.
 fn with_skipped(stages: Vec<StageStatus>, plan: &[PlannedStage]) -> Vec<StageStatus> {
     let mut all: Vec<StageStatus> = StageName::ALL
         .into_iter()
         .map(|n| {
-            stages.iter().find(|s| s.name == n).cloned().unwrap_or(StageStatus {
-                name: n,
-                phase: StagePhase::Skipped,
-                job_name: None,
-                attempts: 0,
-                start_time: None,
-                completion_time: None,
-                settings_digest: None,
-                message: None,
-            })
+            stages.iter().find(|s| s.name == n).cloned().unwrap_or_else(|| bare_stage(n, StagePhase::Skipped))
         })
         .collect();
     all.retain(|s| s.phase != StagePhase::Skipped || !plan.iter().any(|p| p.name == s.name));
