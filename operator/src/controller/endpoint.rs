@@ -50,7 +50,8 @@ pub fn controller(ctx: Arc<Context>, ns: Option<&str>) -> Controller<RoutingEndp
     })
 }
 
-/// Reconciles one endpoint.
+/// Reconciles one endpoint: observe (Evaluations, its Deployment) -> select -> decide -> apply
+/// -> status.
 pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.reconcile(KIND);
     let Some(rep) = fresh(&ctx.client, rep.as_ref()).await?.map(Arc::new) else {
@@ -60,16 +61,13 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
     if rep.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let evs =
-        Api::<Evaluation>::namespaced(ctx.client.clone(), &ns).list(&ListParams::default()).await?.items;
+    let (evs, dep) = observe(&ctx, &rep, &ns).await?;
     let selection = endpoint::select(&rep, &evs);
     let active = rep
         .status
         .as_ref()
         .and_then(|s| s.active_version.as_deref())
         .and_then(|v| endpoint::find_passing(v, &evs));
-    let deps: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let dep = deps.get_opt(&build::child(&rep)).await?;
     let obs = dep.as_ref().map(endpoint::observe_deployment);
     let mut d = endpoint::decide(&rep, &selection, active.as_ref(), obs.as_ref(), now());
     if let Some(c) = &d.serve {
@@ -104,6 +102,19 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
         Some(after) => Action::requeue(after),
         None => Action::requeue(ctx.config.resync_interval),
     })
+}
+
+/// The namespace's Evaluations (the versions the endpoint may serve) and the endpoint's
+/// Deployment, when it exists.
+async fn observe(
+    ctx: &Context,
+    rep: &RoutingEndpoint,
+    ns: &str,
+) -> Result<(Vec<Evaluation>, Option<Deployment>), Error> {
+    let evs = Api::<Evaluation>::namespaced(ctx.client.clone(), ns).list(&ListParams::default()).await?.items;
+    let deps: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let dep = deps.get_opt(&build::child(rep)).await?;
+    Ok((evs, dep))
 }
 
 /// Retries a failed reconcile shortly.

@@ -17,7 +17,7 @@ use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::evaluation::{self, Resolution};
 use crate::names::{LABEL_EVALUATION, LABEL_JOB_NAME, LABEL_MANAGED_BY, MANAGER, label_value};
-use crate::observe::observe_job;
+use crate::observe::{JobObservation, observe_job};
 
 const KIND: &str = "Evaluation";
 
@@ -49,7 +49,8 @@ pub fn controller(ctx: Arc<Context>, ns: Option<&str>) -> Controller<Evaluation>
     })
 }
 
-/// Reconciles one Evaluation.
+/// Reconciles one Evaluation: dereference (its TrainingRun) -> resolve -> observe -> decide ->
+/// apply -> status.
 pub async fn reconcile(ev: Arc<Evaluation>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _t = ctx.metrics.reconcile(KIND);
     let Some(ev) = fresh(&ctx.client, ev.as_ref()).await?.map(Arc::new) else {
@@ -59,34 +60,13 @@ pub async fn reconcile(ev: Arc<Evaluation>, ctx: Arc<Context>) -> Result<Action,
     if ev.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let run = match &ev.spec.model.training_run {
-        Some(name) => Api::<TrainingRun>::namespaced(ctx.client.clone(), &ns).get_opt(name).await?,
-        None => None,
-    };
+    let run = dereference(&ctx, &ev, &ns).await?;
     let resolution = evaluation::resolve(&ev, run.as_ref());
     let job_name = match &resolution {
         Ok(Resolution::Ready(r)) => Some(evaluation::build::job_name(&ev, r).0),
         _ => None,
     };
-    let uid = ev.uid().unwrap_or_default();
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let lp = ListParams::default().labels(&format!("{LABEL_EVALUATION}={}", label_value(&ev.name_any())));
-    let jobs: Vec<Job> = jobs_api
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
-        .collect();
-    let current = jobs.iter().find(|j| Some(j.name_any()) == job_name);
-    let observed = match current {
-        Some(job) => {
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-            let lp = ListParams::default().labels(&format!("{LABEL_JOB_NAME}={}", job.name_any()));
-            Some(observe_job(job, &pods.list(&lp).await?.items))
-        }
-        None => None,
-    };
+    let (jobs, observed) = observe(&ctx, &ev, &ns, job_name.as_deref()).await?;
     let d = evaluation::decide(&ev, &resolution, job_name.as_deref(), observed.as_ref(), now());
     // Jobs for inputs that changed (a new generation): superseded, never adopted. The Job of a
     // recorded verdict stays.
@@ -115,6 +95,44 @@ pub async fn reconcile(ev: Arc<Evaluation>, ctx: Arc<Context>) -> Result<Action,
         Some(EvaluationPhase::Pending) => Action::requeue(std::time::Duration::from_secs(60)),
         _ => Action::requeue(ctx.config.resync_interval),
     })
+}
+
+/// The TrainingRun the Evaluation names, when it names one that exists.
+async fn dereference(ctx: &Context, ev: &Evaluation, ns: &str) -> Result<Option<TrainingRun>, Error> {
+    Ok(match &ev.spec.model.training_run {
+        Some(name) => Api::<TrainingRun>::namespaced(ctx.client.clone(), ns).get_opt(name).await?,
+        None => None,
+    })
+}
+
+/// The Evaluation's Jobs (owned by it) and the observation of the current one (`job_name`),
+/// with its pods.
+async fn observe(
+    ctx: &Context,
+    ev: &Evaluation,
+    ns: &str,
+    job_name: Option<&str>,
+) -> Result<(Vec<Job>, Option<JobObservation>), Error> {
+    let uid = ev.uid().unwrap_or_default();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("{LABEL_EVALUATION}={}", label_value(&ev.name_any())));
+    let jobs: Vec<Job> = jobs_api
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
+        .collect();
+    let current = jobs.iter().find(|j| Some(j.name_any().as_str()) == job_name);
+    let observed = match current {
+        Some(job) => {
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            let lp = ListParams::default().labels(&format!("{LABEL_JOB_NAME}={}", job.name_any()));
+            Some(observe_job(job, &pods.list(&lp).await?.items))
+        }
+        None => None,
+    };
+    Ok((jobs, observed))
 }
 
 /// Retries a failed reconcile shortly.
