@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 /// `sha256:<hex>` over the files of each folder (relative path + contents, in sorted order).
-/// Checkpoint subfolders and reports are left out: only what serving loads counts.
+/// Checkpoint subfolders and reports (`*_report.json`, which hold timings) are left out: only
+/// what serving loads counts, so two runs that write the same weights name the same version.
 pub fn model_version(folders: &[&Path]) -> Result<String> {
     let mut h = Sha256::new();
     for folder in folders {
@@ -17,7 +18,7 @@ pub fn model_version(folders: &[&Path]) -> Result<String> {
             .filter(|p| p.is_file())
             .filter(|p| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                name.ends_with(".safetensors") || name.ends_with(".json")
+                name.ends_with(".safetensors") || (name.ends_with(".json") && !name.ends_with("_report.json"))
             })
             .collect();
         files.sort();
@@ -48,6 +49,8 @@ mod tests {
         assert!(a.starts_with("sha256:") && a.len() == 7 + 64);
         std::fs::write(p.join("loss_curve.png"), b"png").unwrap();
         assert_eq!(model_version(&[p]).unwrap(), a, "reports do not change the version");
+        std::fs::write(p.join("pretrain_report.json"), br#"{"elapsed_s":451.2}"#).unwrap();
+        assert_eq!(model_version(&[p]).unwrap(), a, "nor does a stage report with its timings");
         std::fs::write(p.join("model.safetensors"), b"weightz").unwrap();
         assert_ne!(model_version(&[p]).unwrap(), a);
     }
