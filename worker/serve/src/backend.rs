@@ -91,6 +91,6 @@ mod tests {
         let expected: Vec<String> =
             catalog.candidates_for(&q.doc_type).iter().map(|a| a.endpoint()).collect();
         assert_eq!(offered, expected);
-        assert_eq!(warm_up_query(&Catalog { version: 1, apis: Vec::new() }), None);
+        assert_eq!(warm_up_query(&Catalog { version: 1, apis: Vec::new(), aliases: Vec::new() }), None);
     }
 }

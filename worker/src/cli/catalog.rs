@@ -47,8 +47,11 @@ pub enum CatalogCommand {
 pub fn run(args: CatalogArgs) -> Result<ExitCode> {
     match args.command {
         CatalogCommand::Import { files, out, with_builtin } => {
-            let mut cat =
-                if with_builtin { Catalog::builtin() } else { Catalog { version: 1, apis: Vec::new() } };
+            let mut cat = if with_builtin {
+                Catalog::builtin()
+            } else {
+                Catalog { version: 1, apis: Vec::new(), aliases: Vec::new() }
+            };
             for f in &files {
                 let api = import_file(f)?;
                 eprintln!(

@@ -229,6 +229,11 @@ pub enum CatalogError {
 pub struct Catalog {
     pub version: u32,
     pub apis: Vec<ApiSpec>,
+    /// The tenant's own spellings of document fields (`{"field": "supplier_id", "aliases":
+    /// ["kreditor"]}`), read before the built-in ones
+    /// ([`crate::documents::normalize::builtin_aliases`]), which always apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<crate::documents::normalize::AliasGroup>,
 }
 
 /// The endpoint of documents that must not be posted: incomplete, failing a blocking rule, or of
@@ -280,6 +285,13 @@ impl Catalog {
     /// Structural checks a hand-edited catalog could break: unique API names, read-only APIs
     /// without a create entity, decimals with a precision.
     pub fn check(&self) -> Result<(), String> {
+        for (i, g) in self.aliases.iter().enumerate() {
+            if g.field.trim().is_empty() || g.aliases.iter().any(|a| a.trim().is_empty()) {
+                return Err(format!(
+                    "aliases[{i}]: field and every alias must be non-empty (e.g. {{\"field\": \"supplier_id\", \"aliases\": [\"kreditor\"]}})"
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for api in &self.apis {
             if !seen.insert(api.name.as_str()) {
@@ -295,6 +307,15 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+
+    /// `adc_json` in the document models' field names, with this catalog's alias groups.
+    pub fn normalize(
+        &self,
+        doc_type: crate::documents::DocType,
+        adc_json: &serde_json::Value,
+    ) -> crate::documents::normalize::Normalized {
+        crate::documents::normalize::normalize(doc_type, adc_json, &self.aliases)
     }
 
     /// The API called `name` (exact technical name, e.g. `API_SALES_ORDER_SRV`). A name without a

@@ -4,7 +4,9 @@
 //! [`AdcDocument`] is the typed form of one document; parse it from the extraction JSON with
 //! [`AdcDocument::from_json`], which names the offending field on error.
 
+pub mod keys;
 mod models;
+pub mod normalize;
 pub mod signals;
 pub mod values;
 
@@ -78,8 +80,11 @@ impl fmt::Display for DocType {
 
 impl FromStr for DocType {
     type Err = String;
+    /// Accepts the type as users spell it: any case, words joined by `_`, `-`, `.`, spaces or
+    /// camel case (`SUPPLIER_INVOICE`, `supplier-invoice`, `Supplier Invoice`, `SupplierInvoice`).
     fn from_str(s: &str) -> Result<Self, String> {
-        DocType::ALL.iter().copied().find(|d| d.as_str() == s).ok_or_else(|| {
+        let key = crate::documents::keys::snake_case(s.trim());
+        DocType::ALL.iter().copied().find(|d| d.as_str() == key).ok_or_else(|| {
             let names: Vec<&str> = DocType::ALL.iter().map(|d| d.as_str()).collect();
             format!("unknown document type {s:?}; expected one of {}", names.join(", "))
         })
@@ -254,6 +259,15 @@ mod tests {
             assert_eq!(serde_json::to_value(d).unwrap(), json!(d.as_str()));
         }
         assert!("invoice".parse::<DocType>().unwrap_err().contains("supplier_invoice"));
+        for s in [
+            "SUPPLIER_INVOICE",
+            "supplier-invoice",
+            "Supplier Invoice",
+            "SupplierInvoice",
+            " supplier.invoice ",
+        ] {
+            assert_eq!(s.parse::<DocType>(), Ok(DocType::SupplierInvoice), "{s}");
+        }
     }
 
     #[test]
