@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::confidence::{ConfidenceWeights, body_certainty, combine};
 use super::decoder::{BatchTiming, DecodeOptions, OptionSpec, RowOutput, RowSpec, decode_batch};
 use super::format::{self, ExceptionAnswer, RoutingAnswer};
-use super::grammar::{GrammarCache, GrammarLimits, exception_answer_schema, routing_answer_schema};
+use super::grammar::{GrammarCache, GrammarLimits, exception_answer_schema, grounded_answer_schema};
+use super::grounded::GroundedRequest;
 use super::tok_env::ModelTokEnv;
 use super::types::{
     ConfidenceParts, ExceptionDecision, ExceptionQuery, RoutingDecision, RoutingQuery, SimilarException,
@@ -21,7 +22,6 @@ use crate::template;
 use sapllm_model::mixtral::Mixtral;
 use sapllm_model::plain::DecodeWeights;
 use sapllm_model::tokenizer::Tokenizer;
-use sapllm_sap::catalog::create_payload_schema;
 use sapllm_sap::catalog::{Catalog, CompactSchema};
 use sapllm_sap::documents::DocType;
 use sapllm_sap::exceptions::ExceptionAction;
@@ -114,18 +114,15 @@ impl Engine {
         &self.tokenizer
     }
 
-    /// Compiles the answer grammar of every catalog endpoint, exception handling and every
-    /// exception action ahead of traffic, so no request pays a grammar compilation (a latency
-    /// spike of milliseconds per new endpoint). Returns how many grammars were compiled.
+    /// Compiles the answer grammar of every exception action ahead of traffic, so no request
+    /// pays a grammar compilation for them (a latency spike of milliseconds). Routing grammars
+    /// are per document (its grounded payload) and compiled with the request. Returns how many
+    /// grammars were compiled.
     pub fn precompile_grammars(&self) -> Result<usize> {
-        let mut schemas = vec![routing_answer_schema(EXCEPTION_ENDPOINT, None, &self.config.limits)];
-        for api in &self.catalog.apis {
-            let ep = api.endpoint();
-            schemas.push(routing_answer_schema(&ep, self.payload_schema(&ep).as_ref(), &self.config.limits));
-        }
-        for a in ExceptionAction::ALL {
-            schemas.push(exception_answer_schema(a.as_str(), &self.config.limits));
-        }
+        let schemas: Vec<Value> = ExceptionAction::ALL
+            .iter()
+            .map(|a| exception_answer_schema(a.as_str(), &self.config.limits))
+            .collect();
         for s in &schemas {
             self.grammars.matcher(s)?;
         }
@@ -169,7 +166,11 @@ impl Engine {
         &self,
         queries: &[RoutingQuery],
     ) -> Result<(Vec<Result<RoutingDecision>>, BatchTiming)> {
-        self.run_batches(queries, |q| self.routing_row(q), |q, row, out| self.routing_decision(q, row, out))
+        self.run_batches(
+            queries,
+            |q| self.routing_row(q),
+            |_, row, g, out| self.routing_decision(row, g, out),
+        )
     }
 
     /// LATENCY MEASUREMENT ONLY: decodes each query through the full pipeline (prefill, option
@@ -187,16 +188,24 @@ impl Engine {
         self.run_batches(
             &pairs,
             |(q, a)| {
-                let mut row = self.routing_row(q)?;
+                let (mut row, g) = self.routing_row(q)?;
                 let c = row
                     .options
                     .iter()
                     .position(|o| o.label == a.endpoint)
-                    .ok_or_else(|| anyhow!("reference endpoint {} is not a candidate", a.endpoint))?;
-                row.reference = Some((c, template::response_text(a)?.into_bytes()));
-                Ok(row)
+                    .ok_or_else(|| anyhow!("reference endpoint {} is not offered", a.endpoint))?;
+                // The grammar admits only the grounded payload and reasoning: the reference
+                // keeps its endpoint and confidence and takes those.
+                let reference = RoutingAnswer {
+                    doc_type: g.query.doc_type.clone(),
+                    payload: g.options[c].grounded.as_ref().map_or(Value::Null, |x| x.payload.clone()),
+                    reasoning: g.reasoning.clone(),
+                    ..(*a).clone()
+                };
+                row.reference = Some((c, template::response_text(&reference)?.into_bytes()));
+                Ok((row, g))
             },
-            |(q, _), row, out| self.routing_decision(q, row, out),
+            |_, row, g, out| self.routing_decision(row, g, out),
         )
     }
 
@@ -220,20 +229,20 @@ impl Engine {
         Ok(self
             .run_batches(
                 items,
-                |(q, s)| self.exception_row(q, s),
-                |_, row, out| self.exception_decision(row, out),
+                |(q, s)| Ok((self.exception_row(q, s)?, ())),
+                |_, row, (), out| self.exception_decision(row, out),
             )?
             .0)
     }
 
-    fn run_batches<Q, D>(
+    fn run_batches<Q, X, D>(
         &self,
         items: &[Q],
-        to_row: impl Fn(&Q) -> Result<RowSpec>,
-        to_decision: impl Fn(&Q, &RowSpec, RowOutput) -> Result<D>,
+        to_row: impl Fn(&Q) -> Result<(RowSpec, X)>,
+        to_decision: impl Fn(&Q, &RowSpec, &X, RowOutput) -> Result<D>,
     ) -> Result<(Vec<Result<D>>, BatchTiming)> {
         let mut out: Vec<Option<Result<D>>> = (0..items.len()).map(|_| None).collect();
-        let mut ready: Vec<(usize, RowSpec)> = Vec::new();
+        let mut ready: Vec<(usize, (RowSpec, X))> = Vec::new();
         for (i, q) in items.iter().enumerate() {
             match to_row(q) {
                 Ok(r) => ready.push((i, r)),
@@ -242,7 +251,7 @@ impl Engine {
         }
         let mut total = BatchTiming::default();
         for chunk in ready.chunks(self.config.max_batch.max(1)) {
-            let rows: Vec<RowSpec> = chunk.iter().map(|(_, r)| r.clone()).collect();
+            let rows: Vec<RowSpec> = chunk.iter().map(|(_, (r, _))| r.clone()).collect();
             let (outputs, t) = decode_batch(
                 &self.model,
                 self.fast.as_ref(),
@@ -260,8 +269,8 @@ impl Engine {
             total.drafted += t.drafted;
             total.accepted += t.accepted;
             total.unmasked += t.unmasked;
-            for ((i, row), o) in chunk.iter().zip(outputs) {
-                out[*i] = Some(o.and_then(|o| to_decision(&items[*i], row, o)));
+            for ((i, (row, x)), o) in chunk.iter().zip(outputs) {
+                out[*i] = Some(o.and_then(|o| to_decision(&items[*i], row, x, o)));
             }
         }
         Ok((out.into_iter().map(|o| o.unwrap_or_else(|| Err(anyhow!("not decoded")))).collect(), total))
@@ -316,48 +325,47 @@ impl Engine {
         eps
     }
 
-    fn payload_schema(&self, endpoint: &str) -> Option<Value> {
-        if endpoint == EXCEPTION_ENDPOINT {
-            return None;
-        }
-        match self.catalog.api_for_endpoint(endpoint) {
-            Some(api) => create_payload_schema(api),
-            // An API the catalog does not know: any JSON object.
-            None => Some(serde_json::json!({"type": "object"})),
-        }
-    }
-
-    fn routing_row(&self, q: &RoutingQuery) -> Result<RowSpec> {
-        DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
-        ensure!(q.adc_json.is_object(), "adc_json: must be a JSON object");
-        let endpoints = Self::offered_endpoints(q, self.config.any_candidate);
-        let texts: Vec<String> = endpoints
+    /// The decoder's row for `q`: one option per offered endpoint whose payload grounds (and
+    /// exception handling), each constrained to its grounded payload and the reasoning the
+    /// document supports.
+    fn routing_row(&self, q: &RoutingQuery) -> Result<(RowSpec, GroundedRequest)> {
+        let canonical = RoutingQuery {
+            doc_type: DocType::from_str(&q.doc_type)
+                .map_err(|e| anyhow!("doc_type: {e}"))?
+                .as_str()
+                .to_string(),
+            ..q.clone()
+        };
+        let endpoints = Self::offered_endpoints(&canonical, self.config.any_candidate);
+        let g = GroundedRequest::new(&self.catalog, &canonical, &endpoints)?;
+        let q = &g.query;
+        let texts: Vec<String> = g
+            .options
             .iter()
-            .map(|e| {
-                format!("{{\"doc_type\":{},\"endpoint\":{},\"payload", json_str(&q.doc_type), json_str(e))
+            .map(|o| {
+                format!(
+                    "{{\"doc_type\":{},\"endpoint\":{},\"payload",
+                    json_str(&q.doc_type),
+                    json_str(&o.endpoint)
+                )
             })
             .collect();
         let (prefix, suffixes) = self.encode_options(&texts)?;
-        // A payload never has more items than its document has lines: bounding the item arrays
-        // by the line count stops a small model from repeating items until its token budget
-        // runs out (the answer would be lost, the decision with it).
-        let limits = match sapllm_sap::documents::line_count(&q.adc_json) {
-            Some(n) => GrammarLimits {
-                max_array_items: n.clamp(1, self.config.limits.max_array_items),
-                ..self.config.limits
-            },
-            None => self.config.limits,
-        };
-        let options = endpoints
+        let options = g
+            .options
             .iter()
             .zip(suffixes)
-            .map(|(e, suffix)| OptionSpec {
-                label: e.clone(),
+            .map(|(o, suffix)| OptionSpec {
+                label: o.endpoint.clone(),
                 suffix,
-                schema: routing_answer_schema(e, self.payload_schema(e).as_ref(), &limits),
+                schema: grounded_answer_schema(
+                    &o.endpoint,
+                    o.grounded.as_ref().map(|x| &x.payload),
+                    &g.reasoning,
+                ),
             })
             .collect();
-        Ok(RowSpec {
+        let row = RowSpec {
             prompt: self.prompt_ids(&format::routing_prompt(
                 &self.config.prompt.apply(q),
                 self.config.prompt.checks(&self.catalog, q),
@@ -366,7 +374,8 @@ impl Engine {
             options,
             body_end: ",\"reasoning\":".into(),
             reference: None,
-        })
+        };
+        Ok((row, g))
     }
 
     fn alternatives(row: &RowSpec, out: &RowOutput) -> Vec<(String, f64)> {
@@ -376,28 +385,46 @@ impl Engine {
         alts
     }
 
-    fn routing_decision(&self, _q: &RoutingQuery, row: &RowSpec, out: RowOutput) -> Result<RoutingDecision> {
+    fn routing_decision(
+        &self,
+        row: &RowSpec,
+        g: &GroundedRequest,
+        out: RowOutput,
+    ) -> Result<RoutingDecision> {
         let answer: RoutingAnswer = template::parse_response(&out.text)?;
-        let chosen = &row.options[out.choice].label;
-        if &answer.endpoint != chosen {
-            bail!("decoder produced endpoint {:?} for chosen option {chosen:?}", answer.endpoint);
+        let chosen = &g.options[out.choice];
+        if answer.endpoint != chosen.endpoint {
+            bail!("decoder produced endpoint {:?} for chosen option {:?}", answer.endpoint, chosen.endpoint);
         }
+        let grounded = chosen.grounded.as_ref();
+        // The grammar admits nothing else; a difference is a decoder defect, never posted.
+        ensure!(
+            answer.payload == grounded.map_or(Value::Null, |x| x.payload.clone()),
+            "decoder produced a payload other than the grounded one for {}",
+            chosen.endpoint
+        );
         let parts = ConfidenceParts {
             choice_probability: out.option_probs[out.choice],
             body_certainty: body_certainty(&out.body_logprobs),
             generated: Some(answer.confidence),
         };
         let confidence = combine(&parts, &self.config.weights);
-        let api =
-            self.catalog.api_for_endpoint(chosen).filter(|a| !answer.payload.is_null() && a.create.is_some());
+        let api = self
+            .catalog
+            .api_for_endpoint(&chosen.endpoint)
+            .filter(|a| grounded.is_some() && a.create.is_some());
         Ok(RoutingDecision {
+            doc_type: g.doc_type.as_str().to_string(),
             endpoint: answer.endpoint,
             method: api.map(|_| "POST".to_string()),
             entity_set: api.and_then(|a| a.create.as_ref()).map(|e| e.entity_set.clone()),
             payload: answer.payload,
+            provenance: grounded.map(|x| x.sources.clone()).unwrap_or_default(),
+            unmapped_fields: g.normalized.unmapped.clone(),
+            ungrounded: g.ungrounded.clone(),
             confidence,
             confidence_parts: parts,
-            reasoning: answer.reasoning,
+            reasoning: g.decision_reasoning(out.choice),
             abstained: confidence < self.config.abstain_threshold,
             alternatives: Self::alternatives(row, &out),
             stats: out.stats,
@@ -405,7 +432,16 @@ impl Engine {
     }
 
     fn exception_row(&self, q: &ExceptionQuery, similar: &[SimilarException]) -> Result<RowSpec> {
-        DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
+        let doc_type = DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
+        let q = &ExceptionQuery {
+            doc_type: doc_type.as_str().to_string(),
+            adc_json: if q.adc_json.is_object() {
+                self.catalog.normalize(doc_type, &q.adc_json).document
+            } else {
+                q.adc_json.clone()
+            },
+            ..q.clone()
+        };
         let labels: Vec<&str> = ExceptionAction::ALL.iter().map(|a| a.as_str()).collect();
         let texts: Vec<String> =
             labels.iter().map(|a| format!("{{\"action\":{},\"correction", json_str(a))).collect();

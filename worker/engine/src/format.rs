@@ -270,9 +270,22 @@ pub fn routing_training_pair(
     ex: &RoutingExample,
     profile: &PromptProfile,
 ) -> Result<(String, String)> {
-    let q = routing_query(ex);
+    let q = normalized_query(catalog, &routing_query(ex));
     let prompt = routing_prompt(&profile.apply(&q), profile.checks(catalog, &q))?;
     Ok((prompt, template::response_text(&routing_answer(catalog, ex))?))
+}
+
+/// `q` as the model reads it: its document in canonical field names and its type canonical
+/// (unchanged where the type is unknown: the engine refuses those).
+pub fn normalized_query(catalog: &Catalog, q: &RoutingQuery) -> RoutingQuery {
+    match q.doc_type.parse::<sapllm_sap::documents::DocType>() {
+        Ok(t) if q.adc_json.is_object() => RoutingQuery {
+            adc_json: catalog.normalize(t, &q.adc_json).document,
+            doc_type: t.as_str().to_string(),
+            ..q.clone()
+        },
+        _ => q.clone(),
+    }
 }
 
 /// (prompt text, response text) of an exception example (no similar exceptions: the dataset

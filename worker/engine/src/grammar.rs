@@ -1,10 +1,12 @@
 //! The JSON Schemas the decoder is constrained by, one per (format, option): once the decoder
 //! has chosen the endpoint (or action), the rest of the answer must match that option's schema.
+//! A routing answer's schema is built per document ([`grounded_answer_schema`]): it admits the
+//! grounded payload and nothing else.
 //! Every schema is compact (no whitespace, `,` and `:` separators, properties in declared
 //! order) so the grammar admits exactly the text SFT trained on, and every repetition is
 //! bounded so a decode always terminates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow};
@@ -44,72 +46,18 @@ pub fn reasoning_schema(l: &GrammarLimits) -> Value {
     json!({"type": "array", "items": {"type": "string", "maxLength": l.max_reasoning_chars}, "minItems": 1, "maxItems": l.max_reasoning_steps})
 }
 
-/// Copies `schema` without annotations llguidance does not need and with a `maxItems` on every
-/// unbounded array.
-pub fn bounded(schema: &Value, l: &GrammarLimits) -> Value {
-    match schema {
-        Value::Object(obj) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in obj {
-                if matches!(k.as_str(), "$schema" | "title" | "description") {
-                    continue;
-                }
-                out.insert(k.clone(), bounded(v, l));
-            }
-            match out.get("type").and_then(Value::as_str) {
-                Some("array") if !out.contains_key("maxItems") => {
-                    out.insert("maxItems".into(), json!(l.max_array_items));
-                }
-                // Unbounded numbers would let a decode write digits forever: bound integers to
-                // the 32-bit range and numbers to 15 significant digits' worth.
-                Some("integer") => {
-                    out.entry("minimum").or_insert(json!(i32::MIN));
-                    out.entry("maximum").or_insert(json!(i32::MAX));
-                }
-                Some("number") => {
-                    out.entry("minimum").or_insert(json!(-1e9));
-                    out.entry("maximum").or_insert(json!(1e9));
-                    out.entry("multipleOf").or_insert(json!(0.000001));
-                }
-                Some("string") => {
-                    if let Some(Value::String(p)) = out.get("pattern") {
-                        let p = bound_pattern(p);
-                        out.insert("pattern".into(), Value::String(p));
-                    }
-                }
-                _ => {}
-            }
-            Value::Object(out)
-        }
-        Value::Array(items) => Value::Array(items.iter().map(|v| bounded(v, l)).collect()),
-        other => other.clone(),
-    }
-}
-
-/// Rewrites unbounded repetitions of a character class (`[0-9]+`, `[A-Z]*`) in a pattern to
-/// at most [`MAX_PATTERN_REPEAT`] characters.
-pub fn bound_pattern(p: &str) -> String {
-    p.replace("]+", &format!("]{{1,{MAX_PATTERN_REPEAT}}}"))
-        .replace("]*", &format!("]{{0,{MAX_PATTERN_REPEAT}}}"))
-}
-
-/// Longest run a bounded pattern repetition may match.
-pub const MAX_PATTERN_REPEAT: usize = 20;
-
-/// The answer schema of a routing decision whose endpoint is `endpoint` and whose payload must
-/// match `payload` (`None`: the payload is `null`).
-pub fn routing_answer_schema(endpoint: &str, payload: Option<&Value>, l: &GrammarLimits) -> Value {
-    let payload = payload.map(|p| bounded(p, l)).unwrap_or_else(|| json!({"type": "null"}));
+/// The answer schema of a grounded routing decision: the endpoint, then exactly the grounded
+/// `payload` (`None`: `null`), exactly the `reasoning` steps the document supports, and the
+/// confidence, the one value the model writes freely.
+pub fn grounded_answer_schema(endpoint: &str, payload: Option<&Value>, reasoning: &[String]) -> Value {
     json!({
         "x-guidance": compact_options(),
         "type": "object",
         "properties": {
-            // The decoder writes the request's type itself (answer prefix), so any short
-            // string is accepted here and one grammar serves every document type.
             "doc_type": {"type": "string", "maxLength": 64},
             "endpoint": {"const": endpoint},
-            "payload": payload,
-            "reasoning": reasoning_schema(l),
+            "payload": {"const": payload.cloned().unwrap_or(Value::Null)},
+            "reasoning": {"const": reasoning},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01},
         },
         "required": ["doc_type", "endpoint", "payload", "reasoning", "confidence"],
@@ -158,22 +106,36 @@ pub fn exception_answer_schema(action: &str, l: &GrammarLimits) -> Value {
     })
 }
 
+/// Compiled grammars kept at most: grounded answers have one grammar per document, so the
+/// cache must not grow with traffic (the oldest go first).
+pub const GRAMMAR_CACHE_CAPACITY: usize = 256;
+
 /// Compiled grammars by schema text: compiling a payload schema costs milliseconds, cloning a
 /// compiled matcher microseconds.
 pub struct GrammarCache {
     factory: ParserFactory,
-    compiled: Mutex<HashMap<String, Matcher>>,
+    compiled: Mutex<(HashMap<String, Matcher>, VecDeque<String>)>,
 }
 
 impl GrammarCache {
     pub fn new(factory: ParserFactory) -> Self {
-        GrammarCache { factory, compiled: Mutex::new(HashMap::new()) }
+        GrammarCache { factory, compiled: Mutex::new((HashMap::new(), VecDeque::new())) }
+    }
+
+    /// Grammars compiled and kept.
+    pub fn len(&self) -> usize {
+        self.compiled.lock().map(|c| c.0.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A fresh matcher (at the start of the answer) for `schema`.
     pub fn matcher(&self, schema: &Value) -> Result<Matcher> {
         let key = serde_json::to_string(schema)?;
-        let mut compiled = self.compiled.lock().map_err(|_| anyhow!("grammar cache poisoned"))?;
+        let mut guard = self.compiled.lock().map_err(|_| anyhow!("grammar cache poisoned"))?;
+        let (compiled, order) = &mut *guard;
         if let Some(m) = compiled.get(&key) {
             return Ok(m.deep_clone());
         }
@@ -185,6 +147,12 @@ impl GrammarCache {
         if let Some(err) = m.get_error() {
             anyhow::bail!("grammar error: {err}");
         }
+        if compiled.len() >= GRAMMAR_CACHE_CAPACITY
+            && let Some(oldest) = order.pop_front()
+        {
+            compiled.remove(&oldest);
+        }
+        order.push_back(key.clone());
         compiled.insert(key, m.deep_clone());
         Ok(m)
     }

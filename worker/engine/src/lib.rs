@@ -21,6 +21,7 @@ pub mod examples;
 pub mod format;
 pub mod forward;
 pub mod grammar;
+pub mod grounded;
 pub mod load;
 pub mod logits;
 pub mod profile;

@@ -64,7 +64,11 @@ impl RouteRequest {
     /// Validates and fills in the candidates. `prefix` names the request inside a batch
     /// (`requests[3].`).
     pub fn into_query(self, catalog: &Catalog, prefix: &str) -> Result<RoutingQuery, FieldError> {
-        DocType::from_str(&self.doc_type).map_err(|e| FieldError::new(format!("{prefix}doc_type"), e))?;
+        // The type as users spell it (`PURCHASE_ORDER`, `Purchase Order`), canonical from here on.
+        let doc_type = DocType::from_str(&self.doc_type)
+            .map_err(|e| FieldError::new(format!("{prefix}doc_type"), e))?
+            .as_str()
+            .to_string();
         if !self.adc_json.is_object() {
             return Err(FieldError::new(
                 format!("{prefix}adc_json"),
@@ -81,14 +85,9 @@ impl RouteRequest {
                 }
                 s
             }
-            None => catalog.candidates_for(&self.doc_type).into_iter().map(compact_schema).collect(),
+            None => catalog.candidates_for(&doc_type).into_iter().map(compact_schema).collect(),
         };
-        Ok(RoutingQuery {
-            adc_json: self.adc_json,
-            doc_type: self.doc_type,
-            api_schemas,
-            similar_cases: self.similar_cases,
-        })
+        Ok(RoutingQuery { adc_json: self.adc_json, doc_type, api_schemas, similar_cases: self.similar_cases })
     }
 }
 
@@ -117,7 +116,7 @@ pub struct ExceptionRequest {
 
 impl ExceptionRequest {
     pub fn into_query(self) -> Result<(ExceptionQuery, Vec<SimilarException>), FieldError> {
-        DocType::from_str(&self.doc_type).map_err(|e| FieldError::new("doc_type", e))?;
+        let doc_type = DocType::from_str(&self.doc_type).map_err(|e| FieldError::new("doc_type", e))?;
         if self.endpoint.trim().is_empty() {
             return Err(FieldError::new("endpoint", "must not be empty"));
         }
@@ -129,7 +128,7 @@ impl ExceptionRequest {
         }
         Ok((
             ExceptionQuery {
-                doc_type: self.doc_type,
+                doc_type: doc_type.as_str().to_string(),
                 adc_json: self.adc_json,
                 endpoint: self.endpoint,
                 request_payload: self.request_payload,
@@ -170,5 +169,20 @@ mod tests {
         };
         let q = r.into_query(&Catalog::builtin(), "").unwrap();
         assert!(!q.api_schemas.is_empty());
+    }
+
+    #[test]
+    fn document_types_are_read_as_users_spell_them() {
+        for spelled in ["PURCHASE_ORDER", "Purchase Order", "purchase-order", "PurchaseOrder"] {
+            let r = RouteRequest {
+                doc_type: spelled.into(),
+                adc_json: serde_json::json!({}),
+                api_schemas: None,
+                similar_cases: vec![],
+            };
+            let q = r.into_query(&Catalog::builtin(), "").unwrap();
+            assert_eq!(q.doc_type, "purchase_order", "{spelled}");
+            assert!(q.api_schemas.iter().any(|c| c.api == "API_PURCHASEORDER_PROCESS_SRV"), "{spelled}");
+        }
     }
 }

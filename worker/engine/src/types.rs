@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::examples::SimilarCase;
+use crate::grounded::Ungrounded;
 use sapllm_sap::catalog::CompactSchema;
 use sapllm_sap::exceptions::{ExceptionAction, PatchOp, RetryPolicy, SapFailure};
+use sapllm_sap::payload::FieldSource;
 use sapllm_sap::rules::RuleOutcome;
 
 /// One routing request: an extracted document, its type, the candidate APIs and retrieved
@@ -55,6 +57,9 @@ pub struct DecodeStats {
 /// A routing decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoutingDecision {
+    /// The document type, canonical (`purchase_order` for `PURCHASE_ORDER`).
+    #[serde(default)]
+    pub doc_type: String,
     /// One of the request's candidate endpoints, or `EXCEPTION_HANDLING`.
     pub endpoint: String,
     /// HTTP method of the call (`POST`); `None` for exception handling and read-only APIs.
@@ -62,7 +67,19 @@ pub struct RoutingDecision {
     /// Entity set posted to; `None` when nothing is posted.
     pub entity_set: Option<String>,
     /// Create body, valid against the chosen API's JSON Schema; `null` when nothing is posted.
+    /// Every value in it is grounded: see `provenance`.
     pub payload: Value,
+    /// Where each payload value comes from (document path as sent, catalog default or declared
+    /// derivation), one entry per property; empty when nothing is posted.
+    #[serde(default)]
+    pub provenance: Vec<FieldSource>,
+    /// Keys of the document that no field took (kept in the prompt, not posted).
+    #[serde(default)]
+    pub unmapped_fields: Vec<String>,
+    /// Candidates that could not be offered, and why (a required property the document lacks,
+    /// an API the catalog does not know).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ungrounded: Vec<Ungrounded>,
     /// In [0, 1]; see [`super::confidence`] for the formula.
     pub confidence: f64,
     pub confidence_parts: ConfidenceParts,

@@ -7,6 +7,8 @@
 pub mod catalog;
 pub mod documents;
 pub mod exceptions;
+pub mod explain;
+pub mod grounding;
 pub mod import;
 pub mod odata;
 pub mod payload;

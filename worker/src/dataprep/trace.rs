@@ -8,6 +8,7 @@ use sapllm_sap::catalog::Catalog;
 use sapllm_sap::documents::signals::Detection;
 use sapllm_sap::documents::{AdcDocument, DocType};
 use sapllm_sap::exceptions::{Resolution, SapFailure};
+use sapllm_sap::explain;
 use sapllm_sap::routing::{EXCEPTION_ENDPOINT, RoutingDecision};
 use sapllm_sap::rules::{RuleOutcome, Severity};
 
@@ -27,7 +28,7 @@ pub struct TraceInput<'a> {
 pub fn routing_trace(t: &TraceInput) -> Vec<String> {
     let doc_type = t.doc.doc_type();
     let mut steps = Vec::with_capacity(8);
-    steps.push(type_step(doc_type, t.detection));
+    steps.push(explain::type_step(doc_type, t.detection));
     let serving: Vec<&str> = t.catalog.serving(doc_type.as_str()).iter().map(|a| a.name.as_str()).collect();
     let others: Vec<&str> = t
         .catalog
@@ -36,13 +37,7 @@ pub fn routing_trace(t: &TraceInput) -> Vec<String> {
         .map(|a| a.name.as_str())
         .filter(|n| !serving.contains(n))
         .collect();
-    steps.push(format!(
-        "Candidates: {} {} {}; {} are in the same area but do not.",
-        if serving.is_empty() { "no API".to_string() } else { serving.join(", ") },
-        if serving.len() == 1 { "serves" } else { "serve" },
-        doc_type,
-        if others.is_empty() { "no other APIs".to_string() } else { others.join(", ") }
-    ));
+    steps.push(explain::candidates_step(doc_type, &serving, &others));
     if let Some(step) = structure_step(t.doc, t.decision.payload.as_ref()) {
         steps.push(step);
     }
@@ -73,34 +68,6 @@ pub fn routing_trace(t: &TraceInput) -> Vec<String> {
         format!("Decision: POST {}.", t.target_endpoint)
     });
     steps
-}
-
-fn type_step(doc_type: DocType, d: &Detection) -> String {
-    let ev: Vec<&str> = d.evidence_for(doc_type).take(4).map(|s| s.evidence.as_str()).collect();
-    let mut s = if ev.is_empty() {
-        format!("Document type: {doc_type} (as extracted; no distinctive fields found).")
-    } else {
-        format!("Document type: {doc_type}, because {}.", ev.join("; "))
-    };
-    if d.best != doc_type {
-        s.push_str(&format!(" The content alone points more to {}: treat with care.", d.best));
-    } else if let Some((other, score)) = d.runner_up {
-        let against: Vec<&str> = d.evidence_for(other).take(2).map(|s| s.evidence.as_str()).collect();
-        if d.is_ambiguous() {
-            s.push_str(&format!(
-                " Close call against {other} ({score:.1} vs {:.1}: {}), decided by the stronger evidence above.",
-                d.score,
-                against.join("; ")
-            ));
-        } else {
-            s.push_str(&format!(
-                " Against it: {} (points to {other}), outweighed {:.1} to {score:.1}.",
-                against.join("; "),
-                d.score
-            ));
-        }
-    }
-    s
 }
 
 fn count_items(p: &Value, nav: &str) -> usize {
@@ -258,7 +225,7 @@ mod tests {
     fn type_step_names_deciding_fields_and_the_contrary_evidence() {
         let v = json!({"document_title": "INVOICE", "credit_memo_number": "CN-1", "gross_amount": -119.0,
                        "original_invoice_number": "R-0"});
-        let s = type_step(DocType::SupplierCreditMemo, &detect(&v));
+        let s = explain::type_step(DocType::SupplierCreditMemo, &detect(&v));
         assert!(s.contains("credit_memo_number is present") && s.contains("negative"), "{s}");
         assert!(s.contains("Against it") && s.contains("supplier_invoice"), "{s}");
     }

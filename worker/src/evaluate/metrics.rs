@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use sapllm_crds::EvaluationMetrics;
+use sapllm_sap::payload::FieldSource;
 
 /// A payload counts as right when at least this share of its fields is right.
 pub const PAYLOAD_FIELD_THRESHOLD: f64 = 0.9;
@@ -37,6 +38,12 @@ pub struct ScoredDecision {
     /// Decoding or parsing failed; the decision counts as wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where each posted value came from (routing decisions with a payload).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provenance: Vec<FieldSource>,
+    /// Payload values no source accounts for (JSON pointers); there must be none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsourced: Vec<String>,
 }
 
 impl ScoredDecision {
@@ -59,6 +66,8 @@ impl ScoredDecision {
             rules_passed: 0,
             rules_checked: 0,
             error: None,
+            provenance: Vec::new(),
+            unsourced: Vec::new(),
         }
     }
 
@@ -83,6 +92,12 @@ pub struct GroupMetrics {
     pub coverage: f64,
     pub accepted_accuracy: f64,
     pub mean_confidence: f64,
+    /// Calibration of this group's confidence against a right endpoint.
+    #[serde(default)]
+    pub expected_calibration_error: f64,
+    /// Pearson correlation of confidence with a right endpoint (0 without variance).
+    #[serde(default)]
+    pub confidence_correlation: f64,
 }
 
 /// A point of the coverage curve: at this threshold, this share is accepted with this accuracy.
@@ -108,6 +123,12 @@ pub struct Summary {
     pub forced_token_share: f64,
     pub mean_rules_pass_rate: f64,
     pub decode_errors: usize,
+    /// Posted values by source (`document`, `catalog_default`, `derived`).
+    #[serde(default)]
+    pub values_by_source: BTreeMap<String, usize>,
+    /// `doc_id` and JSON pointer of every value without a source (must be empty).
+    #[serde(default)]
+    pub unsourced_values: Vec<String>,
 }
 
 /// Summarises routing and exception decisions at an abstention threshold.
@@ -151,14 +172,23 @@ pub fn summarize(decisions: &[ScoredDecision], abstain_threshold: f64) -> Summar
         metrics,
         by_doc_type: by_type.iter().map(|(k, v)| (k.clone(), group(v))).collect(),
         coverage_curve: coverage_curve(&routing),
-        confidence_correlation: pearson(
-            &routing.iter().map(|d| d.confidence).collect::<Vec<_>>(),
-            &routing.iter().map(|d| if d.choice_right { 1.0 } else { 0.0 }).collect::<Vec<_>>(),
-        ),
+        confidence_correlation: overall.confidence_correlation,
         forced_token_share: if tokens == 0 { 0.0 } else { forced as f64 / tokens as f64 },
         mean_rules_pass_rate: mean(&rule_rates),
         decode_errors: decisions.iter().filter(|d| d.error.is_some()).count(),
+        values_by_source: routing.iter().flat_map(|d| &d.provenance).fold(BTreeMap::new(), |mut m, s| {
+            *m.entry(s.provenance.kind().to_string()).or_insert(0) += 1;
+            m
+        }),
+        unsourced_values: routing
+            .iter()
+            .flat_map(|d| d.unsourced.iter().map(move |p| format!("{} {p}", d.doc_id)))
+            .collect(),
     }
+}
+
+fn right_endpoint(d: &ScoredDecision) -> f64 {
+    if d.choice_right { 1.0 } else { 0.0 }
 }
 
 fn group(ds: &[&ScoredDecision]) -> GroupMetrics {
@@ -174,6 +204,11 @@ fn group(ds: &[&ScoredDecision]) -> GroupMetrics {
         coverage: share(ds, |d| !d.abstained),
         accepted_accuracy: share(&accepted, |d| d.choice_right),
         mean_confidence: mean(&ds.iter().map(|d| d.confidence).collect::<Vec<_>>()),
+        expected_calibration_error: expected_calibration_error(ds, 10),
+        confidence_correlation: pearson(
+            &ds.iter().map(|d| d.confidence).collect::<Vec<_>>(),
+            &ds.iter().map(|d| right_endpoint(d)).collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -266,6 +301,8 @@ mod tests {
             rules_passed: 3,
             rules_checked: 4,
             error: None,
+            provenance: vec![],
+            unsourced: vec![],
         }
     }
 
@@ -288,6 +325,31 @@ mod tests {
         assert!((s.forced_token_share - 0.4).abs() < 1e-12);
         assert_eq!(s.metrics.latency_p50_ms, 20.0);
         assert_eq!(s.metrics.latency_p99_ms, 40.0);
+        assert!(s.values_by_source.is_empty() && s.unsourced_values.is_empty());
+    }
+
+    #[test]
+    fn values_are_counted_by_source_and_unsourced_ones_listed_with_their_document() {
+        use sapllm_sap::payload::Provenance;
+        let mut a = d("po", true, 1.0, 0.9, false, 1.0);
+        a.provenance = vec![
+            FieldSource {
+                pointer: "/Supplier".into(),
+                provenance: Provenance::Document { from: vec!["vendor.id".into()], transform: "code".into() },
+            },
+            FieldSource { pointer: "/PurchaseOrderType".into(), provenance: Provenance::CatalogDefault },
+            FieldSource {
+                pointer: "/CompanyCode".into(),
+                provenance: Provenance::Document { from: vec!["company".into()], transform: "code".into() },
+            },
+        ];
+        let mut b = d("po", true, 1.0, 0.9, false, 1.0);
+        b.doc_id = "doc-b".into();
+        b.unsourced = vec!["/Plant".into()];
+        let s = summarize(&[a, b], 0.5);
+        assert_eq!(s.values_by_source.get("document"), Some(&2));
+        assert_eq!(s.values_by_source.get("catalog_default"), Some(&1));
+        assert_eq!(s.unsourced_values, vec!["doc-b /Plant".to_string()]);
     }
 
     #[test]

@@ -164,20 +164,32 @@ pub fn markdown(model_version: &str, s: &Summary, gates: &[GateResult], verdict:
     }
     let _ = writeln!(
         md,
-        "\n## By document type\n\n| type | n | routing | API selection | payload | mean field | coverage | mean conf. |\n|---|---|---|---|---|---|---|---|"
+        "\n## By document type\n\n| type | n | routing | API selection | payload | mean field | coverage | mean conf. | ECE | conf./right corr. |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for (t, g) in &s.by_doc_type {
         let _ = writeln!(
             md,
-            "| {t} | {} | {} | {} | {} | {} | {} | {:.3} |",
+            "| {t} | {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} |",
             g.samples,
             pct(g.routing_accuracy),
             pct(g.api_selection_accuracy),
             pct(g.payload_accuracy),
             pct(g.mean_field_accuracy),
             pct(g.coverage),
-            g.mean_confidence
+            g.mean_confidence,
+            g.expected_calibration_error,
+            g.confidence_correlation
         );
+    }
+    let by_source: Vec<String> = s.values_by_source.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let _ = writeln!(
+        md,
+        "\n## Provenance\n\nPosted values by source: {}. Values without a source: {}.",
+        if by_source.is_empty() { "none posted".to_string() } else { by_source.join(", ") },
+        s.unsourced_values.len()
+    );
+    for u in s.unsourced_values.iter().take(20) {
+        let _ = writeln!(md, "- unsourced: `{u}`");
     }
     let _ = writeln!(
         md,

@@ -133,6 +133,8 @@ fn score_routing(engine: &Engine, ex: &RoutingExample) -> ScoredDecision {
     scored.choice_right = d.endpoint == ex.target_endpoint;
     scored.tokens = d.stats.response_tokens;
     scored.forced_tokens = d.stats.forced_tokens;
+    scored.unsourced = sapllm_sap::grounding::unsourced(&d.payload, &d.provenance);
+    scored.provenance = d.provenance.clone();
     match catalog.api_for_endpoint(&d.endpoint) {
         Some(api) if !target_payload.is_null() || !d.payload.is_null() => {
             let check = check_payload(api, &d.payload, &target_payload, &RuleContext::default());

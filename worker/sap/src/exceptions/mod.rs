@@ -12,6 +12,7 @@
 //! -> refresh token and RETRY. Modelled on SAP's documented messages: M8/186 (balance not zero),
 //! M8/108 (duplicate invoice), HTTP 503 (service unavailable).
 
+mod envelope;
 mod resolve;
 pub mod scenarios;
 
@@ -85,8 +86,13 @@ pub struct InnerError {
     pub errordetails: Vec<ErrorDetail>,
 }
 
-/// `error`.
+/// `error`. Read from either envelope SAP answers with, and always written as V2:
+/// - OData V2 (`API_*_SRV`): `message` is `{"lang", "value"}`, details are in
+///   `innererror.errordetails[{code, message, propertyref, severity}]`;
+/// - OData V4 (S/4HANA Cloud's V4 APIs): `message` is a string, details are `details[{code,
+///   message, target, @Common.numericSeverity}]`, and `target` names the property.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "envelope::WireBody")]
 pub struct SapErrorBody {
     pub code: String,
     pub message: SapMessage,

@@ -7,6 +7,7 @@
 //! out (or take the overlay default); [`crate::rules::validate`] then says what is missing.
 
 mod builders;
+pub mod provenance;
 mod writer;
 
 use serde_json::Value;
@@ -14,6 +15,7 @@ use serde_json::Value;
 use crate::catalog::ApiSpec;
 use crate::documents::AdcDocument;
 
+pub use provenance::{FieldSource, Provenance};
 pub use writer::EntityWriter;
 
 /// Why no payload could be built.
@@ -29,6 +31,14 @@ pub enum PayloadError {
 
 /// Builds the create request body for `doc` at `api`.
 pub fn build_payload(doc: &AdcDocument, api: &ApiSpec) -> Result<Value, PayloadError> {
+    build_payload_traced(doc, api).map(|(v, _)| v)
+}
+
+/// As [`build_payload`], with the source of every value written.
+pub fn build_payload_traced(
+    doc: &AdcDocument,
+    api: &ApiSpec,
+) -> Result<(Value, Vec<FieldSource>), PayloadError> {
     let doc_type = doc.doc_type().as_str();
     let Some(entity) = &api.create else {
         return Err(PayloadError::ReadOnly { api: api.name.clone(), doc_type: doc_type.into() });
@@ -38,5 +48,5 @@ pub fn build_payload(doc: &AdcDocument, api: &ApiSpec) -> Result<Value, PayloadE
     }
     let mut w = EntityWriter::new(entity);
     builders::fill(doc, &mut w);
-    Ok(w.finish())
+    Ok(w.finish_traced())
 }
