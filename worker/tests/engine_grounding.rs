@@ -6,10 +6,13 @@
 use std::path::Path;
 
 use sapllm_engine::Engine;
-use sapllm_engine::examples::RoutingExample;
+use sapllm_engine::examples::{ExceptionExample, RoutingExample};
 use sapllm_engine::format::{answer_payload, clip_reasoning, routing_query};
 use sapllm_engine::grounded::GroundedRequest;
 use sapllm_sap::catalog::Catalog;
+use sapllm_sap::documents::DocType;
+use sapllm_sap::exceptions::{ExceptionAction, admissible};
+use sapllm_sap::explain::exception_trace;
 use sapllm_sap::grounding::unsourced;
 use sapllm_sap::routing::EXCEPTION_ENDPOINT;
 use sapllm_worker::dataprep::{self, DataPrepConfig};
@@ -23,6 +26,7 @@ fn examples(dir: &Path) -> Vec<RoutingExample> {
         ..DataPrepConfig::default()
     };
     dataprep::run(&cfg).unwrap();
+    check_exceptions(&read_jsonl::<ExceptionExample>(&dir.join("exception_examples.jsonl")).unwrap());
     ["train", "val", "test"]
         .iter()
         .flat_map(|s| read_jsonl::<RoutingExample>(&dir.join(format!("{s}_routing_examples.jsonl"))).unwrap())
@@ -78,6 +82,32 @@ fn the_decoder_can_write_every_training_target_and_every_value_has_a_source() {
     assert!(reproduced * 100 >= posted * 97, "{reproduced} of {posted} posted targets reproduced");
 }
 
+/// Every exception target is one of the handlings its failure admits, with the same correction,
+/// retry policy and rule, and the reasoning the decoder forces for it is the target's.
+fn check_exceptions(exs: &[ExceptionExample]) {
+    assert!(exs.len() > 20, "{} exception examples", exs.len());
+    let mut retries = 0;
+    for ex in exs {
+        let blocking: Vec<_> = ex.rule_failures.iter().filter(|o| o.is_blocking()).cloned().collect();
+        let handlings = admissible(ex.sap_error.as_ref(), &blocking, &ex.request_payload);
+        let target = handlings
+            .iter()
+            .find(|r| r.action == ex.action)
+            .unwrap_or_else(|| panic!("{}: target {:?} not admissible", ex.doc_id, ex.action));
+        assert_eq!(
+            (&target.correction, &target.retry, &target.rule),
+            (&ex.correction, &ex.retry, &ex.rule),
+            "{}",
+            ex.doc_id
+        );
+        let forced = clip_reasoning(&exception_trace(&ex.endpoint, ex.sap_error.as_ref(), &blocking, target));
+        assert_eq!(forced, clip_reasoning(&ex.reasoning_trace), "{}", ex.doc_id);
+        retries += usize::from(handlings.iter().any(|r| r.action == ExceptionAction::Retry));
+        assert!(handlings.len() >= 2, "{}: a single handling leaves the model nothing to decide", ex.doc_id);
+    }
+    assert!(retries < exs.len(), "retry is not admissible for every failure");
+}
+
 #[test]
 fn an_incomplete_document_offers_only_exception_handling_and_names_what_is_missing() {
     let catalog = Catalog::builtin();
@@ -85,6 +115,7 @@ fn an_incomplete_document_offers_only_exception_handling_and_names_what_is_missi
         .into_iter()
         .find(|q| q.doc_type == "purchase_order")
         .expect("a purchase order among 20 samples");
+    q.adc_json = catalog.normalize(DocType::PurchaseOrder, &q.adc_json).document;
     q.adc_json.as_object_mut().unwrap().remove("supplier_id");
     let g = GroundedRequest::new(&catalog, &q, &Engine::offered_endpoints(&q, false)).unwrap();
     assert_eq!(g.options.len(), 1);

@@ -11,7 +11,9 @@ use serde_json::Value;
 use super::confidence::{ConfidenceWeights, body_certainty, combine};
 use super::decoder::{BatchTiming, DecodeOptions, OptionSpec, RowOutput, RowSpec, decode_batch};
 use super::format::{self, ExceptionAnswer, RoutingAnswer};
-use super::grammar::{GrammarCache, GrammarLimits, exception_answer_schema, grounded_answer_schema};
+use super::grammar::{
+    GrammarCache, GrammarLimits, exception_answer_schema, grounded_answer_schema, grounded_exception_schema,
+};
 use super::grounded::GroundedRequest;
 use super::tok_env::ModelTokEnv;
 use super::types::{
@@ -24,8 +26,10 @@ use sapllm_model::plain::DecodeWeights;
 use sapllm_model::tokenizer::Tokenizer;
 use sapllm_sap::catalog::{Catalog, CompactSchema};
 use sapllm_sap::documents::DocType;
-use sapllm_sap::exceptions::ExceptionAction;
+use sapllm_sap::exceptions::{ExceptionAction, Resolution, admissible};
+use sapllm_sap::explain::exception_trace;
 use sapllm_sap::routing::EXCEPTION_ENDPOINT;
+use sapllm_sap::rules::RuleOutcome;
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,8 +233,8 @@ impl Engine {
         Ok(self
             .run_batches(
                 items,
-                |(q, s)| Ok((self.exception_row(q, s)?, ())),
-                |_, row, (), out| self.exception_decision(row, out),
+                |(q, s)| self.exception_row(q, s),
+                |_, row, handlings, out| self.exception_decision(row, handlings, out),
             )?
             .0)
     }
@@ -431,41 +435,67 @@ impl Engine {
         })
     }
 
-    fn exception_row(&self, q: &ExceptionQuery, similar: &[SimilarException]) -> Result<RowSpec> {
-        let doc_type = DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
-        let q = &ExceptionQuery {
-            doc_type: doc_type.as_str().to_string(),
-            adc_json: if q.adc_json.is_object() {
-                self.catalog.normalize(doc_type, &q.adc_json).document
-            } else {
-                q.adc_json.clone()
-            },
-            ..q.clone()
-        };
-        let labels: Vec<&str> = ExceptionAction::ALL.iter().map(|a| a.as_str()).collect();
-        let texts: Vec<String> =
-            labels.iter().map(|a| format!("{{\"action\":{},\"correction", json_str(a))).collect();
+    /// The decoder's row for an exception: one option per handling the failure admits
+    /// ([`admissible`]), each constrained to its correction, retry policy, rule and reasoning.
+    fn exception_row(
+        &self,
+        q: &ExceptionQuery,
+        similar: &[SimilarException],
+    ) -> Result<(RowSpec, Vec<Resolution>)> {
+        DocType::from_str(&q.doc_type).map_err(|e| anyhow!("doc_type: {e}"))?;
+        let q = &format::normalized_exception_query(&self.catalog, q);
+        let blocking: Vec<RuleOutcome> =
+            q.rule_failures.iter().filter(|o| o.is_blocking()).cloned().collect();
+        let handlings = admissible(q.sap_error.as_ref(), &blocking, &q.request_payload);
+        let texts: Vec<String> = handlings
+            .iter()
+            .map(|r| format!("{{\"action\":{},\"correction", json_str(r.action.as_str())))
+            .collect();
         let (prefix, suffixes) = self.encode_options(&texts)?;
-        let options = labels
+        let options = handlings
             .iter()
             .zip(suffixes)
-            .map(|(a, suffix)| OptionSpec {
-                label: a.to_string(),
+            .map(|(r, suffix)| OptionSpec {
+                label: r.action.as_str().to_string(),
                 suffix,
-                schema: exception_answer_schema(a, &self.config.limits),
+                schema: grounded_exception_schema(
+                    r,
+                    &format::clip_reasoning(&exception_trace(
+                        &q.endpoint,
+                        q.sap_error.as_ref(),
+                        &blocking,
+                        r,
+                    )),
+                ),
             })
             .collect();
-        Ok(RowSpec {
+        let row = RowSpec {
             prompt: self.prompt_ids(&format::exception_prompt(q, similar)?)?,
             prefix,
             options,
             body_end: ",\"reasoning\":".into(),
             reference: None,
-        })
+        };
+        Ok((row, handlings))
     }
 
-    fn exception_decision(&self, row: &RowSpec, out: RowOutput) -> Result<ExceptionDecision> {
+    fn exception_decision(
+        &self,
+        row: &RowSpec,
+        handlings: &[Resolution],
+        out: RowOutput,
+    ) -> Result<ExceptionDecision> {
         let answer: ExceptionAnswer = template::parse_response(&out.text)?;
+        let chosen = &handlings[out.choice];
+        // The grammar admits nothing else; a difference is a decoder defect, never executed.
+        ensure!(
+            answer.action == chosen.action
+                && answer.correction == chosen.correction
+                && answer.retry == chosen.retry
+                && answer.rule == chosen.rule,
+            "decoder produced a handling other than the admissible {:?}",
+            chosen.action
+        );
         let parts = ConfidenceParts {
             choice_probability: out.option_probs[out.choice],
             body_certainty: body_certainty(&out.body_logprobs),

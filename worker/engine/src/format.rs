@@ -275,6 +275,22 @@ pub fn routing_training_pair(
     Ok((prompt, template::response_text(&routing_answer(catalog, ex))?))
 }
 
+/// The exception query `q` as the model reads it (see [`normalized_query`]).
+pub fn normalized_exception_query(catalog: &Catalog, q: &ExceptionQuery) -> ExceptionQuery {
+    match q.doc_type.parse::<sapllm_sap::documents::DocType>() {
+        Ok(t) => ExceptionQuery {
+            adc_json: if q.adc_json.is_object() {
+                catalog.normalize(t, &q.adc_json).document
+            } else {
+                q.adc_json.clone()
+            },
+            doc_type: t.as_str().to_string(),
+            ..q.clone()
+        },
+        Err(_) => q.clone(),
+    }
+}
+
 /// `q` as the model reads it: its document in canonical field names and its type canonical
 /// (unchanged where the type is unknown: the engine refuses those).
 pub fn normalized_query(catalog: &Catalog, q: &RoutingQuery) -> RoutingQuery {
@@ -290,8 +306,8 @@ pub fn normalized_query(catalog: &Catalog, q: &RoutingQuery) -> RoutingQuery {
 
 /// (prompt text, response text) of an exception example (no similar exceptions: the dataset
 /// has none; serving may pass some).
-pub fn exception_training_pair(ex: &ExceptionExample) -> Result<(String, String)> {
-    let prompt = exception_prompt(&exception_query(ex), &[])?;
+pub fn exception_training_pair(catalog: &Catalog, ex: &ExceptionExample) -> Result<(String, String)> {
+    let prompt = exception_prompt(&normalized_exception_query(catalog, &exception_query(ex)), &[])?;
     Ok((prompt, template::response_text(&exception_answer(ex))?))
 }
 

@@ -15,6 +15,7 @@ use llguidance::{Matcher, ParserFactory};
 use serde_json::{Value, json};
 
 use super::format::{MAX_REASONING_CHARS, MAX_REASONING_STEPS};
+use sapllm_sap::exceptions::Resolution;
 
 /// Bounds the grammar puts on repetition, so that every decode terminates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,24 @@ pub fn grounded_answer_schema(endpoint: &str, payload: Option<&Value>, reasoning
             "confidence": {"type": "number", "minimum": 0, "maximum": 1, "multipleOf": 0.01},
         },
         "required": ["doc_type", "endpoint", "payload", "reasoning", "confidence"],
+        "additionalProperties": false,
+    })
+}
+
+/// The answer schema of a grounded exception decision: exactly the admissible handling `r`
+/// (correction, retry policy, rule) with exactly the `reasoning` steps it is explained by.
+pub fn grounded_exception_schema(r: &Resolution, reasoning: &[String]) -> Value {
+    json!({
+        "x-guidance": compact_options(),
+        "type": "object",
+        "properties": {
+            "action": {"const": r.action.as_str()},
+            "correction": {"const": r.correction},
+            "retry": {"const": r.retry},
+            "rule": {"const": r.rule},
+            "reasoning": {"const": reasoning},
+        },
+        "required": ["action", "correction", "retry", "rule", "reasoning"],
         "additionalProperties": false,
     })
 }

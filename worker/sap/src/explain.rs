@@ -5,9 +5,13 @@
 //! front of it, so a model is never asked to recall evidence: it cannot cite a field the
 //! document does not have.
 
+use serde_json::Value;
+
 use crate::documents::DocType;
 use crate::documents::signals::Detection;
+use crate::exceptions::{Resolution, SapFailure};
 use crate::grounding::Grounded;
+use crate::rules::RuleOutcome;
 
 /// Why the document is of its type: the evidence the detection found for it, and the strongest
 /// evidence against it.
@@ -79,4 +83,50 @@ pub fn missing_step(endpoint: &str, missing: &[String]) -> String {
         "Not posted to {endpoint}: the document gives no value for {}, which the API requires.",
         missing.join(", ")
     )
+}
+
+/// Step-by-step trace of an exception decision.
+pub fn exception_trace(
+    endpoint: &str,
+    failure: Option<&SapFailure>,
+    blocking: &[RuleOutcome],
+    r: &Resolution,
+) -> Vec<String> {
+    let mut steps = Vec::new();
+    match failure {
+        Some(f) => {
+            let field = f.body.propertyref().map(|p| format!(" on {p}")).unwrap_or_default();
+            steps.push(format!(
+                "The create at {endpoint} failed: HTTP {} {} \"{}\"{field}.",
+                f.http_status, f.body.error.code, f.body.error.message.value
+            ));
+        }
+        None => {
+            let why: Vec<String> = blocking.iter().take(4).map(|o| o.message.clone()).collect();
+            steps.push(format!("The document was not posted: {}.", why.join("; ")));
+        }
+    }
+    steps.push(format!("Assessment: {}", r.reason));
+    if !r.correction.is_empty() {
+        let ops: Vec<String> = r
+            .correction
+            .iter()
+            .map(|o| format!("{} {} = {}", o.op, o.path, o.value.clone().unwrap_or(Value::Null)))
+            .collect();
+        steps.push(format!("Correction: {}.", ops.join("; ")));
+    }
+    if let Some(p) = r.retry {
+        steps.push(format!(
+            "Retry: up to {} attempts, first after {} ms, backoff x{}{}.",
+            p.max_attempts,
+            p.initial_backoff_ms,
+            p.multiplier,
+            if p.refresh_csrf_token { ", fetching a fresh CSRF token first" } else { "" }
+        ));
+    }
+    if let Some(rule) = &r.rule {
+        steps.push(format!("Rule applied: {rule}."));
+    }
+    steps.push(format!("Action: {}.", r.action.as_str()));
+    steps
 }

@@ -44,6 +44,10 @@ pub struct DataPrepArgs {
     pub incomplete_rate: f64,
     #[arg(long, default_value_t = 0.03)]
     pub duplicate_rate: f64,
+    /// Share of synthetic documents whose keys are respelled as extraction systems write them
+    /// (camelCase, PascalCase, aliases such as `vendor_id`, `qty`).
+    #[arg(long, default_value_t = 0.4)]
+    pub key_variant_rate: f64,
     /// Processing date of synthetic logs (YYYY-MM-DD).
     #[arg(long)]
     pub today: Option<NaiveDate>,
@@ -95,6 +99,7 @@ pub fn config(args: &DataPrepArgs, progress: ProgressMode) -> Result<DataPrepCon
         ambiguous_rate: args.ambiguous_rate,
         incomplete_rate: args.incomplete_rate,
         duplicate_rate: args.duplicate_rate,
+        key_variant_rate: args.key_variant_rate,
         today: args.today.unwrap_or(defaults.today),
         catalog: match &args.catalog {
             Some(p) => Catalog::load(p)?,

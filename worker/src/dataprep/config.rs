@@ -53,6 +53,9 @@ pub struct DataPrepConfig {
     pub ambiguous_rate: f64,
     /// Share of synthetic documents missing business-mandatory data (exception handling).
     pub incomplete_rate: f64,
+    /// Share of documents whose keys are respelled as extraction systems write them (camel,
+    /// Pascal, aliases; [`super::synth::key_style`]); the rest keep the models' snake case.
+    pub key_variant_rate: f64,
     /// Share of synthetic documents that are resubmissions of an earlier one (near-duplicates).
     pub duplicate_rate: f64,
     /// Processing date of synthetic logs (document dates lie before it).
@@ -75,6 +78,7 @@ impl Default for DataPrepConfig {
             error_rate: 0.1,
             ambiguous_rate: 0.15,
             incomplete_rate: 0.05,
+            key_variant_rate: 0.4,
             duplicate_rate: 0.03,
             today: NaiveDate::from_ymd_opt(2025, 6, 16).expect("valid date"),
             catalog: Catalog::builtin(),
@@ -104,6 +108,7 @@ impl DataPrepConfig {
             ("error_rate", self.error_rate),
             ("ambiguous_rate", self.ambiguous_rate),
             ("incomplete_rate", self.incomplete_rate),
+            ("key_variant_rate", self.key_variant_rate),
             ("duplicate_rate", self.duplicate_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {

@@ -4,8 +4,8 @@
 use serde_json::Value;
 
 use super::examples::ExceptionExample;
-use super::trace::exception_trace;
-use sapllm_sap::exceptions::{ExceptionAction, Resolution, SapFailure, resolve};
+use sapllm_sap::exceptions::{Resolution, SapFailure, blocked, resolve};
+use sapllm_sap::explain::exception_trace;
 use sapllm_sap::rules::RuleOutcome;
 
 /// Common fields of an exception example.
@@ -38,27 +38,7 @@ pub fn from_blocked(
     request: &Value,
     blocking: Vec<RuleOutcome>,
 ) -> ExceptionExample {
-    let fields: Vec<&str> = blocking.iter().map(|o| o.field.as_str()).take(5).collect();
-    let r = if blocking.iter().any(|o| o.rule_id == "duplicate_invoice") {
-        Resolution {
-            action: ExceptionAction::Reject,
-            reason: "the invoice was already posted; posting it again would pay twice".into(),
-            correction: Vec::new(),
-            retry: None,
-            rule: None,
-        }
-    } else {
-        Resolution {
-            action: ExceptionAction::Escalate,
-            reason: format!(
-                "blocking rule(s) failed on {}; the missing or inconsistent data is not in the document, so a person must supply it",
-                fields.join(", ")
-            ),
-            correction: Vec::new(),
-            retry: None,
-            rule: None,
-        }
-    };
+    let r = blocked(&blocking);
     let trace = exception_trace(endpoint, None, &blocking, &r);
     build(i, endpoint, request.clone(), None, blocking, r, trace)
 }

@@ -10,6 +10,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use sapllm_sap::documents::normalize::normalize;
 use sapllm_sap::documents::{AdcDocument, DocType, LooseDate};
 use sapllm_sap::rules::ReferenceLine;
 
@@ -82,8 +83,10 @@ pub fn validate(line: u64, log: TransactionLog) -> Result<ValidRecord, LogError>
         return Err(err("document_id", "is empty; every document needs a unique id".into()));
     }
     let doc_type: DocType = log.document_type.parse().map_err(|m| err("document_type", m))?;
-    let doc = AdcDocument::from_json(doc_type, &log.extracted_data)
-        .map_err(|e| err(&format!("extracted_data.{}", e.path), e.message))?;
+    // Keys as the extraction system wrote them (built-in aliases); errors name the key as sent.
+    let normalized = normalize(doc_type, &log.extracted_data, &[]);
+    let doc = AdcDocument::from_json(doc_type, &normalized.document)
+        .map_err(|e| err(&format!("extracted_data.{}", normalized.origin(&e.path)), e.message))?;
     if log.success && log.routed_endpoint.as_deref().is_none_or(str::is_empty) {
         return Err(err(
             "routed_endpoint",

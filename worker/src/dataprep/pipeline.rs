@@ -219,7 +219,8 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
             .into_par_iter()
             .map(|r| {
                 r.map(|(rec, _)| {
-                    let t = tokens::term_hashes(rec.doc_type.as_str(), &rec.log.extracted_data);
+                    let doc = cfg.catalog.normalize(rec.doc_type, &rec.log.extracted_data).document;
+                    let t = tokens::term_hashes(rec.doc_type.as_str(), &doc);
                     let fp = tokens::fingerprint(&rec.doc);
                     let id_key = fnv(format!("id|{}", rec.log.document_id).as_bytes());
                     let endpoint = resolved_endpoint(&rec);
@@ -390,7 +391,8 @@ fn produce(s: &Shared, ord: usize, rec: ValidRecord, decision: Option<RoutingDec
     let ctx =
         RuleContext { today: rec.processed_at, references: &rec.log.reference_lines, ..Default::default() };
     let decision = decision.unwrap_or_else(|| routing::route(&cfg.catalog, &rec.doc, &ctx));
-    let detection = signals::detect(&rec.log.extracted_data);
+    // What the engine will read: the document in canonical keys.
+    let detection = signals::detect(&cfg.catalog.normalize(rec.doc_type, &rec.log.extracted_data).document);
     let log = &rec.log;
     let corrected = log.feedback.get("correct_endpoint").and_then(Value::as_str);
     let routed = log.routed_endpoint.as_deref();

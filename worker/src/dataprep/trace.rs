@@ -7,7 +7,6 @@ use serde_json::Value;
 use sapllm_sap::catalog::Catalog;
 use sapllm_sap::documents::signals::Detection;
 use sapllm_sap::documents::{AdcDocument, DocType};
-use sapllm_sap::exceptions::{Resolution, SapFailure};
 use sapllm_sap::explain;
 use sapllm_sap::routing::{EXCEPTION_ENDPOINT, RoutingDecision};
 use sapllm_sap::rules::{RuleOutcome, Severity};
@@ -167,52 +166,6 @@ pub fn confidence(doc_type: DocType, d: &Detection, outcomes: &[RuleOutcome]) ->
     let warnings = outcomes.iter().filter(|o| !o.passed && o.severity == Severity::Warning).count();
     c *= 0.9f64.powi(warnings as i32);
     (c.clamp(0.05, 0.99) * 100.0).round() / 100.0
-}
-
-/// Step-by-step trace of an exception decision.
-pub fn exception_trace(
-    endpoint: &str,
-    failure: Option<&SapFailure>,
-    blocking: &[RuleOutcome],
-    r: &Resolution,
-) -> Vec<String> {
-    let mut steps = Vec::new();
-    match failure {
-        Some(f) => {
-            let field = f.body.propertyref().map(|p| format!(" on {p}")).unwrap_or_default();
-            steps.push(format!(
-                "The create at {endpoint} failed: HTTP {} {} \"{}\"{field}.",
-                f.http_status, f.body.error.code, f.body.error.message.value
-            ));
-        }
-        None => {
-            let why: Vec<String> = blocking.iter().take(4).map(|o| o.message.clone()).collect();
-            steps.push(format!("The document was not posted: {}.", why.join("; ")));
-        }
-    }
-    steps.push(format!("Assessment: {}", r.reason));
-    if !r.correction.is_empty() {
-        let ops: Vec<String> = r
-            .correction
-            .iter()
-            .map(|o| format!("{} {} = {}", o.op, o.path, o.value.clone().unwrap_or(Value::Null)))
-            .collect();
-        steps.push(format!("Correction: {}.", ops.join("; ")));
-    }
-    if let Some(p) = r.retry {
-        steps.push(format!(
-            "Retry: up to {} attempts, first after {} ms, backoff x{}{}.",
-            p.max_attempts,
-            p.initial_backoff_ms,
-            p.multiplier,
-            if p.refresh_csrf_token { ", fetching a fresh CSRF token first" } else { "" }
-        ));
-    }
-    if let Some(rule) = &r.rule {
-        steps.push(format!("Rule applied: {rule}."));
-    }
-    steps.push(format!("Action: {}.", r.action.as_str()));
-    steps
 }
 
 #[cfg(test)]

@@ -326,7 +326,7 @@ fn write_corpus(ctx: &RunContext, path: &Path) -> Result<usize> {
         n += 1;
     }
     for ex in exceptions.iter().filter(|e| e.split == "train") {
-        let (prompt, response) = exception_training_pair(ex)?;
+        let (prompt, response) = exception_training_pair(&catalog, ex)?;
         serde_json::to_writer(&mut out, &serde_json::json!({"prompt": prompt, "response": response}))?;
         out.write_all(b"\n")?;
         n += 1;

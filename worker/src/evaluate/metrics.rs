@@ -44,6 +44,10 @@ pub struct ScoredDecision {
     /// Payload values no source accounts for (JSON pointers); there must be none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsourced: Vec<String>,
+    /// How the document's keys were spelled: `canonical`, `seen` (a family training data has)
+    /// or `unseen` (held out from training; these decisions are reported apart, not gated).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_spelling: String,
 }
 
 impl ScoredDecision {
@@ -68,6 +72,7 @@ impl ScoredDecision {
             error: None,
             provenance: Vec::new(),
             unsourced: Vec::new(),
+            key_spelling: String::new(),
         }
     }
 
@@ -129,11 +134,21 @@ pub struct Summary {
     /// `doc_id` and JSON pointer of every value without a source (must be empty).
     #[serde(default)]
     pub unsourced_values: Vec<String>,
+    /// Routing metrics by key spelling (`canonical`, `seen`, `unseen`): the held-out spellings
+    /// are scored on the same documents as the gated decisions, respelled.
+    #[serde(default)]
+    pub by_key_spelling: BTreeMap<String, GroupMetrics>,
 }
 
 /// Summarises routing and exception decisions at an abstention threshold.
 pub fn summarize(decisions: &[ScoredDecision], abstain_threshold: f64) -> Summary {
     let routing: Vec<&ScoredDecision> = decisions.iter().filter(|d| d.kind == "routing").collect();
+    let mut by_spelling: BTreeMap<String, Vec<&ScoredDecision>> = BTreeMap::new();
+    for d in decisions.iter().filter(|d| d.kind == "routing" || d.kind == UNSEEN_KEYS_KIND) {
+        if !d.key_spelling.is_empty() {
+            by_spelling.entry(d.key_spelling.clone()).or_default().push(d);
+        }
+    }
     let exceptions: Vec<&ScoredDecision> = decisions.iter().filter(|d| d.kind == "exception").collect();
     let overall = group(&routing);
     let mut latencies: Vec<f64> = decisions.iter().map(|d| d.latency_ms).collect();
@@ -184,8 +199,13 @@ pub fn summarize(decisions: &[ScoredDecision], abstain_threshold: f64) -> Summar
             .iter()
             .flat_map(|d| d.unsourced.iter().map(move |p| format!("{} {p}", d.doc_id)))
             .collect(),
+        by_key_spelling: by_spelling.iter().map(|(k, v)| (k.clone(), group(v))).collect(),
     }
 }
+
+/// `kind` of the decisions on documents respelled in the held-out key family: reported by
+/// spelling, never gated (the gated sample already holds the same documents).
+pub const UNSEEN_KEYS_KIND: &str = "routing_unseen_keys";
 
 fn right_endpoint(d: &ScoredDecision) -> f64 {
     if d.choice_right { 1.0 } else { 0.0 }
@@ -303,6 +323,7 @@ mod tests {
             error: None,
             provenance: vec![],
             unsourced: vec![],
+            key_spelling: String::new(),
         }
     }
 

@@ -181,6 +181,21 @@ pub fn markdown(model_version: &str, s: &Summary, gates: &[GateResult], verdict:
             g.confidence_correlation
         );
     }
+    let _ = writeln!(
+        md,
+        "\n## By key spelling\n\n`unseen`: the same documents respelled in a family of keys training never saw (Title Case, kebab-case lines, nested partner objects); reported, not gated.\n\n| spelling | n | routing | API selection | payload | mean field |\n|---|---|---|---|---|---|"
+    );
+    for (k, g) in &s.by_key_spelling {
+        let _ = writeln!(
+            md,
+            "| {k} | {} | {} | {} | {} | {} |",
+            g.samples,
+            pct(g.routing_accuracy),
+            pct(g.api_selection_accuracy),
+            pct(g.payload_accuracy),
+            pct(g.mean_field_accuracy)
+        );
+    }
     let by_source: Vec<String> = s.values_by_source.iter().map(|(k, n)| format!("{n} {k}")).collect();
     let _ = writeln!(
         md,

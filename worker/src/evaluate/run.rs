@@ -11,9 +11,14 @@ use serde_json::{Value, json};
 
 use sapllm_crds::{GateResult, Gates, Verdict};
 
-use super::metrics::{ScoredDecision, Summary, summarize};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use super::metrics::{ScoredDecision, Summary, UNSEEN_KEYS_KIND, summarize};
 use super::report::{judge, write_report};
 use crate::dataprep::examples::{ExceptionExample, RoutingExample};
+use crate::dataprep::synth::key_style::{KeyStyle, respell};
+use crate::dataprep::tokens::fnv;
 use crate::progress::{Progress, ProgressMode};
 use crate::train::data::read_jsonl;
 use sapllm_engine::format::{answer_payload, exception_query};
@@ -21,6 +26,7 @@ use sapllm_engine::load::load_engine;
 use sapllm_engine::{Engine, EngineConfig};
 use sapllm_model::linear::Precision;
 use sapllm_sap::catalog::Catalog;
+use sapllm_sap::documents::DocType;
 use sapllm_sap::rules::{RuleContext, check_payload};
 
 /// Settings of one evaluation.
@@ -83,6 +89,19 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalOutcome> {
         decisions.push(score_exception(&engine, ex));
         progress.update((routing.len() + i) as u64 + 1, &[]);
     }
+    // The same documents with their keys in the family training never saw.
+    for ex in &routing {
+        let mut r = SmallRng::seed_from_u64(fnv(ex.doc_id.as_bytes()));
+        let Ok(t) = ex.doc_type.parse::<DocType>() else { continue };
+        let (adc_json, changed) = respell(engine.catalog(), t, &ex.adc_json, KeyStyle::Unseen, &mut r);
+        if changed {
+            let respelled = RoutingExample { adc_json, ..(*ex).clone() };
+            let mut d = score_routing(&engine, &respelled);
+            d.kind = UNSEEN_KEYS_KIND.into();
+            d.key_spelling = KeyStyle::Unseen.as_str().into();
+            decisions.push(d);
+        }
+    }
     let summary = summarize(&decisions, cfg.abstain_threshold);
     let (gates, verdict) = judge(&summary, &cfg.gates);
     write_report(&cfg.out_dir, &cfg.model_version, &summary, &decisions, &gates, verdict)?;
@@ -127,6 +146,12 @@ fn score_routing(engine: &Engine, ex: &RoutingExample) -> ScoredDecision {
         }
     };
     let target_payload = answer_payload(catalog, &ex.target_endpoint, &ex.target_payload);
+    scored.key_spelling = match ex.doc_type.parse::<DocType>() {
+        Ok(t) if catalog.normalize(t, &ex.adc_json).origins.is_empty() => "canonical",
+        Ok(_) => "seen",
+        Err(_) => "",
+    }
+    .into();
     scored.predicted = d.endpoint.clone();
     scored.confidence = d.confidence;
     scored.abstained = d.abstained;

@@ -184,7 +184,7 @@ pub fn load(
     if exceptions_path.exists() {
         let exceptions: Vec<ExceptionExample> = read_jsonl(&exceptions_path)?;
         for ex in exceptions.iter().filter(|e| e.split == split) {
-            let (prompt, response) = exception_training_pair(ex)?;
+            let (prompt, response) = exception_training_pair(catalog, ex)?;
             let seq = SftSequence::new(tok, &prompt, &response)?;
             if seq.ids.len() <= max_len {
                 data.exceptions += 1;

@@ -12,6 +12,7 @@
 //! -> refresh token and RETRY. Modelled on SAP's documented messages: M8/186 (balance not zero),
 //! M8/108 (duplicate invoice), HTTP 503 (service unavailable).
 
+mod admissible;
 mod envelope;
 mod resolve;
 pub mod scenarios;
@@ -19,6 +20,7 @@ pub mod scenarios;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use admissible::{admissible, blocked};
 pub use resolve::{apply_correction, resolve};
 
 /// What to do with a failed (or unpostable) document.

@@ -11,6 +11,7 @@
 //! the same business document, new id, new noise (near-duplicates for the split grouping).
 
 mod docs;
+pub mod key_style;
 mod noise;
 pub mod world;
 
@@ -55,6 +56,7 @@ pub struct Generator {
     ambiguous_rate: f64,
     incomplete_rate: f64,
     duplicate_rate: f64,
+    key_variant_rate: f64,
     catalog: Catalog,
 }
 
@@ -92,6 +94,7 @@ impl Generator {
             ambiguous_rate: cfg.ambiguous_rate,
             incomplete_rate: cfg.incomplete_rate,
             duplicate_rate: cfg.duplicate_rate,
+            key_variant_rate: cfg.key_variant_rate,
             catalog: cfg.catalog.clone(),
         }
     }
@@ -123,6 +126,11 @@ impl Generator {
         let mut nr = rng_for(self.seed, 3, index);
         noise::apply(&mut adc, &mut nr, 1.0);
         let doc = AdcDocument::from_json(t, &adc).expect("generated documents parse back after noise");
+        let mut kr = rng_for(self.seed, 4, index);
+        if kr.random_bool(self.key_variant_rate) {
+            let style = key_style::KeyStyle::SEEN[kr.random_range(0..key_style::KeyStyle::SEEN.len())];
+            adc = key_style::respell(&self.catalog, t, &adc, style, &mut kr).0;
+        }
         let (log, decision) =
             self.outcome(index, t, adc, &doc, g.references, duplicate_of.is_some(), &mut nr);
         Synthetic {
@@ -240,7 +248,8 @@ mod tests {
         for i in 0..300 {
             let rec = g.record(i);
             let t: DocType = rec.log.document_type.parse().unwrap();
-            let doc = AdcDocument::from_json(t, &rec.log.extracted_data).unwrap();
+            let doc = AdcDocument::from_json(t, &cfg.catalog.normalize(t, &rec.log.extracted_data).document)
+                .unwrap();
             let ctx = RuleContext {
                 today: Some(cfg.today),
                 references: &rec.log.reference_lines,
