@@ -16,9 +16,11 @@
 //!   tokens (probability 1 under the grammar) are left out, so `p_body` measures the model's
 //!   certainty about the values it actually chose (quantities, dates, codes). The geometric mean
 //!   keeps long payloads from being punished for their length.
-//! - The confidence field the model writes was learnt from data-prep's heuristic target; it is
-//!   blended in geometrically with a small weight, so a model that writes "0.99" for everything
-//!   cannot lift a low model probability much.
+//! - The confidence field the model writes was learnt from data-prep's heuristic target (how
+//!   clearly the content shows the type). It is reported, and blended in only when a weight is
+//!   configured: by default it is not. Once payloads are grounded, whether a decision is right
+//!   depends on the choice between posting and exception handling, which `p_choice` measures;
+//!   the heuristic does not (it is low for an ambiguous-looking document routed right).
 
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +35,7 @@ pub struct ConfidenceWeights {
 
 impl Default for ConfidenceWeights {
     fn default() -> Self {
-        ConfidenceWeights { generated_weight: 0.2 }
+        ConfidenceWeights { generated_weight: 0.0 }
     }
 }
 
@@ -65,7 +67,8 @@ mod tests {
 
     #[test]
     fn model_probability_dominates_the_generated_field() {
-        let w = ConfidenceWeights::default();
+        assert_eq!(ConfidenceWeights::default().generated_weight, 0.0);
+        let w = ConfidenceWeights { generated_weight: 0.2 };
         let low = ConfidenceParts { choice_probability: 0.3, body_certainty: 1.0, generated: Some(0.99) };
         assert!(combine(&low, &w) < 0.4, "a confident-sounding answer must not hide p=0.3");
         let high = ConfidenceParts { choice_probability: 0.99, body_certainty: 0.98, generated: Some(0.9) };
