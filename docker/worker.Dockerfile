@@ -10,10 +10,14 @@
 #     --build-arg BUILD_IMAGE=nvidia/cuda:12.6.3-devel-ubuntu24.04 \
 #     --build-arg RUNTIME_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04 \
 #     --build-arg CARGO_FEATURES=cuda -t ghcr.io/sapllm/sapllm-worker:0.1.0-cuda .
+# CUDA_COMPUTE_CAP is the GPU generation the kernels are compiled for (80: A100 and newer run
+# them; 90 builds sm_90a, which only H100/H200 run). The build has no GPU to ask.
 ARG BUILD_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${BUILD_IMAGE} AS build
 ARG CARGO_FEATURES=""
+ARG CUDA_COMPUTE_CAP=80
+ENV CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP}
 # The CUDA images carry no Rust toolchain.
 RUN command -v cargo >/dev/null || (apt-get update && apt-get install -y --no-install-recommends curl ca-certificates build-essential \
     && curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95)

@@ -81,6 +81,9 @@ pub struct StageResult {
     /// Path of EVALUATION_REPORT.md relative to the artifact volume root (evaluation only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
+    /// Where the stage computed: `cpu` or `cuda:N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// What a progress line reports.

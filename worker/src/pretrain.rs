@@ -260,7 +260,7 @@ pub fn run(cfg: &PretrainConfig, mode: ProgressMode) -> Result<PretrainReport> {
     ensure!(cfg.steps > 0, "pretrain: steps must be > 0");
     ensure!(cfg.batch_size > 0 && cfg.seq_len >= 2, "pretrain: batch_size must be > 0 and seq_len >= 2");
     ensure!((0.0..0.5).contains(&cfg.eval_fraction), "pretrain: eval_fraction must be in [0, 0.5)");
-    let device = Device::Cpu;
+    let device = sapllm_model::device::selected();
     let out = &cfg.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ckpt_dir = out.join("checkpoint");

@@ -106,7 +106,8 @@ impl Engine {
         let mut factory =
             ParserFactory::new_simple(&env).context("creating the llguidance parser factory")?;
         factory.quiet();
-        let fast = DecodeWeights::new(&model);
+        // The plain-slice copy of the weights serves CPU decoding only.
+        let fast = if model.device().is_cpu() { DecodeWeights::new(&model) } else { None };
         Ok(Engine { model, fast, tokenizer, grammars: GrammarCache::new(factory), catalog, config })
     }
 

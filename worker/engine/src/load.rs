@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use serde::Serialize;
 
 use super::engine::{Engine, EngineConfig};
@@ -37,6 +37,8 @@ pub struct ModelInfo {
     pub precision: String,
     pub parameters: usize,
     pub vocab_size: usize,
+    /// Where it computes: `cpu` or `cuda:N` (`--device`).
+    pub device: String,
 }
 
 /// Loads base + adapter, merging the adapter (computed in f32, then stored at `precision`, so
@@ -48,7 +50,7 @@ pub fn load_engine(
     catalog: Catalog,
     mut config: EngineConfig,
 ) -> Result<(Engine, ModelInfo)> {
-    let device = Device::Cpu;
+    let device = sapllm_model::device::selected();
     // Render prompts as the model was trained to read them (the adapter's profile wins).
     config.prompt = match adapter {
         Some(a) if a.join(super::profile::PROFILE_FILE).exists() => super::profile::PromptProfile::load(a)?,
@@ -74,7 +76,10 @@ pub fn load_engine(
         precision: format!("{precision:?}").to_lowercase(),
         parameters: model.cfg.num_parameters(),
         vocab_size: model.cfg.vocab_size,
+        device: sapllm_model::device::describe(&device),
     };
+    // The CPU fast paths (plain-slice forward, fused kernels) are CPU code.
+    config.decode.path = config.decode.path.for_device(&device);
     Ok((Engine::new(model, tokenizer, catalog, config)?, info))
 }
 

@@ -66,6 +66,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod device;
 pub mod hf_io;
 pub mod linear;
 pub mod loss;

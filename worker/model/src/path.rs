@@ -24,6 +24,12 @@ pub enum ForwardPath {
 }
 
 impl ForwardPath {
+    /// This path where it applies on `device`: the plain-slice forward and the fused kernels are
+    /// CPU code, so on any other device the graph runs as [`ForwardPath::Candle`].
+    pub fn for_device(self, device: &candle_core::Device) -> Self {
+        if device.is_cpu() { self } else { ForwardPath::Candle }
+    }
+
     /// Whether the candle graph takes its in-graph shortcuts.
     pub fn fused(self) -> bool {
         self != ForwardPath::Candle

@@ -1,6 +1,7 @@
 //! Command-line entry point: parses arguments (clap) and dispatches to one stage per subcommand.
 
 use clap::{Parser, Subcommand};
+use sapllm_model::device::DeviceSpec;
 use std::process::ExitCode;
 
 use crate::progress::ProgressMode;
@@ -26,6 +27,11 @@ pub struct Cli {
     /// `auto` (a bar on a terminal, JSON lines otherwise).
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto, env = "SAPLLM_PROGRESS")]
     pub progress: ProgressMode,
+
+    /// Where every stage, `route`, `evaluate` and `serve` compute: auto, cpu, cuda or cuda:N
+    /// (`auto`: the first CUDA device in a CUDA build, else the CPU).
+    #[arg(long, global = true, default_value = "auto", env = "SAPLLM_DEVICE", value_parser = parse_device)]
+    pub device: DeviceSpec,
 
     #[command(subcommand)]
     pub command: Command,
@@ -69,8 +75,14 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse()
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let progress = cli.progress;
+    let device = sapllm_model::device::select(cli.device)?;
+    tracing::info!(device = %sapllm_model::device::describe(&device), "computing on");
     match cli.command {
         Command::DataPrep(args) => data_prep::run(args, progress),
         Command::Catalog(args) => catalog::run(args),

@@ -36,10 +36,13 @@ pub fn encode(result: &StageResult) -> String {
     text
 }
 
-/// Writes the result where the kubelet picks it up; a no-op outside a container.
+/// Writes the result where the kubelet picks it up, with the device the process computed on;
+/// a no-op outside a container.
 pub fn write(result: &StageResult) {
+    let mut result = result.clone();
+    result.device.get_or_insert_with(|| sapllm_model::device::describe(&sapllm_model::device::selected()));
     if let Some(p) = path()
-        && let Err(e) = std::fs::write(&p, encode(result))
+        && let Err(e) = std::fs::write(&p, encode(&result))
     {
         tracing::warn!("could not write the termination message to {}: {e}", p.display());
     }

@@ -27,7 +27,7 @@ use sapllm_sap::catalog::Catalog;
 /// Runs (or resumes) the RL stage.
 pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
     cfg.check()?;
-    let device = Device::Cpu;
+    let device = sapllm_model::device::selected();
     let tok = Tokenizer::from_dir(&cfg.base_model)
         .with_context(|| format!("loading the tokenizer of {}", cfg.base_model.display()))?;
     let catalog = Catalog::builtin();

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -143,7 +143,7 @@ fn held_out_loss(
     }
     let val = data::load(&cfg.data_dir, "val", catalog, tok, cfg.max_seq_len, &cfg.prompt)?;
     let seqs: Vec<&data::SftSequence> = val.sequences.iter().take(HELD_OUT_SEQUENCES).collect();
-    let device = Device::Cpu;
+    let device = sapllm_model::device::selected();
     let loss = |adapter: bool| -> Result<f64> {
         model.control.set_enabled(adapter);
         let (mut sum, mut weight) = (0.0, 0.0);
@@ -167,7 +167,7 @@ fn held_out_loss(
 /// Runs (or resumes) SFT.
 pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
     cfg.check()?;
-    let device = Device::Cpu;
+    let device = sapllm_model::device::selected();
     let tok = Tokenizer::from_dir(&cfg.base_model)
         .with_context(|| format!("loading the tokenizer of {}", cfg.base_model.display()))?;
     let catalog = Catalog::builtin();
