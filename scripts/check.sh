@@ -8,6 +8,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+if command -v nvcc >/dev/null 2>&1; then
+  # The CUDA build is checked and linted, not linked: libcuda is not here (.ci/run installs nvcc
+  # from PyPI's CUDA wheels; candle-kernels compiles its PTX with it).
+  echo "== cargo clippy --features cuda (warnings denied)"
+  cargo clippy -p sapllm-model -p sapllm-engine -p sapllm-serve -p sapllm-worker --features cuda \
+    --all-targets --locked -- -D warnings
+else
+  echo "== cargo clippy --features cuda: skipped, nvcc not found (.ci/run installs it)"
+fi
 echo "== cargo test"
 cargo test --workspace --locked
 if [ -x scripts/chart-check.sh ]; then
