@@ -52,7 +52,10 @@ impl StagePlan {
     /// A stage from its named parts; the overhead is added as the last part.
     pub fn new(stage: impl Into<String>, mut parts: Vec<(String, u64)>) -> StagePlan {
         let named: u64 = parts.iter().map(|(_, b)| b).sum();
-        parts.push((format!("overhead ({} GiB + {OVERHEAD_PERCENT} %)", OVERHEAD_FIXED / GIB), overhead(named)));
+        parts.push((
+            format!("overhead ({} GiB + {OVERHEAD_PERCENT} %)", OVERHEAD_FIXED / GIB),
+            overhead(named),
+        ));
         StagePlan { stage: stage.into(), device_bytes: named + overhead(named), parts, notes: Vec::new() }
     }
 
@@ -64,7 +67,7 @@ impl StagePlan {
     /// The parts as one line, largest first: "base weights (nf4) 22.8 GiB, activations ...".
     pub fn summary(&self) -> String {
         let mut parts: Vec<&(String, u64)> = self.parts.iter().collect();
-        parts.sort_by(|a, b| b.1.cmp(&a.1));
+        parts.sort_by_key(|p| std::cmp::Reverse(p.1));
         parts.iter().map(|(n, b)| format!("{n} {}", gib(*b))).collect::<Vec<_>>().join(", ")
     }
 }
@@ -82,9 +85,9 @@ impl Plan {
         self.stages.iter().all(|s| s.device_bytes <= gpu_bytes)
     }
 
-    /// The stage that needs the most memory among those that do not fit `gpu_bytes`.
-    pub fn worst_misfit(&self, gpu_bytes: u64) -> Option<&StagePlan> {
-        self.stages.iter().filter(|s| s.device_bytes > gpu_bytes).max_by_key(|s| s.device_bytes)
+    /// The stages that do not fit `gpu_bytes`, in execution order.
+    pub fn misfits(&self, gpu_bytes: u64) -> Vec<&StagePlan> {
+        self.stages.iter().filter(|s| s.device_bytes > gpu_bytes).collect()
     }
 
     /// The stage `name`.
@@ -100,14 +103,21 @@ pub fn gib(bytes: u64) -> String {
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let width = self.stages.iter().flat_map(|s| s.parts.iter().map(|(n, _)| n.len())).max().unwrap_or(0).max(5);
+        let width =
+            self.stages.iter().flat_map(|s| s.parts.iter().map(|(n, _)| n.len())).max().unwrap_or(0).max(5);
         writeln!(f, "{:<10}  {:<width$}  {:>9}", "stage", "part", "GiB")?;
         for s in &self.stages {
             for (i, (name, bytes)) in s.parts.iter().enumerate() {
                 let stage = if i == 0 { s.stage.as_str() } else { "" };
                 writeln!(f, "{stage:<10}  {name:<width$}  {:>9.1}", *bytes as f64 / GIB as f64)?;
             }
-            writeln!(f, "{:<10}  {:<width$}  {:>9.1}", "", "total on the device", s.device_bytes as f64 / GIB as f64)?;
+            writeln!(
+                f,
+                "{:<10}  {:<width$}  {:>9.1}",
+                "",
+                "total on the device",
+                s.device_bytes as f64 / GIB as f64
+            )?;
             for n in &s.notes {
                 writeln!(f, "{:<10}  note: {n}", "")?;
             }

@@ -37,9 +37,10 @@ pub struct WorkerPod<'a> {
 /// be a CUDA build for a GPU pod), else the operator's CUDA image for a GPU pod and its CPU image
 /// otherwise (the CPU build cannot use a GPU; the CUDA build is larger and needs the driver).
 pub fn image(settings: &PodSettings, cfg: &OperatorConfig, gpus: u32) -> String {
-    settings.image.clone().unwrap_or_else(|| {
-        if gpus > 0 { cfg.worker_cuda_image.clone() } else { cfg.worker_image.clone() }
-    })
+    settings
+        .image
+        .clone()
+        .unwrap_or_else(|| if gpus > 0 { cfg.worker_cuda_image.clone() } else { cfg.worker_image.clone() })
 }
 
 /// The worker's device flag, given to every subcommand a pod runs.

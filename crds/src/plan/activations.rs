@@ -97,11 +97,7 @@ pub fn training_activation_bytes(
 ) -> u64 {
     let tokens = sequences * seq;
     let layer = layer_elems_per_token(d, seq, lora) * tokens * elem_bytes;
-    if checkpointing {
-        d.layers * d.hidden * tokens * elem_bytes + 2 * layer
-    } else {
-        (d.layers + 1) * layer
-    }
+    if checkpointing { d.layers * d.hidden * tokens * elem_bytes + 2 * layer } else { (d.layers + 1) * layer }
 }
 
 /// Bytes of the logits of `tokens` positions for a loss: f32 logits and their gradient

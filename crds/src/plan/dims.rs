@@ -119,7 +119,9 @@ impl ModelDims {
     /// Parameters kept in 16 bits whatever the precision: token embeddings, the untied lm_head,
     /// the RMSNorm weights (two per layer and the final one) and the routers.
     pub fn unquantized_params(&self) -> u64 {
-        2 * self.vocab * self.hidden + (2 * self.layers + 1) * self.hidden + self.layers * self.experts * self.hidden
+        2 * self.vocab * self.hidden
+            + (2 * self.layers + 1) * self.hidden
+            + self.layers * self.experts * self.hidden
     }
 
     /// Every parameter (what `MixtralConfig::num_parameters` counts).

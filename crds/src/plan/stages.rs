@@ -22,6 +22,7 @@
 //! A quantized base is loaded layer by layer (an adapter merged before quantizing), so the
 //! weights' steady state is what is planned, not a full-precision copy.
 
+use crate::common::Precision;
 use crate::endpoint::RoutingEndpointSpec;
 use crate::plan::activations::{
     LoraShape, inference_activation_bytes, kv_cache_bytes, lora_params, training_activation_bytes,
@@ -30,7 +31,6 @@ use crate::plan::activations::{
 use crate::plan::dims::ModelDims;
 use crate::plan::weights::{WeightStorage, base_weight_bytes};
 use crate::plan::{Plan, StagePlan, gib};
-use crate::common::Precision;
 use crate::training_run::{PpoStage, PretrainStage, RlAlgorithm, SftStage, TrainingRunSpec};
 
 /// Answer tokens the decoder allows after a prompt (the worker's `max_new_tokens` default).
@@ -102,8 +102,8 @@ fn qlora_parts(
     parts
 }
 
-/// Replaces the activations part of `plan` with the other checkpointing choice and says what
-/// the stage would need then.
+/// What the stage would need with the other checkpointing choice (`other` are its parts then),
+/// as a note for the table: the activations and the total.
 fn checkpointing_note(stage: &str, other: Vec<(String, u64)>, checkpointing: bool) -> String {
     let alt = StagePlan::new(stage, other);
     let act = alt.part("activations").unwrap_or(0);
@@ -136,7 +136,10 @@ pub fn rl(d: &ModelDims, s: &SftStage, p: &PpoStage) -> StagePlan {
     let build = |ckpt: bool| {
         let mut parts = qlora_parts(d, s, 2 * lora + value_head, lora + value_head, trained, ckpt);
         if rollouts > 0 {
-            parts.push(part(format!("rollout kv cache ({rollouts} x {seq})"), kv_cache_bytes(d, rollouts, seq)));
+            parts.push(part(
+                format!("rollout kv cache ({rollouts} x {seq})"),
+                kv_cache_bytes(d, rollouts, seq),
+            ));
         }
         parts
     };
@@ -323,7 +326,8 @@ mod tests {
         assert_eq!(bf16.stages[0].part("dequantized layer"), None, "bf16 is used as stored");
         assert!(!bf16.fits(GPU_80GB));
         assert!(!bf16.fits(81559 << 20), "not on an H100 80GB either");
-        assert_eq!(bf16.worst_misfit(GPU_80GB).unwrap().stage, "serve");
+        assert_eq!(bf16.misfits(GPU_80GB)[0].stage, "serve");
+        assert!(int8.misfits(GPU_80GB).is_empty());
 
         // NF4 ("int4"): the QLoRA base, 24,483,540,480 bytes.
         let nf4 = endpoint(&rep("int4"), &d, true, 1);
@@ -333,7 +337,8 @@ mod tests {
 
     #[test]
     fn serving_batch_defaults_to_one_on_a_cpu_and_multiplies_by_model_threads() {
-        let spec: RoutingEndpointSpec = serde_yaml::from_str("model: {latestPassing: {lineage: l}}\n").unwrap();
+        let spec: RoutingEndpointSpec =
+            serde_yaml::from_str("model: {latestPassing: {lineage: l}}\n").unwrap();
         let d = ModelDims::preset(ModelPreset::Tiny);
         let cpu = endpoint(&spec, &d, false, 2);
         assert!(cpu.stages[0].part("kv cache (2 x 2048)").is_some(), "{cpu}");

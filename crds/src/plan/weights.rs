@@ -104,7 +104,8 @@ pub fn base_weight_bytes(d: &ModelDims, storage: WeightStorage) -> u64 {
     // w2 `[h, i]`.
     let attention = 2 * storage.matrix_bytes(h, h) + 2 * storage.matrix_bytes(kv, h);
     let expert = 2 * storage.matrix_bytes(i, h) + storage.matrix_bytes(h, i);
-    d.layers * (attention + d.experts * expert) + d.unquantized_params() * storage.unquantized_bytes_per_param()
+    d.layers * (attention + d.experts * expert)
+        + d.unquantized_params() * storage.unquantized_bytes_per_param()
 }
 
 #[cfg(test)]

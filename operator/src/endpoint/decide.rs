@@ -253,7 +253,10 @@ pub fn invalid_status(
     if s.active_version.is_none() {
         set_condition(&mut s.conditions, "Ready", false, "InvalidSpec", "the spec is invalid", g, now);
     }
-    let already = prev.conditions.iter().any(|c| c.type_ == "Progressing" && c.reason == "InvalidSpec" && c.message == msg);
+    let already = prev
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Progressing" && c.reason == "InvalidSpec" && c.message == msg);
     let transitions = if already { Vec::new() } else { vec![Transition::warning("InvalidSpec", msg)] };
     (s, transitions)
 }
