@@ -32,6 +32,23 @@ fn qlora_on_mixtral_fits_the_h100_its_node_selector_names() {
 }
 
 #[test]
+fn the_mixtral_example_fits_and_declares_its_architecture() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/trainingrun-mixtral-8x7b.yaml"
+    ))
+    .unwrap();
+    let mut run: TrainingRun = serde_yaml::from_str(&text).unwrap();
+    run.metadata.namespace = Some("ml".into());
+    assert_eq!(run.spec.base_model.architecture, Some(ModelPreset::Mixtral8x7b));
+    assert_eq!(memory::check_training_run(&run, &cfg()), Ok(()));
+    // Planned on a 40 GB A100 instead, it is refused (the int8 evaluation needs 50.8 GiB).
+    run.spec.worker.node_selector.clear();
+    run.spec.worker.node_selector.insert("nvidia.com/gpu.product".into(), "NVIDIA-A100-SXM4-40GB".into());
+    assert_eq!(memory::check_training_run(&run, &cfg()).unwrap_err().field, "spec.stages.evaluation");
+}
+
+#[test]
 fn sft_without_checkpointing_at_2048_is_refused_on_an_h100_with_the_numbers() {
     let mut run = mixtral();
     run.spec.stages.sft.max_sequence_length = 2048;
