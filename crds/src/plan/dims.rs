@@ -32,7 +32,7 @@ pub struct ModelDims {
 pub const PRESET_BPE_VOCAB: u64 = 2048;
 
 /// The presets by name, with the dimensions `MixtralConfig::preset` gives them
-/// (worker/model/src/config.rs; a test there must change with this table).
+/// (worker/model/src/config.rs): the two must change together.
 pub const PRESETS: [(&str, ModelDims); 3] = [
     (
         "tiny",
