@@ -95,6 +95,11 @@ for variant in ("default", "non-default"):
                     errors.append(f"{variant}: operator container securityContext.{k} != {v}")
             if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
                 errors.append(f"{variant}: seccompProfile is not RuntimeDefault")
+            # GPU pods run the worker's CUDA build: the operator must be told which image it is.
+            want_cuda = {"default": "--worker-cuda-image=ghcr.io/sapllm/sapllm-worker:0.1.0-cuda",
+                         "non-default": "--worker-cuda-image=ghcr.io/sapllm/sapllm-worker:0.1.0-rc1-cuda12"}[variant]
+            if want_cuda not in c.get("args", []):
+                errors.append(f"{variant}: operator args lack {want_cuda}")
         if d["kind"] == "ClusterRole":
             for r in d["rules"]:
                 if "*" in r.get("verbs", []) or "*" in r.get("resources", []) or "*" in r.get("apiGroups", []):

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 /// The image the operator runs when a resource does not name one.
 pub const DEFAULT_WORKER_IMAGE: &str = "ghcr.io/sapllm/sapllm-worker:0.1.0";
+/// The image the operator runs on pods with GPUs when a resource names none: the same worker
+/// built with `--features cuda` (docker/worker.Dockerfile, `CARGO_FEATURES=cuda`).
+pub const DEFAULT_WORKER_CUDA_IMAGE: &str = "ghcr.io/sapllm/sapllm-worker:0.1.0-cuda";
 /// The extended resource name of NVIDIA GPUs (device plugin).
 pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 
@@ -17,7 +20,9 @@ pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSettings {
-    /// Worker container image. Defaults to the operator's configured worker image.
+    /// Worker container image. Defaults to the operator's configured worker image: its CUDA
+    /// build for pods with GPUs, its CPU build otherwise. An image named here is used for every
+    /// pod, so for GPU pods it must be a CUDA build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Image pull policy.
@@ -27,6 +32,12 @@ pub struct PodSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 16))]
     pub gpus: Option<u32>,
+    /// Memory of one GPU, as a quantity ("80Gi", "40G"). The operator plans each stage's device
+    /// memory and refuses a resource that does not fit. Unset: taken from a node-selector label
+    /// that names a known GPU model (`nvidia.com/gpu.product`, `cloud.google.com/gke-accelerator`)
+    /// or the memory (`nvidia.com/gpu.memory`, MiB); with neither, nothing is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory: Option<Quantity>,
     /// Extended resource name the GPUs are requested under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_resource_name: Option<String>,

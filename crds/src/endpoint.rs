@@ -35,6 +35,11 @@ pub struct RoutingEndpointSpec {
     /// Autoscaling targets.
     #[serde(default)]
     pub autoscaling: Autoscaling,
+    /// The served model's dimensions, named by the preset that has them (`tiny`, `small`,
+    /// `mixtral-8x7b`). Only the memory plan reads it: without it the endpoint is not planned and
+    /// never refused for GPU memory (the operator does not read the model from the volume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<crate::training_run::ModelPreset>,
     /// Precision of the frozen base weights at inference (the adapter is merged first).
     #[serde(default)]
     pub precision: Precision,

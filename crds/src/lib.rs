@@ -13,6 +13,7 @@ pub mod contract;
 pub mod endpoint;
 pub mod evaluation;
 pub mod generate;
+pub mod plan;
 pub mod training_run;
 
 pub use common::*;

@@ -69,6 +69,12 @@ pub struct BaseModelSource {
     /// A Hugging Face model directory (config.json, safetensors shards, tokenizer.json).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hugging_face: Option<VolumePath>,
+    /// The dimensions of a Hugging Face base, named by the preset that has them (e.g.
+    /// `mixtral-8x7b` for Mixtral-8x7B and its Instruct variant). Only the memory plan reads it:
+    /// the operator does not read the checkpoint, so without it a Hugging Face base is not
+    /// planned and never refused for GPU memory. Ignored with `preset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<ModelPreset>,
 }
 
 /// Built-in model presets.

@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Toleration;
-use sapllm_crds::common::{DEFAULT_GPU_RESOURCE, DEFAULT_WORKER_IMAGE};
+use sapllm_crds::common::{DEFAULT_GPU_RESOURCE, DEFAULT_WORKER_CUDA_IMAGE, DEFAULT_WORKER_IMAGE};
 
 /// Defaults the operator applies to every worker pod a resource does not configure itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OperatorConfig {
     /// Worker image when a resource names none.
     pub worker_image: String,
+    /// Worker image (a `cuda` feature build) for pods with GPUs when a resource names none.
+    pub worker_cuda_image: String,
     /// Extended resource GPUs are requested under when a resource names none.
     pub gpu_resource_name: String,
     /// ServiceAccount of worker pods when a resource names none.
@@ -31,6 +33,7 @@ impl Default for OperatorConfig {
     fn default() -> Self {
         OperatorConfig {
             worker_image: DEFAULT_WORKER_IMAGE.to_string(),
+            worker_cuda_image: DEFAULT_WORKER_CUDA_IMAGE.to_string(),
             gpu_resource_name: DEFAULT_GPU_RESOURCE.to_string(),
             worker_service_account: "sapllm-worker".to_string(),
             default_node_selector: BTreeMap::new(),

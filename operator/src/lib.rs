@@ -12,6 +12,7 @@ pub mod evaluation;
 pub mod http;
 pub mod invalid;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod observe;

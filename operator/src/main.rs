@@ -30,6 +30,9 @@ struct Args {
     /// Worker image for resources that name none.
     #[arg(long, env = "SAPLLM_WORKER_IMAGE", default_value = sapllm_crds::common::DEFAULT_WORKER_IMAGE)]
     worker_image: String,
+    /// Worker image (CUDA build) for pods with GPUs that name none.
+    #[arg(long, env = "SAPLLM_WORKER_CUDA_IMAGE", default_value = sapllm_crds::common::DEFAULT_WORKER_CUDA_IMAGE)]
+    worker_cuda_image: String,
     /// Extended resource name of GPUs.
     #[arg(long, env = "SAPLLM_GPU_RESOURCE", default_value = sapllm_crds::common::DEFAULT_GPU_RESOURCE)]
     gpu_resource_name: String,
@@ -80,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = OperatorConfig {
         worker_image: args.worker_image.clone(),
+        worker_cuda_image: args.worker_cuda_image.clone(),
         gpu_resource_name: args.gpu_resource_name.clone(),
         worker_service_account: args.worker_service_account.clone(),
         default_node_selector: serde_json::from_str::<BTreeMap<String, String>>(&args.default_node_selector)

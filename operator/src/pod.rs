@@ -33,9 +33,43 @@ pub struct WorkerPod<'a> {
     pub artifacts_read_only: bool,
 }
 
-/// The image a pod runs.
-pub fn image(settings: &PodSettings, cfg: &OperatorConfig) -> String {
-    settings.image.clone().unwrap_or_else(|| cfg.worker_image.clone())
+/// The image a pod with `gpus` GPUs runs: the settings' image when they name one (it must then
+/// be a CUDA build for a GPU pod), else the operator's CUDA image for a GPU pod and its CPU image
+/// otherwise (the CPU build cannot use a GPU; the CUDA build is larger and needs the driver).
+pub fn image(settings: &PodSettings, cfg: &OperatorConfig, gpus: u32) -> String {
+    settings
+        .image
+        .clone()
+        .unwrap_or_else(|| if gpus > 0 { cfg.worker_cuda_image.clone() } else { cfg.worker_image.clone() })
+}
+
+/// The worker's device flag, given to every subcommand a pod runs.
+pub const DEVICE_FLAG: &str = "--device";
+
+/// The `--device` value of a pod with `gpus` GPUs: `cuda` (the first GPU the device plugin
+/// exposes to the container) or `cpu`. Never `auto`: a GPU pod whose image or driver cannot
+/// reach the GPU must fail, not train on its CPU.
+pub fn device(gpus: u32) -> &'static str {
+    if gpus > 0 { "cuda" } else { "cpu" }
+}
+
+/// The extended resource GPUs are requested under for these settings.
+pub fn gpu_resource_name(settings: &PodSettings, cfg: &OperatorConfig) -> String {
+    settings.gpu_resource_name.clone().unwrap_or_else(|| cfg.gpu_resource_name.clone())
+}
+
+/// GPUs a container's `resources` ask for under `gpu_resource`: the limit (what the device
+/// plugin allocates), else the request; 0 when neither names it or it is not a whole number.
+pub fn gpus_in(resources: &Value, gpu_resource: &str) -> u32 {
+    ["limits", "requests"]
+        .iter()
+        .find_map(|k| resources.get(k).and_then(|r| r.get(gpu_resource)))
+        .and_then(|v| match v {
+            Value::String(s) => s.trim().parse().ok(),
+            Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// CPU/memory request = limit (Guaranteed QoS for training), GPUs as request and limit.
@@ -49,8 +83,7 @@ pub fn resources(settings: &PodSettings, cfg: &OperatorConfig, default_gpus: u32
     }
     let gpus = settings.gpus.unwrap_or(default_gpus);
     if gpus > 0 {
-        let name = settings.gpu_resource_name.clone().unwrap_or_else(|| cfg.gpu_resource_name.clone());
-        limits.insert(name, json!(gpus.to_string()));
+        limits.insert(gpu_resource_name(settings, cfg), json!(gpus.to_string()));
     }
     if limits.is_empty() { json!({}) } else { json!({ "requests": limits, "limits": limits }) }
 }
@@ -165,18 +198,22 @@ pub fn pod_spec(
     spec
 }
 
-/// The worker container of a Job (stage or evaluation).
+/// The worker container of a Job (stage or evaluation): `p.args` and the `--device` of its GPUs.
 pub fn job_container(
     settings: &PodSettings,
     cfg: &OperatorConfig,
     p: &WorkerPod,
     mounts: Vec<Value>,
 ) -> Value {
+    let resources = resources(settings, cfg, p.default_gpus);
+    let gpus = gpus_in(&resources, &gpu_resource_name(settings, cfg));
+    let mut args = p.args.clone();
+    args.extend([DEVICE_FLAG.to_string(), device(gpus).to_string()]);
     let mut c = json!({
         "name": WORKER_CONTAINER,
-        "image": image(settings, cfg),
-        "args": p.args,
-        "resources": resources(settings, cfg, p.default_gpus),
+        "image": image(settings, cfg, gpus),
+        "args": args,
+        "resources": resources,
         "securityContext": container_security(),
         "volumeMounts": mounts,
         "terminationMessagePath": sapllm_crds::contract::DEFAULT_TERMINATION_LOG,

@@ -177,7 +177,11 @@ fn serving_children_are_exact() {
     unset.spec.batching.max_batch = None;
     let unset_args = endpoint::build::serve_args(&unset, &c, 2);
     assert!(!unset_args.iter().any(|a| a == "--max-batch"), "{unset_args:?}");
-    assert_eq!(unset_args.len() + 2, args.len(), "only the --max-batch pair differs: {unset_args:?}");
+    let set_args = endpoint::build::serve_args(&r, &c, 2);
+    assert_eq!(unset_args.len() + 2, set_args.len(), "only the --max-batch pair differs: {unset_args:?}");
+    assert_eq!(args[..set_args.len()], set_args[..], "the container runs serve_args, then the device");
+    assert_eq!(args[set_args.len()..], ["--device", "cpu"], "no GPU requested: the CPU");
+    assert_eq!(c0.image.as_deref(), Some("ghcr.io/sapllm/sapllm-worker:0.1.0"), "the CPU image");
     // One model thread per whole core of the CPU request ('2'), one decode thread each.
     assert!(args.windows(2).any(|w| w == ["--workers", "2"]), "{args:?}");
     let env = c0.env.clone().unwrap_or_default();
@@ -244,4 +248,35 @@ fn verdicts_in_the_same_second_are_ordered_by_run_generation() {
     let s = endpoint::select(&rep(), &[old, new, newer_passing]);
     assert_eq!(s.serve.unwrap().version, version(3));
     assert!(s.blocked.is_none());
+}
+
+#[test]
+fn a_serving_pod_with_a_gpu_runs_the_cuda_image_on_cuda() {
+    let mut r = rep();
+    r.spec
+        .resources
+        .as_mut()
+        .unwrap()
+        .limits
+        .as_mut()
+        .unwrap()
+        .insert("nvidia.com/gpu".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1".into()));
+    let c = endpoint::select(&r, &[ev("a", 1, true, 10)]).serve.unwrap();
+    let cfg =
+        OperatorConfig { worker_cuda_image: "registry.local/worker:7-cuda".into(), ..Default::default() };
+    let dep = endpoint::deployment(&r, &c, "sapllm-artifacts", &cfg);
+    let c0 = &dep.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(c0.image.as_deref(), Some("registry.local/worker:7-cuda"));
+    let args = c0.args.clone().unwrap();
+    let mut want = endpoint::build::serve_args(&r, &c, 2);
+    want.extend(["--device".to_string(), "cuda".to_string()]);
+    assert_eq!(args, want);
+    // GPUs asked for through spec.worker (no spec.resources) count the same.
+    let mut w = rep();
+    w.spec.resources = None;
+    w.spec.worker.gpus = Some(1);
+    let dep = endpoint::deployment(&w, &c, "sapllm-artifacts", &cfg);
+    let c0 = &dep.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(c0.image.as_deref(), Some("registry.local/worker:7-cuda"));
+    assert_eq!(c0.args.clone().unwrap().last().map(String::as_str), Some("cuda"));
 }

@@ -64,7 +64,10 @@ fn the_evaluate_job_follows_the_contract() {
     let gates = args.iter().position(|a| a == "--gates").unwrap();
     let g: sapllm_crds::common::Gates = serde_json::from_str(&args[gates + 1]).unwrap();
     assert_eq!(g.p95_latency_ms, 250.0);
-    assert!(args.ends_with(&["--progress".to_string(), "json".to_string()]));
+    // An evaluation Job gets one GPU by default: the CUDA image, on the GPU.
+    assert!(args.ends_with(&["--progress", "json", "--device", "cuda"].map(String::from)), "{args:?}");
+    let c = &job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/sapllm/sapllm-worker:0.1.0-cuda"));
     let rules = &job.spec.as_ref().unwrap().pod_failure_policy.as_ref().unwrap().rules;
     assert_eq!(rules[0].action, "FailJob", "failed gates are not retried");
 }

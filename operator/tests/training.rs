@@ -104,9 +104,12 @@ fn stage_job_of_the_tiny_run_is_exact() {
             "--run-dir",
             "/artifacts/routing-tiny",
             "--progress",
-            "json"
+            "json",
+            "--device",
+            "cpu"
         ]
     );
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/sapllm/sapllm-worker:0.1.0"), "gpus: 0 runs the CPU image");
     assert_eq!(c.termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
     let spec = job.spec.as_ref().unwrap();
     assert_eq!(spec.backoff_limit, Some(2), "the stage's retry limit");
@@ -136,6 +139,23 @@ fn stage_job_carries_gpus_scheduling_kueue_and_extra_claims() {
     assert_eq!(pod.node_selector.as_ref().unwrap().len(), 2, "operator default + the run's selector");
     let limits = pod.containers[0].resources.as_ref().unwrap().limits.clone().unwrap();
     assert_eq!(limits["nvidia.com/gpu"].0, "1");
+    // A GPU pod that names no image runs the CUDA build, on the GPU.
+    assert_eq!(pod.containers[0].image.as_deref(), Some("ghcr.io/sapllm/sapllm-worker:0.1.0-cuda"));
+    assert_eq!(
+        pod.containers[0].args.clone().unwrap(),
+        [
+            "stage",
+            "sft",
+            "-f",
+            "/etc/sapllm/trainingrun.yaml",
+            "--run-dir",
+            "/artifacts/runs/mixtral",
+            "--progress",
+            "json",
+            "--device",
+            "cuda"
+        ]
+    );
     let mounts: Vec<String> =
         pod.containers[0].volume_mounts.clone().unwrap().into_iter().map(|m| m.mount_path).collect();
     for m in
@@ -469,4 +489,27 @@ fn changed_digest_computation_without_a_spec_change_retrains_nothing() {
     assert_eq!(d.status.phase, Some(RunPhase::Succeeded));
     assert_eq!(d.status.stages, status.stages, "recorded digests and Jobs are adopted");
     assert!(d.transitions.is_empty());
+}
+
+#[test]
+fn an_image_the_run_names_is_used_as_is_and_the_device_follows_the_gpus() {
+    let mut run: TrainingRun = input("tr-mixtral");
+    run.spec.worker.image = Some("registry.local/my-cuda-worker:1".into());
+    let plan = training::plan(&run);
+    let cfg = OperatorConfig { worker_cuda_image: "unused:cuda".into(), ..OperatorConfig::default() };
+    let job = training::stage_job(&run, stage(&plan, StageName::Sft), &cfg);
+    let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("registry.local/my-cuda-worker:1"));
+    assert_eq!(c.args.clone().unwrap()[8..], ["--device", "cuda"]);
+    // The same run without GPUs: the CPU image of the operator, on the CPU.
+    let mut cpu: TrainingRun = input("tr-mixtral");
+    cpu.spec.worker.gpus = Some(0);
+    let job = training::stage_job(&cpu, stage(&plan, StageName::Sft), &cfg);
+    let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some(cfg.worker_image.as_str()));
+    assert_eq!(c.args.clone().unwrap()[8..], ["--device", "cpu"]);
+    // Declaring the base's architecture (for the memory plan) re-runs nothing.
+    let mut declared: TrainingRun = input("tr-mixtral");
+    declared.spec.base_model.architecture = Some(sapllm_crds::training_run::ModelPreset::Mixtral8x7b);
+    assert_eq!(training::plan(&declared), training::plan(&input::<TrainingRun>("tr-mixtral")));
 }

@@ -26,3 +26,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "sapllm.workerImage" -}}
 {{ .Values.worker.image.repository }}:{{ .Values.worker.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{/* The worker's CUDA build, for pods with GPUs: cudaTag, else "<tag>-cuda". */}}
+{{- define "sapllm.workerCudaImage" -}}
+{{ .Values.worker.image.repository }}:{{ .Values.worker.image.cudaTag | default (printf "%s-cuda" (.Values.worker.image.tag | default .Chart.AppVersion)) }}
+{{- end -}}

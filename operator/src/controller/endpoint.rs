@@ -61,6 +61,14 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
     if rep.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    if let Err(invalid) = crate::memory::check_endpoint(&rep, &ctx.config) {
+        let (status, transitions) = endpoint::invalid_status(&rep, &invalid, now());
+        if rep.status.as_ref() != Some(&status) {
+            apply_status(&ctx.client, rep.as_ref(), &status).await?;
+        }
+        ctx.publish(rep.as_ref(), &transitions).await;
+        return Ok(Action::requeue(ctx.config.resync_interval));
+    }
     let (evs, dep) = observe(&ctx, &rep, &ns).await?;
     let selection = endpoint::select(&rep, &evs);
     let active = rep

@@ -57,7 +57,9 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         // Children are garbage-collected through their owner references.
         return Ok(Action::await_change());
     }
-    if let Err(invalid) = training::validate(&run) {
+    if let Err(invalid) =
+        training::validate(&run).and_then(|()| crate::memory::check_training_run(&run, &ctx.config))
+    {
         let (status, transitions) = training::invalid_status(&run, &invalid, now());
         apply_status(&ctx.client, run.as_ref(), &status).await?;
         ctx.publish(run.as_ref(), &transitions).await;

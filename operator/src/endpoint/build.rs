@@ -100,6 +100,21 @@ pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate, workers: u32) -> Vec<Str
     a
 }
 
+/// The serving container's resources: `spec.resources` as written, else those of
+/// `spec.worker` (no GPU unless it asks), with a CPU request of 1 when none is given (the CPU
+/// target of the autoscaler is a share of the request: without one it cannot scale).
+pub fn container_resources(rep: &RoutingEndpoint, cfg: &OperatorConfig) -> Value {
+    let s = &rep.spec;
+    let mut resources = match &s.resources {
+        Some(r) => serde_json::to_value(r).unwrap_or_default(),
+        None => pod::resources(&s.worker, cfg, 0),
+    };
+    if resources.pointer("/requests/cpu").is_none() {
+        resources["requests"]["cpu"] = json!("1");
+    }
+    resources
+}
+
 /// The Deployment serving `c` from `claim`. Replicas are left to the autoscaler.
 pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &OperatorConfig) -> Deployment {
     let s = &rep.spec;
@@ -115,19 +130,15 @@ pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &Opera
         volumes.push(json!({ "name": "auth", "secret": { "secretName": k.name, "items": [{ "key": k.key, "path": k.key }] } }));
         mounts.push(json!({ "name": "auth", "mountPath": AUTH_DIR, "readOnly": true }));
     }
-    let mut resources = match &s.resources {
-        Some(r) => serde_json::to_value(r).unwrap_or_default(),
-        None => pod::resources(&s.worker, cfg, 0),
-    };
-    // The CPU target of the autoscaler is a share of the request: without one it cannot scale.
-    if resources.pointer("/requests/cpu").is_none() {
-        resources["requests"]["cpu"] = json!("1");
-    }
+    let resources = container_resources(rep, cfg);
+    let gpus = pod::gpus_in(&resources, &pod::gpu_resource_name(&s.worker, cfg));
+    let mut args = serve_args(rep, c, workers(rep, &resources));
+    args.extend([pod::DEVICE_FLAG.to_string(), pod::device(gpus).to_string()]);
     let probe = |path: &str, period: i32, failures: i32| json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2 });
     let mut container = json!({
         "name": WORKER_CONTAINER,
-        "image": pod::image(&s.worker, cfg),
-        "args": serve_args(rep, c, workers(rep, &resources)),
+        "image": pod::image(&s.worker, cfg, gpus),
+        "args": args,
         "ports": [{ "name": "http", "containerPort": s.port, "protocol": "TCP" }],
         "resources": resources,
         // Loading and quantising the weights takes a while: the startup probe allows 10 minutes

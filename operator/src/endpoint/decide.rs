@@ -234,3 +234,29 @@ pub fn decide(
     d.status = s;
     d
 }
+
+/// The status of an endpoint whose spec the operator refuses (e.g. its plan does not fit the
+/// requested GPU): `Progressing` False with reason `InvalidSpec` naming the field; nothing is
+/// rolled out, and a version already serving keeps serving (its Deployment is left as it is),
+/// so `Ready` changes only when none serves.
+pub fn invalid_status(
+    rep: &RoutingEndpoint,
+    err: &crate::invalid::Invalid,
+    now: Time,
+) -> (RoutingEndpointStatus, Vec<Transition>) {
+    let prev = rep.status.clone().unwrap_or_default();
+    let g = rep.metadata.generation;
+    let mut s = prev.clone();
+    s.observed_generation = g;
+    let msg = err.to_string();
+    set_condition(&mut s.conditions, "Progressing", false, "InvalidSpec", msg.clone(), g, now.clone());
+    if s.active_version.is_none() {
+        set_condition(&mut s.conditions, "Ready", false, "InvalidSpec", "the spec is invalid", g, now);
+    }
+    let already = prev
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Progressing" && c.reason == "InvalidSpec" && c.message == msg);
+    let transitions = if already { Vec::new() } else { vec![Transition::warning("InvalidSpec", msg)] };
+    (s, transitions)
+}

@@ -6,5 +6,5 @@ pub mod decide;
 pub mod select;
 
 pub use build::{autoscaler, deployment, disruption_budget, service};
-pub use decide::{DeploymentObs, EndpointDecision, decide, observe_deployment};
+pub use decide::{DeploymentObs, EndpointDecision, decide, invalid_status, observe_deployment};
 pub use select::{Candidate, Selection, find_passing, select};

@@ -4,7 +4,8 @@
 //! storage location) and is chained through the previous stage's digest: editing the spec of a
 //! finished run re-runs the first stage whose settings changed and every stage after it, and
 //! nothing else. Retry limits and deadlines are left out (they do not change what a stage
-//! produces), and so are pod settings (image, resources, scheduling).
+//! produces), and so are pod settings (image, resources, scheduling) and the base model's
+//! declared `architecture` (read by the memory plan only).
 
 use sapllm_crds::contract::ARTIFACTS_MOUNT;
 use sapllm_crds::training_run::{StageName, TrainingRun, TrainingRunSpec};
@@ -68,7 +69,14 @@ fn stage_inputs(spec: &TrainingRunSpec, stage: StageName) -> Value {
     match stage {
         StageName::DataPrep => json!({
             "storage": { "claimName": spec.storage.claim_name, "subPath": spec.storage.sub_path },
-            "baseModel": to(&spec.base_model),
+            // `architecture` only feeds the memory plan: declaring it must not re-run anything.
+            "baseModel": match to(&spec.base_model) {
+                Value::Object(mut m) => {
+                    m.remove("architecture");
+                    Value::Object(m)
+                }
+                v => v,
+            },
             "data": to(&spec.data),
             "settings": to(&spec.stages.data_prep),
         }),
