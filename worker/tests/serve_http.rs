@@ -58,6 +58,7 @@ fn health_readiness_and_models() {
         let m = &r.json()["data"][0];
         assert_eq!(m["id"], "sapllm");
         assert_eq!(m["adapter_version"], "test-v1");
+        assert_eq!(m["device"], "cpu");
         let r = get(addr, "/nope", &[]).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert_eq!(r.json()["error"]["code"], "not_found");
@@ -112,6 +113,55 @@ fn batch_route_and_exceptions() {
         let r = post_json(addr, "/v1/exceptions", &[AUTH], r#"{"doc_type": "supplier_invoice", "endpoint": "X"}"#).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(r.error_field(), "sap_error");
+    });
+}
+
+#[test]
+fn documents_as_users_send_them_get_grounded_decisions_with_provenance() {
+    let addr = server();
+    rt().block_on(async {
+        // The seed's type spelling, extraction-system keys, a nested supplier, an unknown key.
+        let body = serde_json::json!({"doc_type": "PURCHASE_ORDER", "adc_json": {
+            "PONumber": "4500001", "companyCode": "1010", "vendor": {"id": 100347}, "purchasingOrg": "1010",
+            "purchasing_group": "001", "Currency": "eur", "colour": "red",
+            "lineItems": [{"material": "TG-1", "qty": 5, "uom": "ST", "netPrice": 2.5, "plant": "1010"}]
+        }});
+        let r = post_json(addr, "/v1/route", &[AUTH], &body.to_string()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let d = r.json();
+        assert_eq!(d["doc_type"], "purchase_order");
+        assert_eq!(d["unmapped_fields"], serde_json::json!(["colour"]));
+        if d["endpoint"] == "EXCEPTION_HANDLING" {
+            assert!(d["payload"].is_null() && d["provenance"].as_array().unwrap().is_empty());
+        } else {
+            // Whatever the (random) model prefers, a posted payload is the document's own values.
+            assert_eq!(d["payload"]["Supplier"], "100347");
+            assert_eq!(d["payload"]["CompanyCode"], "1010");
+            assert_eq!(d["payload"]["DocumentCurrency"], "EUR");
+            let p = d["provenance"].as_array().unwrap();
+            let supplier = p.iter().find(|s| s["pointer"] == "/Supplier").unwrap();
+            assert_eq!(supplier["source"], "document");
+            assert_eq!(supplier["from"], serde_json::json!(["vendor.id"]));
+        }
+        // Without the supplier the API cannot be grounded: exception handling, naming it.
+        let mut incomplete = body.clone();
+        incomplete["adc_json"].as_object_mut().unwrap().remove("vendor");
+        let r = post_json(addr, "/v1/route", &[AUTH], &incomplete.to_string()).await;
+        let d = r.json();
+        assert_eq!(d["endpoint"], "EXCEPTION_HANDLING", "{d}");
+        assert!(d["ungrounded"][0]["missing"].as_array().unwrap().iter().any(|m| m == "Supplier"), "{d}");
+
+        // An OData V4 error envelope (message a string, details an array).
+        let exc = serde_json::json!({
+            "doc_type": "Supplier Invoice", "endpoint": "API_SUPPLIERINVOICE_PROCESS_SRV/A_SupplierInvoice",
+            "request_payload": {"CompanyCode": "1010"},
+            "sap_error": {"http_status": 503, "error": {"code": "/IWFND/CM_BEC/026", "message": "Service unavailable",
+                "details": [{"code": "X/1", "message": "backend down", "target": ""}]}}
+        });
+        let r = post_json(addr, "/v1/exceptions", &[AUTH], &exc.to_string()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let a = r.json()["action"].as_str().unwrap().to_string();
+        assert!(a == "RETRY" || a == "ESCALATE", "a 503 admits retry or escalation only, got {a}");
     });
 }
 

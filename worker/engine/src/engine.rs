@@ -83,7 +83,7 @@ fn json_str(s: &str) -> String {
 }
 
 /// Splits per-option token sequences into (shared prefix, non-empty suffixes).
-fn split_prefix(seqs: &[Vec<u32>]) -> (Vec<u32>, Vec<Vec<u32>>) {
+pub fn split_prefix(seqs: &[Vec<u32>]) -> (Vec<u32>, Vec<Vec<u32>>) {
     let min_len = seqs.iter().map(Vec::len).min().unwrap_or(0);
     let mut n = 0;
     while n + 1 < min_len && seqs.iter().all(|s| s[n] == seqs[0][n]) {
@@ -344,18 +344,7 @@ impl Engine {
         let endpoints = Self::offered_endpoints(&canonical, self.config.any_candidate);
         let g = GroundedRequest::new(&self.catalog, &canonical, &endpoints)?;
         let q = &g.query;
-        let texts: Vec<String> = g
-            .options
-            .iter()
-            .map(|o| {
-                format!(
-                    "{{\"doc_type\":{},\"endpoint\":{},\"payload",
-                    json_str(&q.doc_type),
-                    json_str(&o.endpoint)
-                )
-            })
-            .collect();
-        let (prefix, suffixes) = self.encode_options(&texts)?;
+        let (prefix, suffixes) = self.encode_options(&g.choice_texts())?;
         let options = g
             .options
             .iter()

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
-use super::format::{answer_payload, clip_reasoning};
+use super::format::{RoutingAnswer, answer_payload, clip_reasoning};
 use super::types::RoutingQuery;
 use sapllm_sap::catalog::Catalog;
 use sapllm_sap::documents::DocType;
@@ -103,6 +103,34 @@ impl GroundedRequest {
         options.push(GroundedOption { endpoint: EXCEPTION_ENDPOINT.into(), grounded: None });
         let reasoning = clip_reasoning(&reasoning_for(doc_type, &query));
         Ok(GroundedRequest { doc_type, normalized, query, options, ungrounded, reasoning })
+    }
+
+    /// The answer text of each option up to its choice (`{"doc_type":..,"endpoint":..,"payload`):
+    /// what the decoder scores the options by; the rest is forced.
+    pub fn choice_texts(&self) -> Vec<String> {
+        let s = |v: &str| serde_json::to_string(v).expect("a string serializes");
+        self.options
+            .iter()
+            .map(|o| {
+                format!(
+                    "{{\"doc_type\":{},\"endpoint\":{},\"payload",
+                    s(&self.query.doc_type),
+                    s(&o.endpoint)
+                )
+            })
+            .collect()
+    }
+
+    /// The whole answer for option `choice` with `confidence`, as the grammar admits it.
+    pub fn answer(&self, choice: usize, confidence: f64) -> RoutingAnswer {
+        let o = &self.options[choice];
+        RoutingAnswer {
+            doc_type: self.query.doc_type.clone(),
+            endpoint: o.endpoint.clone(),
+            payload: o.grounded.as_ref().map_or(serde_json::Value::Null, |g| g.payload.clone()),
+            reasoning: self.reasoning.clone(),
+            confidence: super::format::round_confidence(confidence),
+        }
     }
 
     /// The reasoning of a decision for option `choice`: the forced steps, then what the

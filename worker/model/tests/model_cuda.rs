@@ -79,13 +79,17 @@ fn lora_gradients_agree_on_cpu_and_cuda() {
     let input = ids(2, 16, cfg.vocab_size, &Device::Cpu);
     let grads = |m: &Mixtral, x: &Tensor| {
         let (_, g) = m.forward_backward(x, None, &mut |o| causal_lm_loss(&o.logits, x, None)).unwrap();
-        m.lora_vars().into_iter().map(|(n, v)| (n, g.get(&v).unwrap().to_dtype(DType::F32).unwrap())).collect::<Vec<_>>()
+        m.lora_vars()
+            .into_iter()
+            .map(|(n, v)| (n, g.get(&v).unwrap().to_dtype(DType::F32).unwrap()))
+            .collect::<Vec<_>>()
     };
     let a = grads(&cpu, &input);
     let b = grads(&gpu, &input.to_device(&cuda()).unwrap());
     assert_eq!(a.len(), b.len());
     for ((name, ga), (_, gb)) in a.iter().zip(&b) {
-        let scale = ga.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+        let scale =
+            ga.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
         let d = max_abs_diff(ga, gb) / scale;
         assert!(d < 1e-2, "{name}: relative gradient difference {d}");
     }

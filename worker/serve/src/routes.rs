@@ -159,6 +159,7 @@ pub async fn models(State(state): State<SharedState>) -> Result<Json<Value>, Api
             "adapter_version": info.adapter_version,
             "precision": info.precision,
             "parameters": info.parameters,
+            "device": info.device,
         }]
     })))
 }

@@ -9,6 +9,7 @@ use crate::progress::ProgressMode;
 pub mod catalog;
 pub mod data_prep;
 pub mod evaluate;
+pub mod plan;
 pub mod ppo;
 pub mod pretrain;
 pub mod route;
@@ -55,6 +56,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Run one stage of a TrainingRun (what each operator Job runs).
     Stage(run::StageArgs),
+    /// The device memory each stage of a TrainingRun needs, and whether it fits the GPU.
+    Plan(plan::PlanArgs),
     /// Decide routing (or exception handling) for the documents in a file.
     Route(route::RouteArgs),
     /// Serve routing decisions over HTTP (what a RoutingEndpoint Deployment runs).
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Evaluate(args) => evaluate::run(args, progress),
         Command::Run(args) => run::run(args, progress),
         Command::Stage(args) => run::stage(args, progress),
+        Command::Plan(args) => plan::run(args),
         Command::Route(args) => route::run(args),
         Command::Serve(args) => serve::run(args),
     }

@@ -37,6 +37,7 @@ pub fn info() -> ModelInfo {
         precision: "f32".into(),
         parameters: 0,
         vocab_size: 0,
+        device: "cpu".into(),
     }
 }
 

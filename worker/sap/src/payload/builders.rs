@@ -79,6 +79,9 @@ struct InvoiceView<'x> {
     credit_memo: bool,
 }
 
+/// An invoice line with its index in the document.
+type Line<'x> = (Option<usize>, &'x InvoiceItem);
+
 fn invoice_common(v: &InvoiceView, w: &mut EntityWriter) {
     let (date, date_field) = (d(v.date.0), v.date.1);
     let posting_from = [date_field];
@@ -108,7 +111,7 @@ fn invoice_common(v: &InvoiceView, w: &mut EntityWriter) {
         w.text("SupplierInvoiceIsCreditMemo", Some("X"), Rule("credit_memo_from_document_type", &[]));
     }
     let header_po = v.po_number;
-    let (po_lines, gl_lines): (Vec<(Option<usize>, &InvoiceItem)>, Vec<(Option<usize>, &InvoiceItem)>) = v
+    let (po_lines, gl_lines): (Vec<Line>, Vec<Line>) = v
         .items
         .iter()
         .enumerate()
