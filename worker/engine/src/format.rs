@@ -105,6 +105,11 @@ pub struct ExceptionPart {
     pub sap_error: Option<SapFailure>,
     pub rule_failures: Vec<PromptRule>,
     pub similar: Vec<SimilarException>,
+    /// The handlings the failure admits ([`sapllm_sap::exceptions::admissible`]), in the fixed
+    /// order of [`ExceptionAction::ALL`] (no cue in the order): the decoder offers these only,
+    /// and whether a correction could be derived is a fact the model should read, not guess.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admissible: Vec<ExceptionAction>,
 }
 
 /// The `### Response` JSON of an exception decision.
@@ -163,8 +168,16 @@ pub fn exception_prompt(q: &ExceptionQuery, similar: &[SimilarException]) -> Res
             })
             .collect(),
         similar: similar.to_vec(),
+        admissible: admissible_actions(q),
     };
     template::exception_prompt(&request, &exception)
+}
+
+/// The actions `q`'s failure admits, in [`ExceptionAction::ALL`] order.
+pub fn admissible_actions(q: &ExceptionQuery) -> Vec<ExceptionAction> {
+    let blocking: Vec<_> = q.rule_failures.iter().filter(|o| o.is_blocking()).cloned().collect();
+    let handlings = sapllm_sap::exceptions::admissible(q.sap_error.as_ref(), &blocking, &q.request_payload);
+    ExceptionAction::ALL.into_iter().filter(|a| handlings.iter().any(|h| h.action == *a)).collect()
 }
 
 /// Reasoning cut to what the grammar allows (and char-boundary safe).
@@ -333,6 +346,26 @@ mod tests {
             api_schemas: candidates,
             similar_cases: vec![],
         }
+    }
+
+    #[test]
+    fn the_exception_prompt_lists_the_admissible_actions_in_a_fixed_order() {
+        use sapllm_sap::exceptions::SapError;
+        let q = |status: u16, code: &str, request: serde_json::Value| ExceptionQuery {
+            doc_type: "goods_receipt".into(),
+            adc_json: serde_json::json!({}),
+            endpoint: "API_MATERIAL_DOCUMENT_SRV/A_MaterialDocumentHeader".into(),
+            request_payload: request,
+            sap_error: Some(SapFailure { http_status: status, body: SapError::new(code, "m", "") }),
+            rule_failures: vec![],
+        };
+        let gr = serde_json::json!({"to_MaterialDocumentItem": {"results": [{"PurchaseOrder": "45"}]}});
+        assert_eq!(
+            admissible_actions(&q(400, "MM_IM_ODATA_API_MDOC/011", gr)),
+            vec![ExceptionAction::AutoCorrect, ExceptionAction::Escalate, ExceptionAction::Reject]
+        );
+        let p = exception_prompt(&q(503, "/IWFND/CM_BEC/026", serde_json::json!({})), &[]).unwrap();
+        assert!(p.contains(r#""admissible":["RETRY","ESCALATE"]"#), "{p}");
     }
 
     #[test]
