@@ -33,9 +33,11 @@ pub fn blocking_findings(catalog: &Catalog, doc_type: &str, adc_json: &Value) ->
     let Ok(t) = DocType::from_str(doc_type) else {
         return Vec::new();
     };
-    let doc = match AdcDocument::from_json(t, adc_json) {
+    // Keys as the user spelled them are read through the catalog's alias layer.
+    let normalized = catalog.normalize(t, adc_json);
+    let doc = match AdcDocument::from_json(t, &normalized.document) {
         Ok(doc) => doc,
-        Err(e) => return vec![format!("unreadable {}", e.path)],
+        Err(e) => return vec![format!("unreadable {}", normalized.origin(&e.path))],
     };
     // The reference router without context: its blocking outcomes are exactly the findings.
     let decision = route(catalog, &doc, &RuleContext::default());

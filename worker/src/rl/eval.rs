@@ -43,11 +43,12 @@ pub fn evaluate(
     weights: &RewardWeights,
     problems: &[Problem],
     batch: usize,
+    max_new_tokens: usize,
 ) -> Result<EvalStats> {
     let mut all = Vec::with_capacity(problems.len());
     let idx: Vec<usize> = (0..problems.len()).collect();
     for chunk in idx.chunks(batch.max(1)) {
-        let s = SampleSettings { temperature: 0.0, seed: 0 };
+        let s = SampleSettings { max_new_tokens, temperature: 0.0, seed: 0 };
         all.extend(sample(model, tok, catalog, weights, problems, chunk, &s)?);
     }
     Ok(EvalStats::of(&all))

@@ -13,7 +13,7 @@ use rand::seq::SliceRandom;
 use super::gae::mean_std;
 use super::log::IterLog;
 use super::ppo::{mean, rollout_log};
-use super::rollout::{Rollout, masked_mean, pack_rollouts, token_logprobs};
+use super::rollout::{Rollout, masked_mean, pack, token_logprobs};
 use super::score::{mean_kl, score};
 use super::{Session, mix};
 
@@ -52,7 +52,9 @@ pub fn iteration(sess: &mut Session, it: u64) -> Result<IterLog> {
         for mb in order.chunks(chunk) {
             let part: Vec<&Rollout> = mb.iter().map(|&i| &rollouts[i]).collect();
             let pick = |v: &Vec<Vec<f64>>| -> Vec<Vec<f64>> { mb.iter().map(|&i| v[i].clone()).collect() };
-            let packed = pack_rollouts(&part, sess.tok.pad_id, sess.policy.device())?;
+            let pairs: Vec<(&[u32], &[u32])> =
+                part.iter().map(|r| (r.prompt.as_slice(), r.response.as_slice())).collect();
+            let packed = pack(&pairs, sess.tok.pad_id, sess.policy.device())?;
             let old_lp = packed.grid(&pick(&scored.old_logp))?;
             let ref_lp = packed.grid(&pick(&scored.ref_logp))?;
             let a = packed.grid(&pick(&adv))?;

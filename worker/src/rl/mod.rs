@@ -243,8 +243,11 @@ impl Session<'_> {
     /// the iteration so a resumed run samples what an uninterrupted one would.
     pub fn rollouts(&self, which: &[usize], iteration: u64) -> Result<Vec<rollout::Rollout>> {
         let cfg = self.cfg;
-        let settings =
-            rollout::SampleSettings { temperature: cfg.temperature, seed: mix(cfg.seed, iteration) };
+        let settings = rollout::SampleSettings {
+            max_new_tokens: cfg.max_new_tokens,
+            temperature: cfg.temperature,
+            seed: mix(cfg.seed, iteration),
+        };
         rollout::sample(
             &self.policy,
             &self.tok,

@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 
 use super::gae::{gae, shaped_rewards, whiten};
 use super::log::IterLog;
-use super::rollout::{Rollout, masked_mean, pack_rollouts, token_logprobs};
+use super::rollout::{Rollout, masked_mean, pack, token_logprobs};
 use super::score::{mean_kl, score};
 use super::{Session, mix};
 
@@ -41,7 +41,9 @@ pub fn iteration(sess: &mut Session, it: u64) -> Result<IterLog> {
         for mb in order.chunks(cfg.mini_batch_size) {
             let part: Vec<&Rollout> = mb.iter().map(|&i| &rollouts[i]).collect();
             let pick = |v: &Vec<Vec<f64>>| -> Vec<Vec<f64>> { mb.iter().map(|&i| v[i].clone()).collect() };
-            let packed = pack_rollouts(&part, sess.tok.pad_id, sess.policy.device())?;
+            let pairs: Vec<(&[u32], &[u32])> =
+                part.iter().map(|r| (r.prompt.as_slice(), r.response.as_slice())).collect();
+            let packed = pack(&pairs, sess.tok.pad_id, sess.policy.device())?;
             let old_lp = packed.grid(&pick(&scored.old_logp))?;
             let old_v = packed.grid(&pick(values))?;
             let adv = packed.grid(&pick(&advantages))?;

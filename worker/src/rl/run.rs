@@ -45,8 +45,15 @@ pub fn run(cfg: &RlConfig) -> Result<RlSummary> {
     let eval_batch = cfg.batch_size.max(1);
     if state.before.is_none() && !data.val.is_empty() {
         // The reference IS the starting policy.
-        state.before =
-            Some(evaluate(&reference, &tok, &catalog, &cfg.reward_weights, &data.val, eval_batch)?);
+        state.before = Some(evaluate(
+            &reference,
+            &tok,
+            &catalog,
+            &cfg.reward_weights,
+            &data.val,
+            eval_batch,
+            cfg.max_new_tokens,
+        )?);
     }
 
     let Data { problems, skipped, pairs, val, fit } = data;
@@ -270,6 +277,7 @@ fn finish(
             &cfg.reward_weights,
             val,
             cfg.batch_size.max(1),
+            cfg.max_new_tokens,
         )?)
     };
     // RL that made held-out answers worse is not kept: the stage's adapter stays the one it

@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use super::Session;
-use super::rollout::{Rollout, masked_mean, pack_rollouts, token_entropy, token_logprobs};
+use super::rollout::{Rollout, masked_mean, pack, token_entropy, token_logprobs};
 
 /// Per-response (one entry per response token) scores.
 pub struct Scored {
@@ -24,8 +24,9 @@ pub fn score(sess: &Session, rollouts: &[Rollout], chunk: usize) -> Result<Score
     let mut ent_sum = 0.0;
     let mut ent_n = 0.0;
     for part in rollouts.chunks(chunk.max(1)) {
-        let part: Vec<&Rollout> = part.iter().collect();
-        let packed = pack_rollouts(&part, sess.tok.pad_id, sess.policy.device())?;
+        let pairs: Vec<(&[u32], &[u32])> =
+            part.iter().map(|r| (r.prompt.as_slice(), r.response.as_slice())).collect();
+        let packed = pack(&pairs, sess.tok.pad_id, sess.policy.device())?;
         let out = sess.policy.forward(&packed.ids, Some(&packed.attention))?;
         s.old_logp.extend(packed.rows(&token_logprobs(&out, &packed, t)?.detach())?);
         let n = packed.response_mask.sum_all()?.to_scalar::<f32>()? as f64;
