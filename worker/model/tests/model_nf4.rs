@@ -147,3 +147,48 @@ fn int8_round_trip() {
     }
     assert!((q.bits_per_param() - 8.5).abs() < 1e-9);
 }
+
+/// What a GPU executes for a frozen NF4 (and int8) linear, on the CPU: the device-generic
+/// formulation (tensor-op dequantization, then candle's matmul, whose backward is candle's) must
+/// give the CPU fast path's output (one-pass dequantization, the `FrozenMatmul` custom op or the
+/// direct int8 kernel) and the same gradient with respect to the input, the one LoRA's
+/// gradients flow through.
+#[test]
+fn the_device_generic_formulation_matches_the_cpu_fast_path_forward_and_backward() {
+    use sapllm_model::linear::{BaseWeight, Linear, Precision, matmul_t};
+    use std::sync::Arc;
+    let (out_dim, in_dim) = (96, 256);
+    let w = Tensor::from_vec(gaussian(out_dim * in_dim, 11), (out_dim, in_dim), &Device::Cpu).unwrap();
+    let x = candle_core::Var::from_tensor(
+        &Tensor::from_vec(gaussian(3 * 5 * in_dim, 12), (3, 5, in_dim), &Device::Cpu).unwrap(),
+    )
+    .unwrap();
+    for precision in [Precision::Nf4, Precision::Int8] {
+        let base = BaseWeight::from_dense(&w, precision, false).unwrap();
+        let generic_w = match &base {
+            BaseWeight::Nf4(q) => q.dequantize_with_tensor_ops(DType::F32).unwrap(),
+            BaseWeight::Int8(q) => q.dequantize(DType::F32).unwrap(),
+            BaseWeight::Dense(_) => unreachable!("quantized"),
+        };
+        let fast = Linear::new(base, Arc::new(Default::default()));
+        let y_fast = fast.forward(x.as_tensor()).unwrap();
+        let y_generic = matmul_t(x.as_tensor(), &generic_w).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        // Same weights; only the summation order of the matmul differs.
+        assert!(
+            diff(&y_fast, &y_generic) < 1e-5,
+            "{precision:?} forward differs by {}",
+            diff(&y_fast, &y_generic)
+        );
+        let g_fast = y_fast.sqr().unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+        let g_generic =
+            y_generic.sqr().unwrap().sum_all().unwrap().backward().unwrap().get(&x).unwrap().clone();
+        assert!(
+            diff(&g_fast, &g_generic) < 1e-5,
+            "{precision:?} input gradient differs by {}",
+            diff(&g_fast, &g_generic)
+        );
+    }
+}
