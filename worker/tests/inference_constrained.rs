@@ -10,7 +10,6 @@ use sapllm_engine::engine::{Engine, EngineConfig};
 use sapllm_engine::grammar::GrammarLimits;
 use sapllm_engine::types::RoutingQuery;
 use sapllm_sap::catalog::{Catalog, create_payload_schema};
-use sapllm_sap::exceptions::ExceptionAction;
 use sapllm_sap::routing::EXCEPTION_ENDPOINT;
 use sapllm_worker::testkit::{sample_exception, tiny_engine};
 
@@ -278,7 +277,7 @@ fn the_lazy_mask_changes_no_decision() {
             .expect("engine")
     };
     let ((lazy, queries), (full, _)) = (engine_with(true), engine_with(false));
-    let (a, t_lazy) = lazy.decide_routing_batch_timed(&queries[..4]).expect("decisions");
+    let (a, _) = lazy.decide_routing_batch_timed(&queries[..4]).expect("decisions");
     let (b, t_full) = full.decide_routing_batch_timed(&queries[..4]).expect("decisions");
     // Grounded answers sample only the confidence after the body: the shortcut may or may not
     // be taken; when it is off it never is.
