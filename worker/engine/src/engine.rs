@@ -11,9 +11,7 @@ use serde_json::Value;
 use super::confidence::{ConfidenceWeights, body_certainty, combine};
 use super::decoder::{BatchTiming, DecodeOptions, OptionSpec, RowOutput, RowSpec, decode_batch};
 use super::format::{self, ExceptionAnswer, RoutingAnswer};
-use super::grammar::{
-    GrammarCache, GrammarLimits, exception_answer_schema, grounded_answer_schema, grounded_exception_schema,
-};
+use super::grammar::{GrammarCache, GrammarLimits, grounded_answer_schema, grounded_exception_schema};
 use super::grounded::GroundedRequest;
 use super::tok_env::ModelTokEnv;
 use super::types::{
@@ -26,7 +24,7 @@ use sapllm_model::plain::DecodeWeights;
 use sapllm_model::tokenizer::Tokenizer;
 use sapllm_sap::catalog::{Catalog, CompactSchema};
 use sapllm_sap::documents::DocType;
-use sapllm_sap::exceptions::{ExceptionAction, Resolution, admissible};
+use sapllm_sap::exceptions::{Resolution, admissible};
 use sapllm_sap::explain::exception_trace;
 use sapllm_sap::routing::EXCEPTION_ENDPOINT;
 use sapllm_sap::rules::RuleOutcome;
@@ -83,7 +81,7 @@ fn json_str(s: &str) -> String {
 }
 
 /// Splits per-option token sequences into (shared prefix, non-empty suffixes).
-pub fn split_prefix(seqs: &[Vec<u32>]) -> (Vec<u32>, Vec<Vec<u32>>) {
+fn split_prefix(seqs: &[Vec<u32>]) -> (Vec<u32>, Vec<Vec<u32>>) {
     let min_len = seqs.iter().map(Vec::len).min().unwrap_or(0);
     let mut n = 0;
     while n + 1 < min_len && seqs.iter().all(|s| s[n] == seqs[0][n]) {
@@ -117,21 +115,6 @@ impl Engine {
 
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
-    }
-
-    /// Compiles the answer grammar of every exception action ahead of traffic, so no request
-    /// pays a grammar compilation for them (a latency spike of milliseconds). Routing grammars
-    /// are per document (its grounded payload) and compiled with the request. Returns how many
-    /// grammars were compiled.
-    pub fn precompile_grammars(&self) -> Result<usize> {
-        let schemas: Vec<Value> = ExceptionAction::ALL
-            .iter()
-            .map(|a| exception_answer_schema(a.as_str(), &self.config.limits))
-            .collect();
-        for s in &schemas {
-            self.grammars.matcher(s)?;
-        }
-        Ok(schemas.len())
     }
 
     /// The compiled-grammar cache (also used by free-form completion).
@@ -201,12 +184,7 @@ impl Engine {
                     .ok_or_else(|| anyhow!("reference endpoint {} is not offered", a.endpoint))?;
                 // The grammar admits only the grounded payload and reasoning: the reference
                 // keeps its endpoint and confidence and takes those.
-                let reference = RoutingAnswer {
-                    doc_type: g.query.doc_type.clone(),
-                    payload: g.options[c].grounded.as_ref().map_or(Value::Null, |x| x.payload.clone()),
-                    reasoning: g.reasoning.clone(),
-                    ..(*a).clone()
-                };
+                let reference = g.answer(c, a.confidence);
                 row.reference = Some((c, template::response_text(&reference)?.into_bytes()));
                 Ok((row, g))
             },

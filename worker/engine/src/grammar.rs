@@ -42,11 +42,6 @@ fn compact_options() -> Value {
     json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":", "lenient": true})
 }
 
-/// The reasoning field: a bounded list of bounded strings.
-pub fn reasoning_schema(l: &GrammarLimits) -> Value {
-    json!({"type": "array", "items": {"type": "string", "maxLength": l.max_reasoning_chars}, "minItems": 1, "maxItems": l.max_reasoning_steps})
-}
-
 /// The answer schema of a grounded routing decision: the endpoint, then exactly the grounded
 /// `payload` (`None`: `null`), exactly the `reasoning` steps the document supports, and the
 /// confidence, the one value the model writes freely.
@@ -84,47 +79,6 @@ pub fn grounded_exception_schema(r: &Resolution, reasoning: &[String]) -> Value 
     })
 }
 
-/// The answer schema of an exception decision with action `action` (`AUTO_CORRECT`, ...).
-pub fn exception_answer_schema(action: &str, l: &GrammarLimits) -> Value {
-    let scalar = json!({"anyOf": [
-        {"type": "string", "maxLength": 120}, {"type": "number", "minimum": -1e9, "maximum": 1e9, "multipleOf": 0.000001}, {"type": "boolean"}, {"type": "null"}
-    ]});
-    let patch = json!({
-        "type": "object",
-        "properties": {
-            "op": {"enum": ["add", "remove"]},
-            "path": {"type": "string", "maxLength": 200},
-            "value": scalar,
-        },
-        "required": ["op", "path"],
-        "additionalProperties": false,
-    });
-    let retry = json!({
-        "type": "object",
-        "properties": {
-            "max_attempts": {"type": "integer", "minimum": 0, "maximum": 100},
-            "initial_backoff_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000},
-            "multiplier": {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01},
-            "refresh_csrf_token": {"type": "boolean"},
-        },
-        "required": ["max_attempts", "initial_backoff_ms", "multiplier", "refresh_csrf_token"],
-        "additionalProperties": false,
-    });
-    json!({
-        "x-guidance": compact_options(),
-        "type": "object",
-        "properties": {
-            "action": {"const": action},
-            "correction": {"type": "array", "items": patch, "maxItems": l.max_array_items.min(8)},
-            "retry": {"anyOf": [{"type": "null"}, retry]},
-            "rule": {"anyOf": [{"type": "null"}, {"type": "string", "maxLength": 80}]},
-            "reasoning": reasoning_schema(l),
-        },
-        "required": ["action", "correction", "retry", "rule", "reasoning"],
-        "additionalProperties": false,
-    })
-}
-
 /// Compiled grammars kept at most: grounded answers have one grammar per document, so the
 /// cache must not grow with traffic (the oldest go first).
 pub const GRAMMAR_CACHE_CAPACITY: usize = 256;
@@ -139,15 +93,6 @@ pub struct GrammarCache {
 impl GrammarCache {
     pub fn new(factory: ParserFactory) -> Self {
         GrammarCache { factory, compiled: Mutex::new((HashMap::new(), VecDeque::new())) }
-    }
-
-    /// Grammars compiled and kept.
-    pub fn len(&self) -> usize {
-        self.compiled.lock().map(|c| c.0.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// A fresh matcher (at the start of the answer) for `schema`.

@@ -13,10 +13,6 @@ use serde_json::json;
 
 /// A loaded model that makes decisions. Shared by the model threads, hence `Sync`.
 pub trait Backend: Send + Sync {
-    /// Prepares what the first request would otherwise pay for (answer grammars); returns how
-    /// many items were prepared.
-    fn prepare(&self) -> Result<usize>;
-
     /// Routing decisions for a batch: the outer error fails the whole batch, an inner one a
     /// single document.
     fn decide_routing_batch(&self, queries: &[RoutingQuery]) -> Result<Vec<Result<RoutingDecision>>>;
@@ -38,10 +34,6 @@ pub trait Backend: Send + Sync {
 }
 
 impl Backend for Engine {
-    fn prepare(&self) -> Result<usize> {
-        self.precompile_grammars()
-    }
-
     fn decide_routing_batch(&self, queries: &[RoutingQuery]) -> Result<Vec<Result<RoutingDecision>>> {
         Engine::decide_routing_batch(self, queries)
     }

@@ -106,9 +106,6 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
 
 /// The warm-up decision: one document of the catalog through the full path.
 fn warm_up(engine: &dyn Backend, catalog: &Catalog) -> Result<()> {
-    let t = Instant::now();
-    let n = engine.prepare()?;
-    tracing::info!(grammars = n, ms = t.elapsed().as_millis() as u64, "answer grammars compiled");
     let q = warm_up_query(catalog).context("the catalog has no creatable API to warm up with")?;
     let t = Instant::now();
     let d = engine.decide_routing_batch(std::slice::from_ref(&q))?.pop().context("no warm-up decision")??;

@@ -203,11 +203,6 @@ fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) ->
             let precision = parse_precision(&args.precision)?;
             let (engine, _) =
                 load_engine(base, args.adapter.as_deref(), precision, Catalog::builtin(), config)?;
-            let t = Instant::now();
-            let n = engine.precompile_grammars()?;
-            if answers_kind == Answers::Reference && row.speculate == 0 && row.lazy {
-                eprintln!("({n} answer grammars compiled in {:.0} ms)", t.elapsed().as_secs_f64() * 1e3);
-            }
             for q in docs.iter().take(2) {
                 let _ = engine.decide_routing_batch(std::slice::from_ref(q))?;
             }
