@@ -19,6 +19,10 @@ else
 fi
 echo "== cargo test"
 cargo test --workspace --locked
+# The workspace build turns serde_json's `preserve_order` on (through llguidance); the operator
+# image builds without it. Settings digests must not differ between the two: test them alone too.
+echo "== cargo test -p sapllm-crds (serde_json as the operator image builds it)"
+cargo test -p sapllm-crds --lib --locked
 if [ -x scripts/chart-check.sh ]; then
   echo "== helm chart"
   scripts/chart-check.sh

@@ -86,9 +86,46 @@ fn conditions_are_list_maps_keyed_by_type() {
     }
 }
 
+/// Short names of Kubernetes' built-in resources (`kubectl api-resources`, 1.33) and of widely
+/// installed CRDs. kubectl resolves a short name to one resource: a collision makes
+/// `kubectl get <ours>` list someone else's objects (as `ev`, the short name of Events, did).
+const TAKEN_SHORT_NAMES: &[&str] = &[
+    // Kubernetes
+    "cm", "cs", "csr", "crd", "crds", "cj", "deploy", "ds", "ep", "ev", "hpa", "ing", "limits", "netpol",
+    "no", "ns", "pc", "pdb", "po", "psp", "pv", "pvc", "quota", "rc", "rs", "sa", "sc", "sts", "svc", "vac",
+    // Tekton
+    "tr", "trs", "pr", "prs", "tk", "ct", // Argo CD / Workflows / Rollouts / Events
+    "app", "apps", "appproj", "appset", "wf", "cwf", "wftmpl", "cwftmpl", "ro", "eb", "es", "sn",
+    // cert-manager
+    "cert", "certs", "cr", "crs", "iss", "ciss", // Istio
+    "vs", "dr", "gw", "se", "pa", "ra", "ap", "wle", // Knative, KServe
+    "ksvc", "kpa", "rt", "cfg", "rev", "isvc", "tm", "ig", // Flux
+    "ks", "hr", "gitrepo", "helmrepo", "hc", "ocirepo",
+    // Prometheus Operator, KEDA, Volcano, VPA, Velero, Crossplane
+    "prom", "smon", "pmon", "am", "promrule", "so", "sj", "ta", "cta", "vcjob", "pg", "vpa",
+];
+
+#[test]
+fn short_names_collide_with_no_built_in_or_widely_installed_resource() {
+    for crd in generate::crds() {
+        for short in crd.spec.names.short_names.iter().flatten() {
+            assert!(
+                !TAKEN_SHORT_NAMES.contains(&short.as_str()),
+                "{}: short name {short} is taken",
+                crd.spec.names.kind
+            );
+        }
+        assert_eq!(
+            crd.spec.names.categories.as_deref(),
+            Some(&["sapllm".to_string()][..]),
+            "`kubectl get sapllm` lists all three"
+        );
+    }
+}
+
 #[test]
 fn names_scope_and_status_subresource() {
-    let expected = [("TrainingRun", "tr"), ("Evaluation", "ev"), ("RoutingEndpoint", "rep")];
+    let expected = [("TrainingRun", "sltr"), ("Evaluation", "slev"), ("RoutingEndpoint", "slrep")];
     for (crd, (kind, short)) in generate::crds().iter().zip(expected) {
         assert_eq!(crd.spec.group, "sapllm.io");
         assert_eq!(crd.spec.names.kind, kind);

@@ -20,7 +20,9 @@ use crate::training_run::{Artifacts, StageName};
 pub const MANIFEST_PATH: &str = "/etc/sapllm/trainingrun.yaml";
 /// Where the operator mounts the artifact PVC.
 pub const ARTIFACTS_MOUNT: &str = "/artifacts";
-/// Environment variable naming the termination-message file (default `/dev/termination-log`).
+/// Environment variable naming the termination-message file; the operator sets it to
+/// [`DEFAULT_TERMINATION_LOG`] in every Job. Unset, the worker writes no termination message
+/// (on a workstation `/dev/termination-log` may exist and belong to something else).
 pub const TERMINATION_LOG_ENV: &str = "SAPLLM_TERMINATION_LOG";
 /// The default termination-message path of a Kubernetes container.
 pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";

@@ -16,7 +16,7 @@ use crate::common::{ArtifactStorage, KeyRef, PodSettings, Precision, Resources};
     kind = "RoutingEndpoint",
     namespaced,
     status = "RoutingEndpointStatus",
-    shortname = "rep",
+    shortname = "slrep",
     category = "sapllm",
     printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeVersion"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,

@@ -16,7 +16,7 @@ use crate::training_run::{StageControl, VolumePath};
     kind = "Evaluation",
     namespaced,
     status = "EvaluationStatus",
-    shortname = "ev",
+    shortname = "slev",
     category = "sapllm",
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.modelVersion"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,

@@ -1,8 +1,8 @@
 //! The sapllm.io/v1alpha1 API: the three custom resources platform teams apply.
 //!
-//! - [`TrainingRun`] (`tr`): data-prep -> (pretrain) -> SFT -> PPO -> evaluation as worker Jobs.
-//! - [`Evaluation`] (`ev`): scores one model version against the gates and records the verdict.
-//! - [`RoutingEndpoint`] (`rep`): serves a model version that passed its gates, autoscaled.
+//! - [`TrainingRun`] (`sltr`): data-prep -> (pretrain) -> SFT -> PPO -> evaluation as worker Jobs.
+//! - [`Evaluation`] (`slev`): scores one model version against the gates and records the verdict.
+//! - [`RoutingEndpoint`] (`slrep`): serves a model version that passed its gates, autoscaled.
 //!
 //! Doc comments on every field become the schema descriptions `kubectl explain` shows; CEL rules
 //! (`x-kubernetes-validations`) reject nonsense at apply time with a field path.
@@ -10,6 +10,7 @@
 pub mod common;
 pub mod conditions;
 pub mod contract;
+pub mod digest;
 pub mod endpoint;
 pub mod evaluation;
 pub mod generate;

@@ -18,7 +18,7 @@ use crate::common::{ArtifactStorage, Gates, KeyRef, PodSettings};
     kind = "TrainingRun",
     namespaced,
     status = "TrainingRunStatus",
-    shortname = "tr",
+    shortname = "sltr",
     category = "sapllm",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.currentStage"}"#,
@@ -874,7 +874,7 @@ pub struct TrainingRunStatus {
     /// Name of the Evaluation the run produced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<String>,
-    /// Verdict of that Evaluation, copied here for `kubectl get tr`.
+    /// Verdict of that Evaluation, copied here for `kubectl get sltr`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<crate::common::Verdict>,
     /// Conditions: Running, Succeeded, Failed, Suspended, GatesPassed.

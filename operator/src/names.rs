@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
-use sha2::{Digest, Sha256};
 
 /// The one server-side-apply field manager of the operator.
 pub const MANAGER: &str = "sapllm-operator";
@@ -39,10 +38,7 @@ pub const ANNOTATION_RUN_GENERATION: &str = "sapllm.io/run-generation";
 /// Kubernetes' limit on names that become label values (Job names, Service names).
 pub const MAX_NAME: usize = 63;
 
-/// Lower-case hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use sapllm_crds::digest::sha256_hex;
 
 /// `<parent>-<suffix>`, at most 63 characters: a long parent is cut and made unique again by a
 /// hash of its full name, so the result is deterministic and distinct per parent.

@@ -21,6 +21,10 @@ pub struct JobObservation {
     /// Why the Job failed / the raw termination message when it is not a stage result (the
     /// kubelet falls back to the log tail with `FallbackToLogsOnError`).
     pub message: Option<String>,
+    /// Why the Job cannot create its pod (a missing ServiceAccount, PVC or Secret, a quota, an
+    /// admission webhook), from its newest `FailedCreate` Event. The Job itself says nothing:
+    /// it stays active with no pod while the Job controller retries.
+    pub pod_creation_failure: Option<String>,
 }
 
 /// Lifecycle of a Job.
@@ -75,7 +79,44 @@ pub fn observe_job(job: &Job, pods: &[Pod]) -> JobObservation {
         suspended,
         result,
         message,
+        pod_creation_failure: None,
     }
+}
+
+/// The condition (and reason) of a resource whose current Job cannot create its pod.
+pub const POD_CREATION_FAILED: &str = "PodCreationFailed";
+
+/// Whether the Job may be failing to create its pod: active, not suspended, and no pod active.
+/// Only then are its Events read, so a healthy namespace costs no Event list.
+pub fn may_lack_pods(job: &Job) -> bool {
+    let status = job.status.clone().unwrap_or_default();
+    let finished = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True");
+    let suspended = job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+    !finished && !suspended && status.active.unwrap_or(0) == 0
+}
+
+/// The newest `FailedCreate` warning among `events` about `job` (matched by uid), as
+/// `"<message>"`; `None` when a pod was created after it (a `SuccessfulCreate` is newer).
+pub fn creation_failure(job: &Job, events: &[k8s_openapi::api::core::v1::Event]) -> Option<String> {
+    let uid = job.metadata.uid.as_deref()?;
+    let when = |e: &k8s_openapi::api::core::v1::Event| {
+        e.last_timestamp.as_ref().map(|t| t.0).or(e.event_time.as_ref().map(|t| t.0)).or(e
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0))
+    };
+    let newest = events
+        .iter()
+        .filter(|e| e.involved_object.uid.as_deref() == Some(uid))
+        .filter(|e| matches!(e.reason.as_deref(), Some("FailedCreate" | "SuccessfulCreate")))
+        .max_by_key(|e| when(e))?;
+    (newest.reason.as_deref() == Some("FailedCreate"))
+        .then(|| truncate(newest.message.as_deref().unwrap_or("FailedCreate")))
 }
 
 /// The termination message of the newest pod whose worker container terminated: the parsed

@@ -225,6 +225,11 @@ pub fn job_container(
     }
     let mut env = env(settings);
     env.push(json!({ "name": sapllm_crds::contract::VOLUMES_ROOT_ENV, "value": sapllm_crds::contract::VOLUMES_ROOT }));
+    // The worker writes its result only where told to: outside a pod it must not.
+    env.push(json!({
+        "name": sapllm_crds::contract::TERMINATION_LOG_ENV,
+        "value": sapllm_crds::contract::DEFAULT_TERMINATION_LOG,
+    }));
     if let Some(cat) = p.catalog {
         let file = format!("{CATALOG_DIR}/{}", cat.key);
         env.push(json!({ "name": sapllm_crds::contract::CATALOG_FILE_ENV, "value": file }));

@@ -10,15 +10,35 @@ pub struct Transition {
     pub reason: String,
     /// Human-readable note.
     pub note: String,
+    /// The Event's `action`: what the transition is about (a stage's Job, a model version).
+    /// kube-runtime's recorder merges Events by type, reason, action and object, not by note,
+    /// so without it every `StageStarted` of a run would become a counter on the first one.
+    pub action: String,
 }
+
+/// Kubernetes' limit on an Event's `action`.
+const MAX_ACTION: usize = 128;
 
 impl Transition {
     /// A Normal event.
     pub fn normal(reason: &str, note: impl Into<String>) -> Self {
-        Transition { warning: false, reason: reason.into(), note: note.into() }
+        Transition { warning: false, reason: reason.into(), note: note.into(), action: "Reconcile".into() }
     }
     /// A Warning event.
     pub fn warning(reason: &str, note: impl Into<String>) -> Self {
-        Transition { warning: true, reason: reason.into(), note: note.into() }
+        Transition { warning: true, reason: reason.into(), note: note.into(), action: "Reconcile".into() }
+    }
+
+    /// Names what the transition is about: Events about different subjects stay apart.
+    pub fn about(mut self, subject: &str) -> Self {
+        if !subject.is_empty() {
+            self.action = subject.chars().take(MAX_ACTION).collect();
+        }
+        self
+    }
+
+    /// What kube-runtime's recorder merges Events on (besides the object and the reporter).
+    pub fn merge_key(&self) -> (bool, &str, &str) {
+        (self.warning, &self.reason, &self.action)
     }
 }

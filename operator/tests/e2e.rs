@@ -254,8 +254,9 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
     api.put(ENDPOINTS, endpoint());
     let dep = api.wait_for(30, "the Deployment", |a| a.get(DEPLOYMENTS, NS, "sap-router")).await;
     assert_eq!(dep["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"], version(1));
+    // Applied one after the other, after the Deployment: wait for each.
     for r in [SERVICES, AUTOSCALERS, BUDGETS] {
-        assert!(api.get(r, NS, "sap-router").is_some(), "{r}");
+        api.wait_for(10, r, |a| a.get(r, NS, "sap-router")).await;
     }
     let g = dep["metadata"]["generation"].clone();
     api.patch(DEPLOYMENTS, NS, "sap-router", json!({ "status": { "observedGeneration": g, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2 } }));

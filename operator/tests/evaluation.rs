@@ -49,6 +49,7 @@ fn finished(
         suspended: false,
         result,
         message: message.map(Into::into),
+        pod_creation_failure: None,
     };
     evaluation::decide(ev, &Ok(Resolution::Ready(r)), Some(&job), Some(&obs), at(100))
 }

@@ -3,7 +3,7 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use sapllm_crds::training_run::StageName;
-use sapllm_operator::observe::{JobState, observe_job, truncate};
+use sapllm_operator::observe::{JobState, creation_failure, may_lack_pods, observe_job, truncate};
 use serde_json::json;
 
 fn job(status: serde_json::Value) -> Job {
@@ -93,4 +93,36 @@ fn long_messages_keep_their_end() {
     assert!(t.len() <= 1027 && t.starts_with("...") && t.ends_with("THE END"));
     let multibyte = "é".repeat(3000);
     assert!(truncate(&multibyte).is_char_boundary(3));
+}
+
+fn event(uid: &str, reason: &str, at: &str, message: &str) -> k8s_openapi::api::core::v1::Event {
+    serde_json::from_value(json!({
+        "metadata": { "name": format!("e-{reason}-{at}") },
+        "involvedObject": { "kind": "Job", "name": "run-sft-0123456789", "uid": uid },
+        "type": if reason == "FailedCreate" { "Warning" } else { "Normal" },
+        "reason": reason, "message": message, "lastTimestamp": at,
+    }))
+    .unwrap()
+}
+
+/// The Job controller reports a pod it cannot create only as an Event on the Job: the newest
+/// `FailedCreate` of this Job (by uid: a deleted Job of the same name does not count) is the
+/// reason, unless a pod was created after it.
+#[test]
+fn a_jobs_failed_create_event_is_why_it_has_no_pod() {
+    let mut j = job(json!({}));
+    j.metadata.uid = Some("u1".into());
+    assert!(may_lack_pods(&j), "active, no pod");
+    let sa = "pods \"x\" is forbidden: serviceaccount \"sapllm-worker\" not found";
+    let events = [
+        event("u0", "FailedCreate", "2027-01-01T00:00:09Z", "of a deleted Job"),
+        event("u1", "FailedCreate", "2027-01-01T00:00:05Z", sa),
+        event("u1", "FailedCreate", "2027-01-01T00:00:01Z", "an older failure"),
+    ];
+    assert_eq!(creation_failure(&j, &events).as_deref(), Some(sa));
+    let mut later = events.to_vec();
+    later.push(event("u1", "SuccessfulCreate", "2027-01-01T00:00:07Z", "Created pod: x"));
+    assert_eq!(creation_failure(&j, &later), None, "a pod was created since");
+    assert!(!may_lack_pods(&job(json!({ "active": 1 }))), "a pod is active: no Event list");
+    assert!(!may_lack_pods(&job(json!({ "conditions": [{ "type": "Complete", "status": "True" }] }))));
 }

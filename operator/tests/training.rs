@@ -35,6 +35,7 @@ fn job(
         suspended: false,
         result,
         message: message.map(String::from),
+        pod_creation_failure: None,
     }
 }
 
@@ -238,8 +239,16 @@ fn step(run: &mut TrainingRun, obs: &Observed, secs: i64) -> training::Decision 
 }
 
 fn full_pipeline(run: &mut TrainingRun) -> Observed {
+    full_pipeline_with_events(run).0
+}
+
+/// [`full_pipeline`], with every Event the steps asked for.
+fn full_pipeline_with_events(
+    run: &mut TrainingRun,
+) -> (Observed, Vec<sapllm_operator::transitions::Transition>) {
     let plan = training::plan(run);
     let mut obs = Observed::default();
+    let mut events = Vec::new();
     let arts = [
         (StageName::DataPrep, Artifacts { dataset: Some("routing-tiny/data".into()), ..Default::default() }),
         (
@@ -262,12 +271,67 @@ fn full_pipeline(run: &mut TrainingRun) -> Observed {
     for (i, (s, a)) in arts.into_iter().enumerate() {
         let d = step(run, &obs, i as i64 * 100);
         assert_eq!(d.start.as_ref().map(|p| p.name), Some(s), "stage {s:?} starts next");
+        events.extend(d.transitions);
         let name = stage(&plan, s).child.clone();
         obs.jobs.insert(name.clone(), job(&name, JobState::Succeeded, 1, done(s, a), None));
     }
     let d = step(run, &obs, 500);
     assert_eq!(d.start.as_ref().map(|p| p.name), Some(StageName::Evaluation));
-    obs
+    events.extend(d.transitions);
+    (obs, events)
+}
+
+/// A Job that cannot create its pod (the namespace lacks the worker's ServiceAccount) shows in
+/// the run's status and conditions at once, with the reason; the run is not failed (Kubernetes
+/// keeps retrying), and once the pod exists the condition clears.
+#[test]
+fn a_job_that_cannot_create_its_pod_shows_in_status_with_the_reason() {
+    let mut run = tiny();
+    let plan = training::plan(&run);
+    let d = step(&mut run, &Observed::default(), 0);
+    assert_eq!(d.start.as_ref().map(|s| s.name), Some(StageName::DataPrep));
+    let name = stage(&plan, StageName::DataPrep).child.clone();
+    let why = "pods \"x\" is forbidden: error looking up service account ml/sapllm-worker: serviceaccount \"sapllm-worker\" not found";
+    let mut blocked = job(&name, JobState::Active, 0, None, None);
+    blocked.pod_creation_failure = Some(why.into());
+    let mut obs = Observed::default();
+    obs.jobs.insert(name.clone(), blocked);
+    let d = step(&mut run, &obs, 10);
+    assert_eq!(d.status.phase, Some(RunPhase::Running), "not failed: the Job controller retries");
+    let data = d.status.stages.iter().find(|s| s.name == StageName::DataPrep).unwrap();
+    assert_eq!(data.message.as_deref(), Some(format!("no pod can be created: {why}").as_str()));
+    let c = d.status.conditions.iter().find(|c| c.type_ == "PodCreationFailed").expect("a condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "FailedCreate"));
+    assert!(c.message.contains("serviceaccount \"sapllm-worker\" not found"), "{}", c.message);
+    let running = d.status.conditions.iter().find(|c| c.type_ == "Running").unwrap();
+    assert_eq!(running.reason, "PodCreationFailed");
+    // The ServiceAccount is created, the pod runs: the condition turns False.
+    obs.jobs.insert(name.clone(), job(&name, JobState::Active, 1, None, None));
+    let d = step(&mut run, &obs, 20);
+    let c = d.status.conditions.iter().find(|c| c.type_ == "PodCreationFailed").unwrap();
+    assert_eq!(c.status, "False");
+    let data = d.status.stages.iter().find(|s| s.name == StageName::DataPrep).unwrap();
+    assert_eq!(data.message, None);
+}
+
+/// The Event recorder merges Events with the same type, reason and action on one object: every
+/// stage's start and success must stay its own Event (`kubectl describe` names each stage).
+#[test]
+fn every_stage_gets_its_own_events() {
+    let mut run = tiny();
+    let (_, events) = full_pipeline_with_events(&mut run);
+    for reason in ["StageStarted", "StageSucceeded"] {
+        let of: Vec<_> = events.iter().filter(|t| t.reason == reason).collect();
+        let keys: std::collections::BTreeSet<_> = of.iter().map(|t| t.merge_key()).collect();
+        assert_eq!(keys.len(), of.len(), "{reason} Events would merge: {of:?}");
+        let expected = if reason == "StageStarted" { 5 } else { 4 };
+        assert_eq!(of.len(), expected, "{reason}: {of:?}");
+    }
+    let started: Vec<&str> =
+        events.iter().filter(|t| t.reason == "StageStarted").map(|t| t.note.as_str()).collect();
+    for s in ["data-prep", "pretrain", "sft", "ppo", "evaluation"] {
+        assert!(started.iter().any(|n| n.contains(&format!("stage {s} started"))), "{s}: {started:?}");
+    }
 }
 
 fn evaluation(name: &str, phase: EvaluationPhase, verdict: Option<Verdict>) -> Evaluation {

@@ -50,6 +50,28 @@ impl Context {
         Context { recorder: Recorder::new(client.clone(), reporter), client, config, metrics }
     }
 
+    /// Why `job` cannot create its pod, from its Events, when it may be failing to (see
+    /// [`crate::observe::may_lack_pods`]). Events are read best-effort: an error is logged once
+    /// per reconcile and reads as "no failure known".
+    pub async fn pod_creation_failure(&self, job: &k8s_openapi::api::batch::v1::Job) -> Option<String> {
+        if !crate::observe::may_lack_pods(job) {
+            return None;
+        }
+        let ns = job.metadata.namespace.as_deref()?;
+        let name = job.metadata.name.as_deref()?;
+        let api: kube::Api<k8s_openapi::api::core::v1::Event> =
+            kube::Api::namespaced(self.client.clone(), ns);
+        let lp = kube::api::ListParams::default()
+            .fields(&format!("involvedObject.kind=Job,involvedObject.name={name}"));
+        match api.list(&lp).await {
+            Ok(list) => crate::observe::creation_failure(job, &list.items),
+            Err(e) => {
+                tracing::debug!(error = %e, job = name, "cannot read the Job's Events");
+                None
+            }
+        }
+    }
+
     /// Publishes `transitions` on `obj`. Events are best-effort (state is in status), so a failed
     /// publish is logged, not retried.
     pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, transitions: &[Transition]) {
@@ -59,7 +81,7 @@ impl Context {
                 type_: if t.warning { EventType::Warning } else { EventType::Normal },
                 reason: t.reason.clone(),
                 note: Some(t.note.chars().take(1000).collect()),
-                action: "Reconcile".into(),
+                action: t.action.clone(),
                 secondary: None,
             };
             if let Err(e) = self.recorder.publish(&ev, &reference).await {

@@ -128,7 +128,9 @@ async fn observe(
         Some(job) => {
             let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
             let lp = ListParams::default().labels(&format!("{LABEL_JOB_NAME}={}", job.name_any()));
-            Some(observe_job(job, &pods.list(&lp).await?.items))
+            let mut o = observe_job(job, &pods.list(&lp).await?.items);
+            o.pod_creation_failure = ctx.pod_creation_failure(job).await;
+            Some(o)
         }
         None => None,
     };

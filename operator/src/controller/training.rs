@@ -122,7 +122,8 @@ async fn observe(
         let name = job.name_any();
         let job_pods: Vec<Pod> =
             pods.iter().filter(|p| p.labels().get(LABEL_JOB_NAME) == Some(&name)).cloned().collect();
-        let o = observe_job(job, &job_pods);
+        let mut o = observe_job(job, &job_pods);
+        o.pod_creation_failure = ctx.pod_creation_failure(job).await;
         // The current stage's Job: planned now, or adopted from status (see training::decide).
         let current = plan.iter().any(|p| p.child == name)
             || run

@@ -92,10 +92,13 @@ pub fn decide(
     {
         s.rollout_version = Some(c.version.clone());
         s.rollout_started = Some(now.clone());
-        d.transitions.push(Transition::normal(
-            "RolloutStarted",
-            format!("rolling out {} (Evaluation {})", c.version, c.evaluation),
-        ));
+        d.transitions.push(
+            Transition::normal(
+                "RolloutStarted",
+                format!("rolling out {} (Evaluation {})", c.version, c.evaluation),
+            )
+            .about(&c.version),
+        );
     }
     if let Some(r) = s.rollout_version.clone() {
         let dep_on_r = dep.filter(|o| o.version.as_deref() == Some(r.as_str()));
@@ -109,7 +112,7 @@ pub fn decide(
             s.rollout_started = None;
             s.rolled_back_version = None;
             d.promoted = true;
-            d.transitions.push(Transition::normal("Promoted", format!("{r} is serving")));
+            d.transitions.push(Transition::normal("Promoted", format!("{r} is serving")).about(&r));
             set_condition(
                 &mut s.conditions,
                 "RolledBack",
@@ -126,7 +129,10 @@ pub fn decide(
             s.rollout_version = None;
             s.rollout_started = None;
             d.rolled_back = true;
-            d.transitions.push(Transition::warning("RolledBack", msg.clone()));
+            d.transitions.push(
+                Transition::warning("RolledBack", msg.clone())
+                    .about(s.rolled_back_version.as_deref().unwrap_or_default()),
+            );
             set_condition(
                 &mut s.conditions,
                 "RolledBack",
@@ -227,6 +233,7 @@ pub fn decide(
     {
         d.transitions.push(if ready {
             Transition::normal("Ready", format!("serving {}", s.active_version.clone().unwrap_or_default()))
+                .about(s.active_version.as_deref().unwrap_or_default())
         } else {
             Transition::warning("NotReady", "no ready replica serves a version")
         });

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 use sapllm_crds::contract::{ARTIFACTS_MOUNT, exit_code};
+use sapllm_crds::digest::digest_of;
 use sapllm_crds::evaluation::Evaluation;
 use serde_json::json;
 
@@ -12,7 +13,7 @@ use crate::config::OperatorConfig;
 use crate::evaluation::resolve::Resolved;
 use crate::names::{
     ANNOTATION_SETTINGS_DIGEST, LABEL_EVALUATION, LABEL_LINEAGE, base_labels, child_name, label_value,
-    owner_ref, sha256_hex,
+    owner_ref,
 };
 use crate::pod::{self, WorkerPod};
 use crate::training::build::from_json;
@@ -42,8 +43,8 @@ pub fn evaluate_args(ev: &Evaluation, r: &Resolved) -> Vec<String> {
 
 /// The Job's name: it changes whenever what is scored changes (a new Job, never an edited one).
 pub fn job_name(ev: &Evaluation, r: &Resolved) -> (String, String) {
-    let digest = sha256_hex(json!({ "args": evaluate_args(ev, r), "claim": r.claim }).to_string().as_bytes());
-    (child_name(&ev.name_any(), &format!("eval-{}", &digest[..10])), format!("sha256:{digest}"))
+    let digest = digest_of(&json!({ "args": evaluate_args(ev, r), "claim": r.claim }));
+    (child_name(&ev.name_any(), &format!("eval-{}", &digest["sha256:".len().."sha256:".len() + 10])), digest)
 }
 
 /// The evaluate Job.

@@ -12,7 +12,7 @@ use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, EvaluationStatus, Mod
 
 use crate::evaluation::resolve::Resolution;
 use crate::invalid::Invalid;
-use crate::observe::{JobObservation, JobState};
+use crate::observe::{JobObservation, JobState, POD_CREATION_FAILED};
 use crate::transitions::Transition;
 
 /// The decision for one Evaluation.
@@ -78,7 +78,7 @@ pub fn decide(
                     s = fresh(s, &jn);
                     s.phase = Some(EvaluationPhase::Running);
                     s.attempts = 1;
-                    running(&mut s, &jn, g, &now);
+                    running(&mut s, &jn, None, g, &now);
                 }
                 Some(j) => {
                     if prev.job_name.as_deref() != Some(jn.as_str()) {
@@ -89,7 +89,7 @@ pub fn decide(
                     match (j.state, metrics) {
                         (JobState::Active, _) => {
                             s.phase = Some(EvaluationPhase::Running);
-                            running(&mut s, &jn, g, &now);
+                            running(&mut s, &jn, j.pod_creation_failure.as_deref(), g, &now);
                         }
                         (_, Some(m)) => {
                             let res = j.result.clone().unwrap_or_default();
@@ -205,11 +205,16 @@ fn fresh(prev: EvaluationStatus, job: &str) -> EvaluationStatus {
     }
 }
 
-fn running(s: &mut EvaluationStatus, job: &str, g: Option<i64>, now: &Time) {
+/// The conditions of a running Job; `pods_failing` says why it cannot create its pod (Kubernetes
+/// keeps retrying, so the Evaluation is not failed, but says why nothing runs).
+fn running(s: &mut EvaluationStatus, job: &str, pods_failing: Option<&str>, g: Option<i64>, now: &Time) {
     let c = &mut s.conditions;
-    let m = format!("Job {job} scores the model");
-    set_condition(c, "Running", true, "JobRunning", m.clone(), g, now.clone());
-    set_condition(c, "Completed", false, "JobRunning", m.clone(), g, now.clone());
+    let (reason, m) = match pods_failing {
+        Some(why) => (POD_CREATION_FAILED, format!("Job {job} cannot create its pod: {why}")),
+        None => ("JobRunning", format!("Job {job} scores the model")),
+    };
+    set_condition(c, "Running", true, reason, m.clone(), g, now.clone());
+    set_condition(c, "Completed", false, reason, m.clone(), g, now.clone());
     c.retain(|x| x.type_ != "Passed" && x.type_ != "Failed");
 }
 
@@ -242,10 +247,13 @@ fn transitions(ev: &Evaluation, prev: &EvaluationStatus, now: &EvaluationStatus)
     if prev.phase != now.phase || prev.job_name != now.job_name {
         match now.phase {
             Some(EvaluationPhase::Running) if prev.phase != now.phase || prev.job_name != now.job_name => t
-                .push(Transition::normal(
-                    "EvaluationStarted",
-                    format!("Job {} started", now.job_name.clone().unwrap_or_default()),
-                )),
+                .push(
+                    Transition::normal(
+                        "EvaluationStarted",
+                        format!("Job {} started", now.job_name.clone().unwrap_or_default()),
+                    )
+                    .about(now.job_name.as_deref().unwrap_or_default()),
+                ),
             Some(EvaluationPhase::Failed) => {
                 let m = now
                     .conditions
@@ -253,7 +261,10 @@ fn transitions(ev: &Evaluation, prev: &EvaluationStatus, now: &EvaluationStatus)
                     .find(|c| c.type_ == "Failed")
                     .map(|c| c.message.clone())
                     .unwrap_or_default();
-                t.push(Transition::warning("EvaluationFailed", m))
+                t.push(
+                    Transition::warning("EvaluationFailed", m)
+                        .about(now.job_name.as_deref().unwrap_or_default()),
+                )
             }
             Some(EvaluationPhase::Pending) => {
                 t.push(Transition::normal("WaitingForModel", format!("{name} waits for its model")))
@@ -267,9 +278,11 @@ fn transitions(ev: &Evaluation, prev: &EvaluationStatus, now: &EvaluationStatus)
         let v = now.model_version.clone().unwrap_or_default();
         match now.verdict {
             Some(Verdict::Passed) => {
-                t.push(Transition::normal("GatesPassed", format!("{v} passed every gate")))
+                t.push(Transition::normal("GatesPassed", format!("{v} passed every gate")).about(&v))
             }
-            _ => t.push(Transition::warning("GatesFailed", format!("{v}: {}", failing_gates(&now.gates)))),
+            _ => t.push(
+                Transition::warning("GatesFailed", format!("{v}: {}", failing_gates(&now.gates))).about(&v),
+            ),
         }
     }
     t

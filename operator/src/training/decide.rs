@@ -12,7 +12,7 @@ use sapllm_crds::training_run::{
 };
 
 use crate::invalid::Invalid;
-use crate::observe::{JobObservation, JobState};
+use crate::observe::{JobObservation, JobState, POD_CREATION_FAILED};
 use crate::training::plan::PlannedStage;
 use crate::transitions::Transition;
 
@@ -83,6 +83,7 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
     let mut current: Option<StageName> = None;
     let mut evaluation: Option<&Evaluation> = None;
     let mut rerun_from: Option<StageName> = None;
+    let mut pods_failing: Option<(StageName, String)> = None;
 
     let plan = adopt_recorded(plan, &prev, generation);
     let plan = plan.as_slice();
@@ -108,6 +109,11 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
             evaluation_stage(&mut st, ps, ev, kept_succeeded, suspend, &mut artifacts)
         } else {
             let job = obs.jobs.get(&ps.child);
+            if let Some(m) =
+                job.filter(|j| j.state == JobState::Active).and_then(|j| j.pod_creation_failure.clone())
+            {
+                pods_failing = Some((ps.name, m));
+            }
             let outcome =
                 job_stage(&mut st, run, job, kept_succeeded, kept(StagePhase::Failed), &mut artifacts);
             if let Some(toggle) = outcome.suspend {
@@ -183,7 +189,7 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
 
     set_conditions(
         &mut status,
-        Outcome { phase, failed, current, rerun_from, suspend, evaluation },
+        Outcome { phase, failed, current, rerun_from, suspend, evaluation, pods_failing },
         generation,
         &now,
     );
@@ -310,6 +316,7 @@ fn job_stage(
         }
         JobState::Active => {
             st.phase = StagePhase::Running;
+            st.message = job.pod_creation_failure.as_ref().map(|m| format!("no pod can be created: {m}"));
             // With a queue, Kueue owns `suspend` once the Job is admitted; the operator only
             // ever suspends queued Jobs, never admits them.
             if job.suspended != suspend && (suspend || run.spec.queue_name.is_none()) {
@@ -370,11 +377,13 @@ struct Outcome<'a> {
     rerun_from: Option<StageName>,
     suspend: bool,
     evaluation: Option<&'a Evaluation>,
+    /// A running stage whose Job cannot create its pod, and why.
+    pods_failing: Option<(StageName, String)>,
 }
 
 /// The Running / Succeeded / Failed / Suspended / GatesPassed conditions.
 fn set_conditions(status: &mut TrainingRunStatus, o: Outcome<'_>, g: Option<i64>, now: &Time) {
-    let Outcome { phase, failed, current, rerun_from, suspend, evaluation } = o;
+    let Outcome { phase, failed, current, rerun_from, suspend, evaluation, pods_failing } = o;
     let evaluation_name = status.evaluation.clone().unwrap_or_default();
     let verdict = status.verdict;
     let failed_attempts = |s: StageName| status.stages.iter().find(|x| x.name == s).map_or(0, |x| x.attempts);
@@ -420,13 +429,43 @@ fn set_conditions(status: &mut TrainingRunStatus, o: Outcome<'_>, g: Option<i64>
         }
         RunPhase::Running | RunPhase::Pending | RunPhase::Suspended => {
             let running = phase == RunPhase::Running;
-            let reason = if rerun_from.is_some() { "SpecChanged" } else { "StageRunning" };
-            let msg =
-                format!("stage {} {}", stage_s(current), if running { "is running" } else { "is pending" });
+            let reason = match (&pods_failing, rerun_from) {
+                (Some(_), _) => POD_CREATION_FAILED,
+                (None, Some(_)) => "SpecChanged",
+                (None, None) => "StageRunning",
+            };
+            let msg = match &pods_failing {
+                Some((s, why)) => format!("stage {} cannot create its pod: {why}", s.as_str()),
+                None => format!(
+                    "stage {} {}",
+                    stage_s(current),
+                    if running { "is running" } else { "is pending" }
+                ),
+            };
             set_condition(c, "Running", running, reason, msg.clone(), g, now.clone());
             set_condition(c, "Succeeded", false, reason, msg.clone(), g, now.clone());
             set_condition(c, "Failed", false, reason, msg, g, now.clone());
         }
+    }
+    // Kubernetes keeps retrying the pod (a missing ServiceAccount may be created, quota freed):
+    // the run is not failed, but says why nothing runs.
+    match &pods_failing {
+        Some((s, why)) => {
+            let m = format!("the Job of stage {} cannot create its pod: {why}", s.as_str());
+            set_condition(c, POD_CREATION_FAILED, true, "FailedCreate", m, g, now.clone());
+        }
+        None if c.iter().any(|x| x.type_ == POD_CREATION_FAILED) => {
+            set_condition(
+                c,
+                POD_CREATION_FAILED,
+                false,
+                "PodsCreated",
+                "the current Job created its pod",
+                g,
+                now.clone(),
+            );
+        }
+        None => {}
     }
     let (sus_reason, sus_msg) = if suspend {
         ("Suspended", "spec.suspend is true: no new stage starts and running Jobs are suspended")
@@ -473,10 +512,13 @@ fn transitions(
 ) -> Vec<Transition> {
     let mut t = Vec::new();
     if let Some(s) = rerun {
-        t.push(Transition::normal(
-            "SpecChanged",
-            format!("settings changed: re-running from stage {}", s.as_str()),
-        ));
+        t.push(
+            Transition::normal(
+                "SpecChanged",
+                format!("settings changed: re-running from stage {}", s.as_str()),
+            )
+            .about(s.as_str()),
+        );
     }
     for s in &now.stages {
         let before = prev.stages.iter().find(|b| b.name == s.name);
@@ -486,18 +528,21 @@ fn transitions(
         }
         let job = s.job_name.clone().unwrap_or_default();
         match s.phase {
-            StagePhase::Running => t.push(Transition::normal(
-                "StageStarted",
-                format!("stage {} started ({job})", s.name.as_str()),
-            )),
-            StagePhase::Succeeded => t.push(Transition::normal(
-                "StageSucceeded",
-                format!("stage {} succeeded ({job})", s.name.as_str()),
-            )),
-            StagePhase::Failed => t.push(Transition::warning(
-                "StageFailed",
-                format!("stage {} failed: {}", s.name.as_str(), s.message.clone().unwrap_or_default()),
-            )),
+            StagePhase::Running => t.push(
+                Transition::normal("StageStarted", format!("stage {} started ({job})", s.name.as_str()))
+                    .about(&job),
+            ),
+            StagePhase::Succeeded => t.push(
+                Transition::normal("StageSucceeded", format!("stage {} succeeded ({job})", s.name.as_str()))
+                    .about(&job),
+            ),
+            StagePhase::Failed => t.push(
+                Transition::warning(
+                    "StageFailed",
+                    format!("stage {} failed: {}", s.name.as_str(), s.message.clone().unwrap_or_default()),
+                )
+                .about(&job),
+            ),
             _ => {}
         }
     }
@@ -506,7 +551,7 @@ fn transitions(
         match now.phase {
             Some(RunPhase::Failed) => t.push(Transition::warning("RunFailed", "the run failed")),
             Some(RunPhase::Succeeded) => t.push(Transition::normal("RunSucceeded", "every stage completed")),
-            _ => t.push(Transition::normal("PhaseChanged", format!("phase is now {p}"))),
+            _ => t.push(Transition::normal("PhaseChanged", format!("phase is now {p}")).about(&p)),
         }
     }
     if prev.verdict != now.verdict
@@ -514,8 +559,10 @@ fn transitions(
     {
         let ev = now.evaluation.clone().unwrap_or_default();
         match v {
-            Verdict::Passed => t.push(Transition::normal("GatesPassed", format!("{ev} passed every gate"))),
-            _ => t.push(Transition::warning("GatesFailed", format!("{ev}: verdict {v:?}"))),
+            Verdict::Passed => {
+                t.push(Transition::normal("GatesPassed", format!("{ev} passed every gate")).about(&ev))
+            }
+            _ => t.push(Transition::warning("GatesFailed", format!("{ev}: verdict {v:?}")).about(&ev)),
         }
     }
     t
