@@ -62,10 +62,12 @@ pub struct RoutingEndpointSpec {
     /// Dynamic batching of concurrent requests.
     #[serde(default)]
     pub batching: Batching,
-    /// Decisions below this confidence abstain (route to review).
-    #[serde(default = "crate::training_run::default_abstain")]
+    /// Decisions below this confidence abstain (route to review). Unset: the threshold of the
+    /// Evaluation that passed the served version, so the endpoint abstains exactly where the
+    /// gates were measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
-    pub abstain_threshold: f64,
+    pub abstain_threshold: Option<f64>,
     /// A rollout that is not ready within this many seconds is rolled back.
     #[serde(default = "default_rollout_deadline")]
     #[schemars(range(min = 10))]

@@ -74,8 +74,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    // kube-client logs every 5xx answer at ERROR on its own; the reconcilers report the failures
+    // that matter (once, with context), so its per-request line only repeats them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn,kube_client::client::builder=off".into());
     if args.log_json {
         tracing_subscriber::fmt().json().with_env_filter(filter).init();
     } else {

@@ -62,6 +62,36 @@ fn latest_passing_follows_the_newest_passing_version_and_reports_a_failing_newer
     assert_eq!(endpoint::select(&rep(), &[]).blocked.unwrap().0, "NoPassingVersion");
 }
 
+/// The served version re-evaluated with stricter gates: the condition says once what failed, where
+/// it passed, and what is served (it read "version X failed…; serving the latest passing version
+/// X; serving X").
+#[test]
+fn a_served_version_that_fails_a_stricter_re_evaluation_is_reported_once() {
+    let mut r = rep();
+    let evs = vec![ev("a", 1, true, 10)];
+    let d = endpoint::decide(&r, &endpoint::select(&r, &evs), None, None, at(0));
+    r.status = Some(d.status);
+    let d = endpoint::decide(&r, &endpoint::select(&r, &evs), None, Some(&ready_on(&version(1))), at(10));
+    r.status = Some(d.status);
+    let evs = vec![ev("a", 1, true, 10), ev("strict", 1, false, 20)];
+    let active = endpoint::find_passing(&version(1), &evs);
+    let d = endpoint::decide(
+        &r,
+        &endpoint::select(&r, &evs),
+        active.as_ref(),
+        Some(&ready_on(&version(1))),
+        at(20),
+    );
+    let c = d.status.conditions.iter().find(|c| c.type_ == "GateBlocked").unwrap();
+    let v = version(1);
+    assert_eq!(
+        c.message,
+        format!(
+            "version {v} failed its gates in Evaluation strict (routingAccuracy 0.9 < 0.97) after passing in Evaluation a; serving {v}"
+        )
+    );
+}
+
 #[test]
 fn a_pinned_version_is_served_only_when_it_passed() {
     let mut r = rep();
@@ -198,6 +228,23 @@ fn serving_children_are_exact() {
     let hpa = endpoint::autoscaler(&r);
     let metrics = hpa.spec.unwrap().metrics.unwrap();
     assert_eq!(metrics[1].pods.as_ref().unwrap().metric.name, "sapllm_inflight_requests");
+}
+
+/// Unset, the endpoint abstains at the threshold its Evaluation scored with (the tiny run
+/// evaluates at 0.25; a fixed 0.5 made every answer of that model abstain); set, it wins.
+#[test]
+fn the_abstention_threshold_defaults_to_the_evaluations() {
+    let threshold = |args: Vec<String>| {
+        args.windows(2).find(|w| w[0] == "--abstain-threshold").map(|w| w[1].clone()).unwrap()
+    };
+    let mut e = ev("a", 1, true, 10);
+    e.spec.abstain_threshold = 0.25;
+    let mut r = rep();
+    r.spec.abstain_threshold = None;
+    let c = endpoint::select(&r, &[e]).serve.unwrap();
+    assert_eq!(threshold(endpoint::build::serve_args(&r, &c, 1)), "0.25");
+    r.spec.abstain_threshold = Some(0.7);
+    assert_eq!(threshold(endpoint::build::serve_args(&r, &c, 1)), "0.7");
 }
 
 #[test]

@@ -314,6 +314,25 @@ fn a_job_that_cannot_create_its_pod_shows_in_status_with_the_reason() {
     assert_eq!(data.message, None);
 }
 
+/// A pod log that cannot be read (the API server cannot reach the kubelet) is a condition, not
+/// a failure: the run goes on, and `kubectl describe` says why there is no live progress.
+#[test]
+fn unreadable_progress_is_a_condition_not_a_failure() {
+    let mut run = tiny();
+    let plan = training::plan(&run);
+    step(&mut run, &Observed::default(), 0);
+    let name = stage(&plan, StageName::DataPrep).child.clone();
+    let mut obs = Observed::default();
+    obs.jobs.insert(name.clone(), job(&name, JobState::Active, 1, None, None));
+    obs.progress_unavailable =
+        Some("the server has asked for the client to provide credentials (500)".into());
+    let d = step(&mut run, &obs, 10);
+    assert_eq!(d.status.phase, Some(RunPhase::Running));
+    let c = d.status.conditions.iter().find(|c| c.type_ == "ProgressAvailable").expect("a condition");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "LogUnavailable"));
+    assert!(c.message.contains("(500)"), "{}", c.message);
+}
+
 /// The Event recorder merges Events with the same type, reason and action on one object: every
 /// stage's start and success must stay its own Event (`kubectl describe` names each stage).
 #[test]

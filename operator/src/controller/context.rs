@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 
@@ -91,7 +92,59 @@ impl Context {
     }
 }
 
+impl Context {
+    /// What a failed reconcile does next: a retry shortly, with a warning; but when the
+    /// namespace is being deleted, nothing (the object goes with it) and no warning (the API
+    /// refuses every create there, and a retry every few seconds floods the log).
+    pub fn on_error(&self, kind: &'static str, name: &str, err: &Error) -> Action {
+        self.metrics.error(kind);
+        if namespace_terminating(err) {
+            tracing::debug!(kind, name, error = %err, "namespace is being deleted: not retrying");
+            return Action::await_change();
+        }
+        tracing::warn!(kind, name, error = %err, "reconcile failed");
+        Action::requeue(std::time::Duration::from_secs(5))
+    }
+}
+
+/// Whether the API refused a request because its namespace is being deleted (the
+/// NamespaceLifecycle admission plugin: 403 with the `NamespaceTerminating` cause).
+pub fn namespace_terminating(err: &Error) -> bool {
+    let Error::Kube(kube::Error::Api(status)) = err else { return false };
+    status.code == 403
+        && (status.details.iter().flat_map(|d| &d.causes).any(|c| c.reason == "NamespaceTerminating")
+            || status.message.contains("because it is being terminated"))
+}
+
 /// The current time as Kubernetes writes it.
 pub fn now() -> Time {
     Time(Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    #[test]
+    fn a_create_in_a_terminating_namespace_is_recognised() {
+        let refused = |message: &str, cause: Option<&str>| {
+            let causes: Vec<serde_json::Value> =
+                cause.map(|c| serde_json::json!({ "reason": c })).into_iter().collect();
+            let s: Status = serde_json::from_value(serde_json::json!({
+                "status": "Failure", "code": 403, "reason": "Forbidden", "message": message,
+                "details": { "causes": causes },
+            }))
+            .unwrap();
+            Error::Kube(kube::Error::Api(s.boxed()))
+        };
+        let msg = "persistentvolumeclaims \"a\" is forbidden: unable to create new content in namespace ml because it is being terminated";
+        assert!(namespace_terminating(&refused(msg, None)));
+        assert!(namespace_terminating(&refused("forbidden", Some("NamespaceTerminating"))));
+        assert!(
+            !namespace_terminating(&refused("jobs is forbidden: User cannot create", None)),
+            "RBAC stays an error"
+        );
+        assert!(!namespace_terminating(&Error::NoNamespace));
+    }
 }

@@ -127,7 +127,5 @@ async fn observe(
 
 /// Retries a failed reconcile shortly.
 pub fn error_policy(rep: Arc<RoutingEndpoint>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(KIND);
-    tracing::warn!(endpoint = %rep.name_any(), error = %err, "reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
+    ctx.on_error(KIND, &rep.name_any(), err)
 }

@@ -139,7 +139,5 @@ async fn observe(
 
 /// Retries a failed reconcile shortly.
 pub fn error_policy(ev: Arc<Evaluation>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(KIND);
-    tracing::warn!(evaluation = %ev.name_any(), error = %err, "reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
+    ctx.on_error(KIND, &ev.name_any(), err)
 }

@@ -165,7 +165,18 @@ async fn observe(
         };
         match pods_api.logs(&pod, &lp).await {
             Ok(log) => obs.progress = parse_latest(&log, now()),
-            Err(e) => tracing::debug!(error = %e, pod, "cannot read progress"),
+            Err(e) => {
+                // Said once (then in the ProgressAvailable condition), not at every poll.
+                let said = run
+                    .status
+                    .iter()
+                    .flat_map(|s| &s.conditions)
+                    .any(|c| c.type_ == training::decide::PROGRESS_AVAILABLE && c.status == "False");
+                if !said {
+                    tracing::warn!(error = %e, pod, "cannot read the worker's log: no live progress (see the ProgressAvailable condition)");
+                }
+                obs.progress_unavailable = Some(crate::observe::truncate(&e.to_string()));
+            }
         }
     }
     // The endpoint's passing lineage, which the run's Evaluation compares against.
@@ -180,7 +191,5 @@ async fn observe(
 
 /// Retries a failed reconcile with a short delay (the API server or the network hiccupped).
 pub fn error_policy(run: Arc<TrainingRun>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(KIND);
-    tracing::warn!(run = %run.name_any(), error = %err, "reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
+    ctx.on_error(KIND, &run.name_any(), err)
 }

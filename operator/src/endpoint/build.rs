@@ -92,7 +92,7 @@ pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate, workers: u32) -> Vec<Str
         "--request-timeout-ms".into(),
         s.batching.request_timeout_ms.to_string(),
         "--abstain-threshold".into(),
-        s.abstain_threshold.to_string(),
+        s.abstain_threshold.unwrap_or(c.abstain_threshold).to_string(),
     ]);
     if let Some(k) = &s.auth_secret {
         a.extend(["--auth-token-file".into(), format!("{AUTH_DIR}/{}", k.key)]);

@@ -20,6 +20,8 @@ pub struct Candidate {
     pub artifacts: ModelArtifacts,
     /// The claim holding them.
     pub claim: Option<String>,
+    /// The abstention threshold the Evaluation scored with (the endpoint's default).
+    pub abstain_threshold: f64,
 }
 
 /// The outcome of selecting.
@@ -48,6 +50,7 @@ fn candidate(ev: &Evaluation) -> Option<Candidate> {
         evaluation: ev.name_any(),
         artifacts: s.artifacts.clone()?,
         claim: ev.spec.storage.as_ref().map(|st| st.claim_name.clone()),
+        abstain_threshold: ev.spec.abstain_threshold,
     })
 }
 
@@ -135,17 +138,25 @@ pub fn select(rep: &RoutingEndpoint, evaluations: &[Evaluation]) -> Selection {
             ),
         )),
         (Some(n), Some(p)) if n.name_any() != p.name_any() => {
+            // What is served is said once, by the caller ("; serving X").
             let s = n.status.clone().unwrap_or_default();
-            Some((
-                "GatesFailed".to_string(),
+            let failed = s.model_version.unwrap_or_default();
+            let passed_version = p.status.as_ref().and_then(|s| s.model_version.clone()).unwrap_or_default();
+            let m = if failed == passed_version {
                 format!(
-                    "version {} (Evaluation {}) failed its gates ({}); serving the latest passing version {}",
-                    s.model_version.unwrap_or_default(),
+                    "version {failed} failed its gates in Evaluation {} ({}) after passing in Evaluation {}",
                     n.name_any(),
                     failing_gates(&s.gates),
-                    serve.as_ref().map(|c| c.version.clone()).unwrap_or_default()
-                ),
-            ))
+                    p.name_any()
+                )
+            } else {
+                format!(
+                    "version {failed} (Evaluation {}) failed its gates ({})",
+                    n.name_any(),
+                    failing_gates(&s.gates)
+                )
+            };
+            Some(("GatesFailed".to_string(), m))
         }
         _ => None,
     };

@@ -25,6 +25,9 @@ pub struct Observed {
     pub evaluations: BTreeMap<String, Evaluation>,
     /// Progress read from the running stage's pod.
     pub progress: Option<Progress>,
+    /// Why the running stage's log could not be read for progress (the API server cannot
+    /// reach the kubelet, RBAC lacks `pods/log`), when it could not.
+    pub progress_unavailable: Option<String>,
     /// The lineage of the model version serving at `spec.endpoint`, when it names one that
     /// exists and has a passing version.
     pub endpoint_lineage: Option<String>,
@@ -193,6 +196,8 @@ pub fn decide(run: &TrainingRun, plan: &[PlannedStage], obs: &Observed, now: Tim
         generation,
         &now,
     );
+
+    progress_condition(&mut status.conditions, obs, generation, &now);
 
     d.transitions =
         transitions(&prev, &status, rerun_from.filter(|_| prev.observed_generation != generation));
@@ -368,6 +373,31 @@ fn run_phase(failed: bool, current: bool, suspend: bool, stages: &[StageStatus])
         RunPhase::Pending
     }
 }
+
+/// `ProgressAvailable`: whether live progress can be read from the running pod's log. Stages
+/// complete without it (their results come from the termination message); the condition says
+/// why `kubectl get` shows no step/loss/ETA, instead of an error in the operator's log.
+fn progress_condition(c: &mut Vec<Condition>, obs: &Observed, g: Option<i64>, now: &Time) {
+    match (&obs.progress_unavailable, &obs.progress) {
+        (Some(why), _) => {
+            let m = format!("cannot read the running pod's log for progress: {why}");
+            set_condition(c, PROGRESS_AVAILABLE, false, "LogUnavailable", m, g, now.clone());
+        }
+        (None, Some(_)) => set_condition(
+            c,
+            PROGRESS_AVAILABLE,
+            true,
+            "LogRead",
+            "progress is read from the pod's log",
+            g,
+            now.clone(),
+        ),
+        (None, None) => {}
+    }
+}
+
+/// The condition saying whether live progress can be read.
+pub const PROGRESS_AVAILABLE: &str = "ProgressAvailable";
 
 /// What the conditions are written from.
 struct Outcome<'a> {
