@@ -135,6 +135,47 @@ fn a_rerun_skips_finished_stages_and_a_settings_change_reruns_from_there() {
     }
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Editing a finished run re-runs from the edited stage, and that stage succeeds: the outputs of
+/// the old settings (checkpoints included) are moved aside, not resumed from or refused.
+#[test]
+fn an_edited_finished_run_reruns_the_changed_stage_to_success() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("ci-tiny");
+    copy_dir(&f.run_dir, &run_dir);
+    let mut ctx = RunContext::from_manifest(&f.manifest, Some(run_dir.clone()), ProgressMode::Quiet).unwrap();
+    ctx.run.spec.stages.sft.max_steps = Some(4);
+    assert!(run_dir.join("sft/checkpoints").read_dir().unwrap().count() > 0, "the old run left checkpoints");
+    let (result, skipped) = run_stage(&ctx, StageName::Sft).expect("the edited SFT runs");
+    assert!(!skipped && result.succeeded);
+    let history = std::fs::read_to_string(run_dir.join("sft/loss_history.jsonl")).unwrap();
+    assert_eq!(history.lines().count(), 4, "the new settings' steps, not a resume of the old run");
+    let superseded: Vec<String> = std::fs::read_dir(run_dir.join("superseded"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(superseded.iter().any(|n| n.starts_with("sft-")), "{superseded:?}");
+    assert!(superseded.iter().any(|n| n.starts_with("evaluation-")), "later stages go too: {superseded:?}");
+    assert!(!run_dir.join("evaluation").exists(), "no stale evaluation beside the new adapter");
+    assert!(run_dir.join("data/train_routing_examples.jsonl").is_file(), "unchanged stages stay");
+    // The same settings again: nothing is moved, the stage is current.
+    let (_, skipped) = run_stage(&ctx, StageName::Sft).unwrap();
+    assert!(skipped);
+}
+
 fn adapter_tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let map = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     let mut v: Vec<(String, Vec<f32>)> =
@@ -174,4 +215,50 @@ fn a_killed_sft_resumes_to_the_same_adapter() {
         assert_eq!(ka, kb);
         assert_eq!(va, vb, "{ka} differs after resume");
     }
+}
+
+/// `evaluate` of explicit artifacts (what an Evaluation that names its folders runs) reports the
+/// model version in its termination message's artifacts: the operator has no other source for
+/// the Evaluation's `status.modelVersion`. Without the contract's variable, nothing is written.
+#[test]
+fn evaluate_of_explicit_artifacts_reports_the_model_version() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("termination-log");
+    let run = |with_log: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sapllm-worker"));
+        c.args([
+            "--progress",
+            "quiet",
+            "--device",
+            "cpu",
+            "evaluate",
+            "--samples",
+            "2",
+            "--precision",
+            "f32",
+        ])
+        .arg("--base-model")
+        .arg(f.run_dir.join("pretrain/model"))
+        .arg("--adapter")
+        .arg(f.run_dir.join("sft/adapter"))
+        .arg("--examples")
+        .arg(f.run_dir.join("data/test_routing_examples.jsonl"))
+        .arg("--out")
+        .arg(dir.path().join("eval"))
+        .env_remove("SAPLLM_TERMINATION_LOG");
+        if with_log {
+            c.env("SAPLLM_TERMINATION_LOG", &log);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.code().is_some_and(|c| c <= 1), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(false);
+    assert!(!log.exists(), "no termination message outside a pod");
+    run(true);
+    let result = read_json(&log);
+    let version = result["artifacts"]["modelVersion"].as_str().unwrap_or_default();
+    assert!(version.starts_with("sha256:") && version.len() == 71, "{result}");
+    let metrics = read_json(&dir.path().join("eval/metrics.json"));
+    assert_eq!(metrics["model_version"], version, "the report and the termination message agree");
 }

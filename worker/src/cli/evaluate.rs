@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use sapllm_crds::contract::{StageResult, exit_code};
-use sapllm_crds::{Gates, Verdict};
+use sapllm_crds::{Artifacts, Gates, Verdict};
 
 use crate::driver::{termination, version};
 use crate::evaluate::{EvalConfig, run as evaluate};
@@ -70,6 +70,9 @@ pub fn run(args: EvaluateArgs, progress: ProgressMode) -> anyhow::Result<ExitCod
         progress,
         any_candidate: args.any_candidate,
     };
+    // The operator records the version it reads here as the Evaluation's `status.modelVersion`:
+    // an Evaluation of explicit artifacts has no other source for it.
+    let artifacts = Some(Artifacts { model_version: Some(cfg.model_version.clone()), ..Default::default() });
     let out = match evaluate(&cfg) {
         Ok(out) => out,
         Err(e) => {
@@ -77,6 +80,7 @@ pub fn run(args: EvaluateArgs, progress: ProgressMode) -> anyhow::Result<ExitCod
                 succeeded: false,
                 message: Some(format!("{e:#}")),
                 verdict: Some(Verdict::Error),
+                artifacts,
                 ..Default::default()
             });
             return Err(e);
@@ -88,6 +92,7 @@ pub fn run(args: EvaluateArgs, progress: ProgressMode) -> anyhow::Result<ExitCod
         metrics: Some(out.summary.metrics.clone()),
         gates: out.gates.clone(),
         verdict: Some(out.verdict),
+        artifacts,
         // Relative to the artifact volume when the report is on it, as the operator expects.
         report: Some(
             out.report

@@ -5,8 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use sapllm_crds::contract::{StageResult, stage_dir};
 use sapllm_crds::{Artifacts, StageName, TrainingRun, Verdict, WeightFormat};
@@ -26,6 +24,10 @@ use sapllm_sap::catalog::Catalog;
 
 pub use sapllm_crds::contract::CATALOG_FILE_ENV;
 const RESULT_FILE: &str = "stage_result.json";
+/// Written when a stage starts: the digest of the settings its (partial) outputs belong to.
+const STARTED_FILE: &str = "stage_started.json";
+/// Where outputs of settings that are no longer current are moved (one generation per stage).
+const SUPERSEDED_DIR: &str = "superseded";
 
 /// A run on this machine: the manifest, where it writes, how it reports.
 pub struct RunContext {
@@ -43,6 +45,11 @@ pub struct RunOutcome {
     pub results: Vec<(StageName, StageResult, bool)>,
     pub verdict: Option<Verdict>,
     pub report: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Started {
+    digest: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -94,56 +101,47 @@ impl RunContext {
         p.strip_prefix(root).unwrap_or(p).display().to_string()
     }
 
-    /// Digest of the settings each stage depends on, chained so a change re-runs what follows.
+    /// The settings digest of each planned stage (the operator's, so a stage run by a Job and
+    /// one run here agree on whether a result is current).
     pub fn digests(&self) -> Vec<(StageName, String)> {
-        let s = &self.run.spec;
-        let strip = |v: Value| -> Value {
-            let mut v = v;
-            if let Some(o) = v.as_object_mut() {
-                // Retries and deadlines do not change what a stage produces.
-                o.remove("retryLimit");
-                o.remove("deadlineSeconds");
-            }
-            v
-        };
-        let part = |stage: StageName| -> Value {
-            match stage {
-                StageName::DataPrep => {
-                    serde_json::json!([
-                        s.data,
-                        strip(serde_json::to_value(&s.stages.data_prep).unwrap_or_default())
-                    ])
-                }
-                StageName::Pretrain => {
-                    serde_json::json!([
-                        s.base_model,
-                        strip(serde_json::to_value(&s.stages.pretrain).unwrap_or_default())
-                    ])
-                }
-                StageName::Sft => {
-                    serde_json::json!([
-                        s.base_model,
-                        strip(serde_json::to_value(&s.stages.sft).unwrap_or_default())
-                    ])
-                }
-                StageName::Ppo => strip(serde_json::to_value(&s.stages.ppo).unwrap_or_default()),
-                StageName::Evaluation => {
-                    strip(serde_json::to_value(&s.stages.evaluation).unwrap_or_default())
+        sapllm_crds::digest::stage_digests(&self.run.spec)
+    }
+
+    /// The settings digest the outputs in a stage's folder belong to: its result's, else the
+    /// one it started with. `None` for an empty folder or one written before digests existed.
+    fn outputs_digest(&self, stage: StageName) -> Option<String> {
+        if let Some(r) = self.recorded(stage) {
+            return Some(r.digest);
+        }
+        let bytes = std::fs::read(self.dir(stage).join(STARTED_FILE)).ok()?;
+        serde_json::from_slice::<Started>(&bytes).ok().map(|s| s.digest)
+    }
+
+    /// Before `stage` runs: moves the outputs of this stage and of every later one that belong
+    /// to other settings into `superseded/<stage>-<digest>`. An edited run then trains from
+    /// scratch instead of meeting checkpoints of the old settings, and no later stage's stale
+    /// adapter is taken for this run's. Outputs of the current settings (a killed stage's
+    /// checkpoints) stay where they are, so the stage resumes. Only the last superseded
+    /// generation of a stage is kept.
+    fn supersede_stale(&self, stage: StageName) -> Result<()> {
+        for (s, digest) in self.digests().into_iter().filter(|(s, _)| *s >= stage) {
+            let Some(old) = self.outputs_digest(s).filter(|old| *old != digest) else { continue };
+            let root = self.run_dir.join(SUPERSEDED_DIR);
+            std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+            let prefix = format!("{}-", stage_dir(s));
+            for entry in std::fs::read_dir(&root)?.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    std::fs::remove_dir_all(entry.path())
+                        .with_context(|| format!("removing {}", entry.path().display()))?;
                 }
             }
-        };
-        let mut prev = String::new();
-        s.planned_stages()
-            .into_iter()
-            .map(|stage| {
-                let mut h = Sha256::new();
-                h.update(prev.as_bytes());
-                h.update(stage.as_str().as_bytes());
-                h.update(part(stage).to_string().as_bytes());
-                prev = format!("{:x}", h.finalize());
-                (stage, prev.clone())
-            })
-            .collect()
+            let short = old.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+            let to = root.join(format!("{prefix}{short}"));
+            std::fs::rename(self.dir(s), &to)
+                .with_context(|| format!("moving {} to {}", self.dir(s).display(), to.display()))?;
+            eprintln!("   {} was written with other settings: moved to {}", stage_dir(s), to.display());
+        }
+        Ok(())
     }
 
     fn recorded(&self, stage: StageName) -> Option<Recorded> {
@@ -189,6 +187,10 @@ pub fn run_stage(ctx: &RunContext, stage: StageName) -> Result<(StageResult, boo
         termination::write(&done.result);
         return Ok((done.result, true));
     }
+    ctx.supersede_stale(stage)?;
+    let dir = ctx.dir(stage);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(STARTED_FILE), serde_json::to_vec(&Started { digest: digest.clone() })?)?;
     let outcome = execute(ctx, stage);
     let result = match outcome {
         Ok(mut r) => {
@@ -208,8 +210,6 @@ pub fn run_stage(ctx: &RunContext, stage: StageName) -> Result<(StageResult, boo
             return Err(e.context(format!("stage {} failed", stage.as_str())));
         }
     };
-    let dir = ctx.dir(stage);
-    std::fs::create_dir_all(&dir)?;
     let recorded = Recorded { digest, result: result.clone() };
     std::fs::write(dir.join(RESULT_FILE), serde_json::to_vec_pretty(&recorded)?)?;
     termination::write(&result);

@@ -3,20 +3,19 @@
 
 use std::path::PathBuf;
 
-use sapllm_crds::contract::{DEFAULT_TERMINATION_LOG, StageResult, TERMINATION_LOG_ENV};
+use sapllm_crds::contract::{StageResult, TERMINATION_LOG_ENV};
 
 /// Kubernetes truncates termination messages beyond this.
 const MAX_BYTES: usize = 4096;
 
-/// The termination-message file, when running in a container (or when the env var names one).
+/// The termination-message file: only the one the contract's variable names (the operator sets
+/// it in its Jobs). A file that merely exists at the default path is not ours to write.
 fn path() -> Option<PathBuf> {
-    match std::env::var(TERMINATION_LOG_ENV) {
-        Ok(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            let p = PathBuf::from(DEFAULT_TERMINATION_LOG);
-            p.exists().then_some(p)
-        }
-    }
+    path_from(std::env::var(TERMINATION_LOG_ENV).ok())
+}
+
+fn path_from(var: Option<String>) -> Option<PathBuf> {
+    var.filter(|p| !p.trim().is_empty()).map(PathBuf::from)
 }
 
 /// The JSON of a result, shortened to fit: per-type detail goes first, then the message.
@@ -37,7 +36,7 @@ pub fn encode(result: &StageResult) -> String {
 }
 
 /// Writes the result where the kubelet picks it up, with the device the process computed on;
-/// a no-op outside a container.
+/// a no-op unless the contract's variable names the file.
 pub fn write(result: &StageResult) {
     let mut result = result.clone();
     result.device.get_or_insert_with(|| sapllm_model::device::describe(&sapllm_model::device::selected()));
@@ -52,6 +51,20 @@ pub fn write(result: &StageResult) {
 mod tests {
     use super::*;
     use sapllm_crds::GateResult;
+
+    #[test]
+    fn only_the_file_the_contract_names_is_written() {
+        assert_eq!(
+            path_from(None),
+            None,
+            "unset: no termination message, even if /dev/termination-log exists"
+        );
+        assert_eq!(path_from(Some(" ".into())), None);
+        assert_eq!(
+            path_from(Some("/dev/termination-log".into())),
+            Some(PathBuf::from("/dev/termination-log"))
+        );
+    }
 
     #[test]
     fn oversized_results_are_shortened_to_fit() {
