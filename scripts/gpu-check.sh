@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one script to run on a machine with an NVIDIA GPU (H100/A100, CUDA 12/13 driver): builds the
 # worker with `--features cuda` for this GPU, runs the CPU-vs-CUDA parity tests
-# (worker/model/tests/model_cuda.rs: tiny-preset and Mixtral-8x7B-shaped logits, LoRA gradients),
+# (worker/model/tests/model_cuda.rs: tiny-preset and Mixtral-8x7B-shaped logits, LoRA gradients,
+# the NF4 dequantization kernel bit for bit),
 # the tiny pipeline with `--device cuda`, and, where PyTorch is installed, bench/compare_torch.py.
 # Exits non-zero on any parity failure. Needs cargo, the crates (a registry cache or network) and
 # nvcc (CUDA toolkit, or PyPI's CUDA 13 wheels as .ci/run installs them: set CUDA_HOME).
@@ -25,7 +26,7 @@ start=$(date +%s)
 cargo build --release --locked -p sapllm-worker --features cuda 2>&1 | tail -3
 log "build took $(( $(date +%s) - start )) s"
 
-log "parity: CPU vs CUDA (logits, LoRA gradients)"
+log "parity: CPU vs CUDA (logits, LoRA gradients, NF4 kernel)"
 cargo test --release --locked -p sapllm-model --features cuda --test model_cuda -- --nocapture --test-threads 1 \
   2>&1 | tee "$OUT/parity.txt"
 

@@ -13,7 +13,8 @@
 //! - [`cpu`]: SIMD kernels (matrix-vector with its portable `dot`, fast exp/max/sum, row
 //!   kernels). [`quant`]: int8 and NF4 weights.
 //! - Which path runs is one [`ForwardPath`] value ([`path`]), passed where a forward is asked
-//!   for; there is no global switch.
+//!   for; there is no global switch. [`ForwardPath::Generic`] is what a GPU executes (candle's
+//!   built-in ops only), runnable on the CPU so that CI tests it against the fast paths.
 //!
 //! # Public API (what SFT, PPO, evaluation and serving build on)
 //!
@@ -32,7 +33,8 @@
 //!   { logits [B,T,V], hidden [B,T,H], router_logits }` (positions from the mask, so left or right
 //!   padding both work).
 //! - [`Mixtral::forward_backward`]`(&ids, mask, &mut |out| loss) -> (loss, GradStore)`: honours
-//!   gradient checkpointing ([`Mixtral::set_grad_checkpoint`]); use it for every training step.
+//!   gradient checkpointing ([`Mixtral::set_grad_checkpoint`]); use it for every training step
+//!   ([`Mixtral::forward_backward_on`] through a chosen [`ForwardPath`]).
 //! - [`Mixtral::trainable_vars`] (adapters, a trained router, all weights with `train_base`),
 //!   [`Mixtral::lora_vars`], [`Mixtral::router_vars`]; names are HF/PEFT module paths.
 //! - [`AdamW`]`::new(vars, AdamWConfig { schedule: LrSchedule {lr, warmup_steps, total_steps,
@@ -51,7 +53,8 @@
 //! Generate:
 //! - [`Mixtral::generate`]`(&prompts_ids, &GenerationConfig { max_new_tokens, temperature, top_p,
 //!   stop_token_ids, stop_sequences, pad_token_id, seed }, Some(&decode)) -> Vec<Generation
-//!   { tokens, logprobs, text, finish }>`: batched (left padding), KV cache, per-token log-probs.
+//!   { tokens, logprobs, text, finish }>`: batched (left padding), KV cache, per-token log-probs
+//!   ([`Mixtral::generate_on`] through a chosen [`ForwardPath`]).
 //! - [`Mixtral::forward_cached`] with a [`KvCache`] for custom decoding loops (constrained
 //!   decoding).
 //!

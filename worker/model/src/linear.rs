@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::path::{ForwardPath, note_cpu_kernel};
 use crate::quant::int8::Int8Tensor;
 use crate::quant::int8_matmul;
 use crate::quant::nf4::Nf4Tensor;
@@ -123,6 +124,24 @@ impl BaseWeight {
             BaseWeight::Dense(p) => Ok(p.tensor().to_dtype(dtype)?),
             BaseWeight::Int8(q) => q.dequantize(dtype),
             BaseWeight::Nf4(q) => q.dequantize(dtype),
+        }
+    }
+
+    /// [`BaseWeight::weight`] as `path` computes it in a forward pass. An NF4 weight on the CPU
+    /// is dequantized by the one-pass CPU loop, or under [`ForwardPath::Generic`] by the tensor-op
+    /// formulation a GPU runs (the same values bit for bit: `tests/model_nf4.rs`); off the CPU
+    /// it is always the device's own dequantization.
+    pub fn weight_on(&self, dtype: DType, path: ForwardPath) -> Result<Tensor> {
+        match self {
+            BaseWeight::Nf4(q) if q.packed.device().is_cpu() => {
+                if path.cpu_kernels() {
+                    note_cpu_kernel();
+                    q.dequantize(dtype)
+                } else {
+                    q.dequantize_with_tensor_ops(dtype)
+                }
+            }
+            _ => self.weight(dtype),
         }
     }
 
@@ -294,13 +313,26 @@ impl Linear {
         Linear { base, lora: None, control }
     }
 
-    /// `x [.., in] -> [.., out]` in the dtype of `x`.
+    /// `x [.., in] -> [.., out]` in the dtype of `x`, with the CPU kernels where they apply.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_on(x, ForwardPath::Fused)
+    }
+
+    /// [`Linear::forward`] as `path` computes it: on the CPU, the direct int8 kernel (few rows),
+    /// the one-pass NF4 dequantization and the `FrozenMatmul` op for a frozen base, unless
+    /// `path` is [`ForwardPath::Generic`], which dequantizes with tensor ops and multiplies with
+    /// candle's `matmul` as a GPU does.
+    pub fn forward_on(&self, x: &Tensor, path: ForwardPath) -> Result<Tensor> {
+        let cpu_kernels = path.cpu_kernels();
         let y = match &self.base {
-            BaseWeight::Int8(q) if int8_matmul::applies(x) => int8_matmul::matmul_t(x, q)?,
+            BaseWeight::Int8(q) if cpu_kernels && int8_matmul::applies(x) => int8_matmul::matmul_t(x, q)?,
             _ => {
-                let w = self.base.weight(x.dtype())?;
-                if self.base.var().is_some() { matmul_t(x, &w)? } else { frozen_matmul_t(x, &w)? }
+                let w = self.base.weight_on(x.dtype(), path)?;
+                if self.base.var().is_some() || !cpu_kernels {
+                    matmul_t(x, &w)?
+                } else {
+                    frozen_matmul_t(x, &w)?
+                }
             }
         };
         match &self.lora {
@@ -355,6 +387,7 @@ pub fn frozen_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return matmul_t(x, w);
     }
+    note_cpu_kernel();
     let dims = x.dims().to_vec();
     let in_dim = *dims.last().context("matmul on a 0-d tensor")?;
     let (out_dim, w_in) = w.dims2()?;

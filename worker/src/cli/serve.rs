@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use candle_core::DeviceLocation;
 use clap::Args;
 
 use sapllm_engine::decoder::DecodeOptions;
@@ -20,8 +21,22 @@ use sapllm_serve::batcher::BatchConfig;
 use sapllm_serve::state::Phase;
 use sapllm_serve::{ServeConfig, start};
 
-/// `--max-batch` when none is given: this build decodes on the CPU.
+/// `--max-batch` when none is given and the model decodes on the CPU, where a batch costs more
+/// than its requests one by one (measured with `bench_serve`: at concurrency 4, 3.7 decisions/s
+/// batched by up to 8 against 5.3 one at a time).
 pub const CPU_MAX_BATCH: usize = 1;
+/// `--max-batch` when none is given and the model decodes on a GPU, where a batch of 8 costs
+/// about one step: the operator's memory plan assumes the same default.
+pub const GPU_MAX_BATCH: usize = sapllm_crds::plan::GPU_DEFAULT_MAX_BATCH as usize;
+
+/// The `--max-batch` default for the device the model decodes on (`--device`): batching on a
+/// GPU, one decision at a time on the CPU.
+pub fn default_max_batch(device: DeviceLocation) -> usize {
+    match device {
+        DeviceLocation::Cpu => CPU_MAX_BATCH,
+        DeviceLocation::Cuda { .. } | DeviceLocation::Metal { .. } => GPU_MAX_BATCH,
+    }
+}
 
 /// Arguments of `serve`.
 #[derive(Debug, Args)]
@@ -39,11 +54,10 @@ pub struct ServeArgs {
     pub port: u16,
     #[arg(long, default_value = "0.0.0.0")]
     pub host: IpAddr,
-    /// Decisions decoded together at most. Default: 1, because this build decodes on the CPU,
-    /// where a batch costs more than its requests one by one (measured with `bench_serve`:
-    /// at concurrency 4, 3.7 decisions/s batched by up to 8 against 5.3 one at a time).
-    #[arg(long, default_value_t = CPU_MAX_BATCH)]
-    pub max_batch: usize,
+    /// Decisions decoded together at most. Default: 8 on a GPU (a batch of 8 costs about one
+    /// step there), 1 on the CPU (a batch costs more than its requests one by one).
+    #[arg(long)]
+    pub max_batch: Option<usize>,
     /// Model threads decoding in parallel, each its own requests, over one copy of the model.
     /// One per core the server may use (with `CANDLE_NUM_THREADS=1`, the fastest setting for
     /// one decode on a CPU): measured with `bench_serve --workers 2` on 2 cores.
@@ -109,7 +123,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.abstain_threshold) {
         bail!("--abstain-threshold must be in [0, 1], got {}", args.abstain_threshold);
     }
-    if args.max_batch == 0 || args.max_queue == 0 || args.workers == 0 {
+    let max_batch =
+        args.max_batch.unwrap_or_else(|| default_max_batch(sapllm_model::device::selected().location()));
+    if max_batch == 0 || args.max_queue == 0 || args.workers == 0 {
         bail!("--max-batch, --max-queue and --workers must be at least 1");
     }
     let catalog = match &args.catalog {
@@ -117,8 +133,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         None => Catalog::builtin(),
     };
     let mut cfg = ServeConfig::new(SocketAddr::new(args.host, args.port));
+    tracing::info!(max_batch, "requests decoded together at most");
     cfg.batch = BatchConfig {
-        max_batch: args.max_batch,
+        max_batch,
         max_wait: Duration::from_millis(args.max_wait_ms),
         max_queue: args.max_queue,
         workers: args.workers,
@@ -130,7 +147,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     cfg.catalog = catalog.clone();
     let engine_cfg = EngineConfig {
         abstain_threshold: args.abstain_threshold,
-        max_batch: args.max_batch,
+        max_batch,
         decode: DecodeOptions {
             max_new_tokens: args.limits.max_new_tokens,
             speculate: args.limits.draft_tokens,
@@ -169,4 +186,34 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batching_is_on_by_default_on_a_gpu_and_off_on_the_cpu() {
+        assert_eq!(default_max_batch(DeviceLocation::Cpu), 1);
+        assert_eq!(default_max_batch(DeviceLocation::Cuda { gpu_id: 0 }), 8);
+        assert_eq!(default_max_batch(DeviceLocation::Cuda { gpu_id: 3 }), 8);
+        // What the operator plans a pod's memory for when `maxBatch` is unset.
+        assert_eq!(GPU_MAX_BATCH as u64, sapllm_crds::plan::GPU_DEFAULT_MAX_BATCH);
+    }
+
+    #[test]
+    fn an_explicit_max_batch_wins_over_the_default() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let args = ["serve", "--base-model", "m"].iter().chain(extra);
+            Cli::try_parse_from(args).unwrap().serve.max_batch
+        };
+        assert_eq!(parse(&[]), None, "unset: the device decides");
+        assert_eq!(parse(&["--max-batch", "4"]), Some(4));
+    }
 }

@@ -123,6 +123,17 @@ impl Mixtral {
         cfg: &GenerationConfig,
         decode: Option<Decoder<'_>>,
     ) -> Result<Vec<Generation>> {
+        self.generate_on(prompts, cfg, decode, ForwardPath::Fused)
+    }
+
+    /// [`Mixtral::generate`] through a chosen graph path (e.g. [`ForwardPath::Generic`]).
+    pub fn generate_on(
+        &self,
+        prompts: &[Vec<u32>],
+        cfg: &GenerationConfig,
+        decode: Option<Decoder<'_>>,
+        path: ForwardPath,
+    ) -> Result<Vec<Generation>> {
         ensure!(!prompts.is_empty(), "generate: no prompts");
         ensure!(prompts.iter().all(|p| !p.is_empty()), "generate: empty prompt");
         ensure!(cfg.top_p > 0.0 && cfg.top_p <= 1.0, "top_p must be in (0, 1], got {}", cfg.top_p);
@@ -137,7 +148,7 @@ impl Mixtral {
         }
         let was_training = self.control.training();
         self.control.set_training(false);
-        let result = self.generate_inner(prompts, cfg, decode);
+        let result = self.generate_inner(prompts, cfg, decode, path);
         self.control.set_training(was_training);
         result
     }
@@ -147,6 +158,7 @@ impl Mixtral {
         prompts: &[Vec<u32>],
         cfg: &GenerationConfig,
         decode: Option<Decoder<'_>>,
+        path: ForwardPath,
     ) -> Result<Vec<Generation>> {
         let b = prompts.len();
         let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -163,7 +175,7 @@ impl Mixtral {
         let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed);
         let mut cache = KvCache::new(self.layers.len(), b);
         let input = Tensor::from_vec(ids, (b, max_len), self.device())?;
-        let logits = self.forward_cached(&input, &mask, &mut cache, ForwardPath::Fused)?;
+        let logits = self.forward_cached(&input, &mask, &mut cache, path)?;
         let mut last =
             logits.narrow(1, max_len - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
 
@@ -207,7 +219,7 @@ impl Mixtral {
             }
             let input = Tensor::from_vec(next, (b, 1), self.device())?;
             let m: Vec<Vec<u8>> = done.iter().map(|&d| vec![u8::from(!d)]).collect();
-            let logits = self.forward_cached(&input, &m, &mut cache, ForwardPath::Fused)?;
+            let logits = self.forward_cached(&input, &m, &mut cache, path)?;
             last = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         }
         if let Some(dec) = decode {

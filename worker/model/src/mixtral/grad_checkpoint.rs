@@ -29,16 +29,17 @@ fn accumulate(acc: &mut GradStore, src: &GradStore, vars: &[Var]) -> Result<()> 
     Ok(())
 }
 
-/// See the module docs. Same contract as [`Mixtral::forward_backward`].
+/// See the module docs. Same contract as [`Mixtral::forward_backward_on`].
 pub fn forward_backward(
     model: &Mixtral,
     input_ids: &Tensor,
     attention_mask: Option<&Tensor>,
+    path: ForwardPath,
     loss_fn: &mut dyn FnMut(&ModelOutput) -> Result<Tensor>,
 ) -> Result<(Tensor, GradStore)> {
     let (b, t) = input_ids.dims2().context("input_ids must be [batch, seq]")?;
     let mask = mask_rows(attention_mask, b, t)?;
-    let inp = model.attn_inputs(b, t, t, mask.as_deref(), ForwardPath::Fused)?;
+    let inp = model.attn_inputs(b, t, t, mask.as_deref(), path)?;
     let vars: Vec<Var> = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
 
     let emb = model.embed(input_ids)?;
@@ -54,7 +55,7 @@ pub fn forward_backward(
 
     // Head + loss with a graph rooted at the last hidden state.
     let last = Var::from_tensor(&x)?;
-    let (hidden, logits) = model.head(last.as_tensor(), ForwardPath::Fused)?;
+    let (hidden, logits) = model.head(last.as_tensor(), path)?;
     let out = ModelOutput { logits, hidden, router_logits: Vec::new() };
     let loss = loss_fn(&out)?;
     drop(out);

@@ -161,9 +161,10 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, inp: &AttnInputs, cache: Option<&mut LayerCache>) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = self.k_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = self.v_proj.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let p = inp.path;
+        let q = self.q_proj.forward_on(x, p)?.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = self.k_proj.forward_on(x, p)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = self.v_proj.forward_on(x, p)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         // candle's rope runs one-position inputs on the calling thread and longer ones on
         // rayon (see `fused.rs` on why that costs more than it saves here).
         let (q, k) = if t == 1 && inp.path.shortcut(&[&q, &k, &inp.cos_half]) {
@@ -195,7 +196,7 @@ impl Attention {
         };
         let out = probs.reshape((b, nkv, rep * t, s))?.matmul(&v)?.reshape((b, nh, t, hd))?;
         let out = out.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-        self.o_proj.forward(&out)
+        self.o_proj.forward_on(&out, p)
     }
 }
 
@@ -208,9 +209,9 @@ pub struct Expert {
 }
 
 impl Expert {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.w1.forward(x)?)?;
-        self.w2.forward(&(g * self.w3.forward(x)?)?)
+    pub fn forward(&self, x: &Tensor, path: ForwardPath) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.w1.forward_on(x, path)?)?;
+        self.w2.forward_on(&(g * self.w3.forward_on(x, path)?)?, path)
     }
 }
 
@@ -227,10 +228,10 @@ impl SparseMoe {
     pub fn forward(&self, x: &Tensor, path: ForwardPath) -> Result<(Tensor, Tensor)> {
         let (b, t, h) = x.dims3()?;
         let xs = x.reshape((b * t, h))?;
-        let router_logits = self.gate.forward(&xs)?;
+        let router_logits = self.gate.forward_on(&xs, path)?;
         if path.shortcut(&[&xs, &router_logits]) {
             return Ok((
-                self.forward_routed_on_host(&xs, &router_logits)?.reshape((b, t, h))?,
+                self.forward_routed_on_host(&xs, &router_logits, path)?.reshape((b, t, h))?,
                 router_logits,
             ));
         }
@@ -259,7 +260,7 @@ impl SparseMoe {
             let rows_t = Tensor::from_slice(&rows[e], n, x.device())?;
             let slots_t = Tensor::from_slice(&slots[e], n, x.device())?;
             let xe = xs.index_select(&rows_t, 0)?;
-            let ye = expert.forward(&xe)?;
+            let ye = expert.forward(&xe, path)?;
             let we = top_flat.index_select(&slots_t, 0)?.unsqueeze(1)?;
             out = out.index_add(&rows_t, &ye.broadcast_mul(&we)?, 0)?;
         }
@@ -268,7 +269,12 @@ impl SparseMoe {
 
     /// The same block without gradients: routing decided on the host (`cpu::rows::route`), each
     /// chosen expert run on its rows, weighted, summed. `xs` `[N, H]`, `router_logits` `[N, E]`.
-    fn forward_routed_on_host(&self, xs: &Tensor, router_logits: &Tensor) -> Result<Tensor> {
+    fn forward_routed_on_host(
+        &self,
+        xs: &Tensor,
+        router_logits: &Tensor,
+        path: ForwardPath,
+    ) -> Result<Tensor> {
         let n = xs.dim(0)?;
         let routes =
             crate::cpu::rows::route(&router_logits.to_dtype(DType::F32)?.to_vec2::<f32>()?, self.top_k);
@@ -285,14 +291,14 @@ impl SparseMoe {
             let w = Tensor::from_vec(weights, (rows.len(), 1), xs.device())?.to_dtype(xs.dtype())?;
             if rows.len() == n {
                 // Every row (single-row decoding): no gather, no scatter.
-                let y = expert.forward(xs)?.broadcast_mul(&w)?;
+                let y = expert.forward(xs, path)?.broadcast_mul(&w)?;
                 out = Some(match out {
                     Some(o) => (o + y)?,
                     None => y,
                 });
             } else {
                 let idx = Tensor::from_vec(rows.clone(), rows.len(), xs.device())?;
-                let y = expert.forward(&xs.index_select(&idx, 0)?)?.broadcast_mul(&w)?;
+                let y = expert.forward(&xs.index_select(&idx, 0)?, path)?.broadcast_mul(&w)?;
                 let base = match out {
                     Some(o) => o,
                     None => xs.zeros_like()?,
@@ -693,7 +699,7 @@ impl Mixtral {
         let hidden = self.norm.forward(hidden, path)?;
         let p = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         let w = p.tensor().to_dtype(hidden.dtype())?;
-        let logits = if p.var().is_some() {
+        let logits = if p.var().is_some() || !path.cpu_kernels() {
             crate::linear::matmul_t(&hidden, &w)?
         } else {
             crate::linear::frozen_matmul_t(&hidden, &w)?
@@ -864,10 +870,22 @@ impl Mixtral {
         attention_mask: Option<&Tensor>,
         loss_fn: &mut dyn FnMut(&ModelOutput) -> Result<Tensor>,
     ) -> Result<(Tensor, GradStore)> {
+        self.forward_backward_on(input_ids, attention_mask, ForwardPath::Fused, loss_fn)
+    }
+
+    /// [`Mixtral::forward_backward`] through a chosen path (the graph is differentiable on every
+    /// path; the path decides which kernels compute it, e.g. [`ForwardPath::Generic`]).
+    pub fn forward_backward_on(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        path: ForwardPath,
+        loss_fn: &mut dyn FnMut(&ModelOutput) -> Result<Tensor>,
+    ) -> Result<(Tensor, GradStore)> {
         if self.opts.grad_checkpoint {
-            return grad_checkpoint::forward_backward(self, input_ids, attention_mask, loss_fn);
+            return grad_checkpoint::forward_backward(self, input_ids, attention_mask, path, loss_fn);
         }
-        let out = self.forward(input_ids, attention_mask)?;
+        let out = self.forward_on(input_ids, attention_mask, path)?;
         let loss = loss_fn(&out)?;
         let grads = loss.backward()?;
         Ok((loss.detach(), grads))

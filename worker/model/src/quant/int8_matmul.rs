@@ -30,6 +30,7 @@ pub fn matmul_t(x: &Tensor, w: &Int8Tensor) -> Result<Tensor> {
     ensure!(w_in == in_dim, "int8 linear: input has {in_dim} features, weight expects {w_in}");
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, in_dim))?.contiguous()?;
+    crate::path::note_cpu_kernel();
     let y = x2.apply_op1(Int8MatmulT { w: w.clone() })?;
     let mut out_dims = dims[..dims.len() - 1].to_vec();
     out_dims.push(out_dim);

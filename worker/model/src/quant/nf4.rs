@@ -9,8 +9,10 @@
 //!   ([`NESTED_BLOCK`] = 256) with bitsandbytes' signed 8-bit dynamic map and one f32 scale
 //!   (`nested_absmax`) per 256 absmax values.
 //!
-//! Dequantization runs on the device with `index_select` over small lookup tables, so it works
-//! unchanged on CPU and CUDA and is done inside the forward pass (only the packed bytes are kept).
+//! Dequantization is done inside the forward pass (only the packed bytes are kept): on the CPU in
+//! one pass over the bytes, on CUDA (feature `cuda`) by the kernel in `nf4.cu`, bit-identical to
+//! the CPU, and elsewhere with `index_select` over small lookup tables
+//! ([`Nf4Tensor::dequantize_with_tensor_ops`]).
 //! Storage cost: 4 + 8/64 + 32/(64*256) = 4.127 bits per parameter.
 
 use anyhow::{Context, Result, bail, ensure};
@@ -261,6 +263,10 @@ impl Nf4Tensor {
         if let Some(w) = self.dequantize_cpu()? {
             return Ok(w.to_dtype(dtype)?);
         }
+        #[cfg(feature = "cuda")]
+        if self.packed.device().is_cuda() {
+            return cuda::dequantize(self, dtype);
+        }
         self.dequantize_with_tensor_ops(dtype)
     }
 
@@ -410,6 +416,110 @@ impl Nf4Tensor {
     }
 }
 
+/// Threads per CUDA block of the NF4 kernel (`nf4.cu`): a multiple of 32, so that each warp
+/// covers exactly one 64-value NF4 block (32 packed bytes) and shares its absmax.
+#[cfg(any(test, feature = "cuda"))]
+const CUDA_THREADS: u32 = 256;
+
+/// Launch geometry of the NF4 kernel for `n` logical elements, `(grid blocks, threads per
+/// block)`: one thread per packed byte, i.e. per output pair.
+#[cfg(any(test, feature = "cuda"))]
+fn cuda_launch_geometry(n: usize) -> Result<(u32, u32)> {
+    let grid = n.div_ceil(2).div_ceil(CUDA_THREADS as usize);
+    let grid =
+        u32::try_from(grid).with_context(|| format!("NF4 CUDA dequantize: {n} elements is too many"))?;
+    Ok((grid, CUDA_THREADS))
+}
+
+/// The CUDA kernel's launch (`nf4.cu`, compiled to PTX by build.rs).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::{Nf4Tensor, cuda_launch_geometry};
+    use anyhow::{Context, Result, bail};
+    use candle_core::backend::BackendDevice;
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
+    use candle_core::op::BackpropOp;
+    use candle_core::{DType, Device, Layout, Shape, Storage, Tensor};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/nf4.ptx"));
+    /// Name under which candle's CUDA device caches the loaded module.
+    const MODULE: &str = "sapllm_nf4";
+
+    /// The contiguous device memory behind `storage`/`layout`.
+    fn view<'a, T: CudaDType>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+        let Storage::Cuda(cs) = storage else {
+            bail!("NF4 CUDA dequantize: `{what}` is not on a CUDA device")
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .with_context(|| format!("NF4 CUDA dequantize: `{what}` is not contiguous"))?;
+        Ok(cs.as_cuda_slice::<T>()?.slice(start..end))
+    }
+
+    /// Dequantizes on the tensor's CUDA device in one kernel launch, bit-identical to the CPU
+    /// path: F32 directly, BF16 rounded in the kernel as candle's CPU `to_dtype` rounds, any other
+    /// dtype through F32.
+    pub(super) fn dequantize(t: &Nf4Tensor, dtype: DType) -> Result<Tensor> {
+        let Device::Cuda(dev) = t.packed.device() else {
+            bail!("NF4 CUDA dequantize: packed weight is not on CUDA")
+        };
+        let n = t.elem_count();
+        if n == 0 {
+            // A grid of zero blocks is an invalid launch.
+            return Ok(Tensor::zeros(t.shape.as_slice(), dtype, t.packed.device())?);
+        }
+        let out_dtype = if dtype == DType::BF16 { DType::BF16 } else { DType::F32 };
+        let (packed_s, packed_l) = t.packed.storage_and_layout();
+        let (qabs_s, qabs_l) = t.qabsmax.storage_and_layout();
+        let (nested_s, nested_l) = t.nested_absmax.storage_and_layout();
+        let (ncode_s, ncode_l) = t.nested_code.storage_and_layout();
+        let (code_s, code_l) = t.code.storage_and_layout();
+        let packed = view::<u8>(&packed_s, packed_l, "packed")?;
+        let qabs = view::<u8>(&qabs_s, qabs_l, "qabsmax")?;
+        let nested = view::<f32>(&nested_s, nested_l, "nested_absmax")?;
+        let ncode = view::<f32>(&ncode_s, ncode_l, "nested_code")?;
+        let code = view::<f32>(&code_s, code_l, "code")?;
+        // The kernel reads up to byte ceil(n/2)-1, absmax n_blocks-1 and its nested scale.
+        anyhow::ensure!(
+            packed.len() >= n.div_ceil(2)
+                && qabs.len() >= t.n_blocks
+                && nested.len() >= t.n_blocks.div_ceil(super::NESTED_BLOCK)
+                && ncode.len() == 256
+                && code.len() == 16,
+            "NF4 CUDA dequantize: inconsistent parts for shape {:?}",
+            t.shape
+        );
+        let (grid, threads) = cuda_launch_geometry(n)?;
+        let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+        let shape = Shape::from(n);
+        // SAFETY: every one of the n elements is written by the kernel before it is read.
+        let mut out = unsafe { dev.alloc_uninit(&shape, out_dtype)? };
+        let n_arg = n as u64;
+        let func_name = if out_dtype == DType::BF16 { "nf4_dequantize_bf16" } else { "nf4_dequantize_f32" };
+        let func = dev.get_or_load_custom_func(func_name, MODULE, PTX)?;
+        let mut builder = func.builder();
+        builder.arg(&packed);
+        builder.arg(&qabs);
+        builder.arg(&nested);
+        builder.arg(&ncode);
+        builder.arg(&code);
+        builder.arg(&t.offset);
+        match &mut out.slice {
+            CudaStorageSlice::F32(s) => builder.arg(s),
+            CudaStorageSlice::BF16(s) => builder.arg(s),
+            _ => bail!("NF4 CUDA dequantize: unexpected output dtype"),
+        };
+        builder.arg(&n_arg);
+        // SAFETY: the argument list matches the kernel's signature in nf4.cu, and the lengths were
+        // checked above against the indices the kernel reads and writes.
+        unsafe { builder.launch(cfg) }.w()?;
+        drop(builder);
+        let w = Tensor::from_storage(Storage::Cuda(out), shape, BackpropOp::none(), false);
+        Ok(w.reshape(t.shape.as_slice())?.to_dtype(dtype)?)
+    }
+}
+
 /// Double quantization of absmax values: returns (8-bit codes, per-256 scales, mean offset).
 pub fn double_quantize(absmax: &[f32]) -> (Vec<u8>, Vec<f32>, f32) {
     let code = dynamic_map_signed();
@@ -438,5 +548,136 @@ mod tests {
         assert_eq!(m[255], 1.0);
         assert!(m.contains(&0.0));
         assert!((m[0] + 0.9928).abs() < 1e-3, "smallest {}", m[0]);
+    }
+
+    /// What one thread of `nf4.cu` computes, transcribed: thread `i` of the launch grid reads byte
+    /// `i`, absmax `i / 32` and nested scale `absmax / 256`, and writes elements `2i`, `2i + 1`
+    /// (the second only inside the tensor). Returns the output and how often each element was
+    /// written.
+    fn emulate_kernel(t: &Nf4Tensor) -> (Vec<f32>, Vec<u32>) {
+        let packed = t.packed.to_vec1::<u8>().unwrap();
+        let qabs = t.qabsmax.to_vec1::<u8>().unwrap();
+        let nested = t.nested_absmax.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ncode = t.nested_code.to_vec1::<f32>().unwrap();
+        let code = t.code.to_vec1::<f32>().unwrap();
+        let n = t.elem_count();
+        let (grid, threads) = cuda_launch_geometry(n).unwrap();
+        let (mut out, mut writes) = (vec![f32::NAN; n], vec![0u32; n]);
+        for block_idx in 0..grid as usize {
+            for thread_idx in 0..threads as usize {
+                let i = block_idx * threads as usize + thread_idx;
+                let e = 2 * i;
+                if e >= n {
+                    continue;
+                }
+                let b = i / (BLOCK / 2);
+                let a = ncode[qabs[b] as usize] * nested[b / NESTED_BLOCK] + t.offset;
+                let byte = packed[i];
+                out[e] = code[(byte >> 4) as usize] * a;
+                writes[e] += 1;
+                if e + 1 < n {
+                    out[e + 1] = code[(byte & 0xF) as usize] * a;
+                    writes[e + 1] += 1;
+                }
+            }
+        }
+        (out, writes)
+    }
+
+    /// `nf4.cu`'s `nf4_f32_to_bf16_bits`, transcribed.
+    fn kernel_bf16_bits(v: f32) -> u16 {
+        let x = v.to_bits();
+        if x & 0x7FFF_FFFF > 0x7F80_0000 {
+            return ((x >> 16) | 0x0040) as u16;
+        }
+        let round_bit = 0x0000_8000u32;
+        let hi = (x >> 16) as u16;
+        if x & round_bit != 0 && x & (3 * round_bit - 1) != 0 { hi + 1 } else { hi }
+    }
+
+    fn lcg_bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (s >> 56) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cuda_kernel_indexing_matches_cpu_dequantize() {
+        // Odd element counts (a half-used last byte), partial last 64-block, partial last
+        // 256-absmax nested block, more than one CUDA block, and a tensor smaller than a warp.
+        for shape in [vec![37usize, 451], vec![3, 5], vec![256 * 64 + 2], vec![64, 64]] {
+            let n: usize = shape.iter().product();
+            let n_blocks = n.div_ceil(BLOCK);
+            let mut packed = lcg_bytes(n.div_ceil(2), n as u64);
+            packed[0] = 0xFF;
+            let mut qabs = lcg_bytes(n_blocks, 7 + n as u64);
+            qabs[n_blocks - 1] = 0xFF;
+            let nested: Vec<f32> = lcg_bytes(n_blocks.div_ceil(NESTED_BLOCK), 3)
+                .iter()
+                .map(|&b| (b as f32 - 100.0) * 0.013)
+                .collect();
+            let t = Nf4Tensor::from_parts(
+                shape.clone(),
+                packed,
+                qabs,
+                nested,
+                0.021,
+                &NF4_CODE,
+                &dynamic_map_signed(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let (out, writes) = emulate_kernel(&t);
+            assert!(writes.iter().all(|&w| w == 1), "{shape:?}: every element written exactly once");
+            let cpu = t.dequantize(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&cpu), "{shape:?}");
+        }
+        // A warp (32 threads) must cover exactly one NF4 block (32 bytes).
+        assert_eq!(CUDA_THREADS as usize % (BLOCK / 2), 0);
+    }
+
+    #[test]
+    fn cuda_kernel_bf16_rounding_matches_candle_cpu() {
+        // Ties (round bit set, nothing below: to even), just above/below ties, NaN payloads,
+        // infinities, subnormals, the largest finite value (rounds to infinity), and random bits.
+        let mut bits: Vec<u32> = vec![
+            0x3F80_8000,
+            0x3F81_8000,
+            0x3F80_8001,
+            0x3F80_7FFF,
+            0x7F80_0000,
+            0xFF80_0000,
+            0x7F80_0001,
+            0xFFC1_2345,
+            0x7FFF_FFFF,
+            0x0000_8000,
+            0x0001_8000,
+            0x8000_0001,
+            0x7F7F_FFFF,
+            0,
+            0x8000_0000,
+        ];
+        bits.extend(
+            lcg_bytes(4 * 4096, 11).chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        let vals: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+        let want: Vec<u16> = Tensor::from_slice(&vals, vals.len(), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| (v.to_bits() >> 16) as u16)
+            .collect();
+        let got: Vec<u16> = vals.iter().map(|&v| kernel_bf16_bits(v)).collect();
+        assert_eq!(got, want);
     }
 }
