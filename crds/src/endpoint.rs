@@ -170,9 +170,9 @@ impl Default for Autoscaling {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Batching {
-    /// Most requests decoded together. Unset: 1, because the worker decodes on the CPU, where a
-    /// batch costs more than its requests one by one (every row waits for the longest answer).
-    /// Raise it where one step over many rows costs about what a step over one row does.
+    /// Most requests decoded together. Unset: the worker's default for its device: 8 on a GPU,
+    /// where one step over 8 rows costs about one step over one; 1 on a CPU, where a batch costs
+    /// more than its requests one by one (every row waits for the longest answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]
     pub max_batch: Option<u32>,
