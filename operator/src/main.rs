@@ -48,6 +48,9 @@ struct Args {
     /// StorageClass of claims the operator creates.
     #[arg(long, env = "SAPLLM_STORAGE_CLASS")]
     storage_class: Option<String>,
+    /// Seconds between reconciles of an object when nothing changes (a level-triggered resync).
+    #[arg(long, env = "SAPLLM_RESYNC_INTERVAL", default_value_t = 300)]
+    resync_interval: u64,
     /// Seconds between progress polls of a running stage.
     #[arg(long, env = "SAPLLM_PROGRESS_INTERVAL", default_value_t = 15)]
     progress_interval: u64,
@@ -94,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
             .context("--default-tolerations must be a JSON list of tolerations")?,
         storage_class: args.storage_class.clone().filter(|s| !s.is_empty()),
         progress_interval: Duration::from_secs(args.progress_interval.max(1)),
+        resync_interval: Duration::from_secs(args.resync_interval.max(1)),
         ..OperatorConfig::default()
     };
     let client =

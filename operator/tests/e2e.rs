@@ -71,27 +71,7 @@ fn job_named(api: &FakeApi, prefix: &str) -> Option<Value> {
 
 /// What the kubelet and the Job controller would do when the worker exits.
 fn finish_job(api: &FakeApi, job: &Value, exit_code: i32, result: &StageResult) {
-    let name = job["metadata"]["name"].as_str().unwrap();
-    let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
-    labels["batch.kubernetes.io/job-name"] = json!(name);
-    let pod = format!("{name}-0");
-    api.put(
-        PODS,
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": pod, "namespace": NS, "labels": labels,
-                "ownerReferences": [{ "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"], "controller": true }] },
-            "spec": { "containers": [{ "name": "worker", "image": "w" }] },
-            "status": { "phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
-                "containerStatuses": [{ "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0,
-                    "state": { "terminated": { "exitCode": exit_code, "message": serde_json::to_string(result).unwrap() } } }] },
-        }),
-    );
-    let cond = if exit_code == 0 { "Complete" } else { "Failed" };
-    let counts = if exit_code == 0 { json!({ "succeeded": 1 }) } else { json!({ "failed": 1 }) };
-    let mut status = json!({ "conditions": [{ "type": cond, "status": "True", "reason": if exit_code == 0 { "Completed" } else { "PodFailurePolicy" }, "message": "" }] });
-    merge(&mut status, &counts);
-    api.patch(JOBS, NS, name, json!({ "status": status }));
+    api.finish_job(job, exit_code, &serde_json::to_string(result).unwrap());
 }
 
 fn run_status(api: &FakeApi) -> Value {

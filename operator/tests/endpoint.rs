@@ -247,6 +247,27 @@ fn the_abstention_threshold_defaults_to_the_evaluations() {
     assert_eq!(threshold(endpoint::build::serve_args(&r, &c, 1)), "0.7");
 }
 
+/// The operator skips re-applying a Deployment it applied, unless the live one no longer holds
+/// what it set: defaults added by the API server do not count as a change, an edit does.
+#[test]
+fn a_live_deployment_matches_what_was_applied_until_someone_edits_it() {
+    let r = rep();
+    let c = endpoint::select(&r, &[ev("a", 1, true, 10)]).serve.unwrap();
+    let desired: Deployment = endpoint::deployment(&r, &c, "sapllm-artifacts", &OperatorConfig::default());
+    let mut live = serde_json::to_value(&desired).unwrap();
+    live["metadata"]["resourceVersion"] = serde_json::json!("42");
+    live["spec"]["minReadySeconds"] = serde_json::json!(0);
+    live["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
+        serde_json::json!("/dev/termination-log");
+    live["status"] = serde_json::json!({ "readyReplicas": 2 });
+    let live: Deployment = serde_json::from_value(live).unwrap();
+    assert!(endpoint::build::matches_applied(&live, &desired), "server defaults are not an edit");
+    let mut edited = serde_json::to_value(&live).unwrap();
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = serde_json::json!("someone/else:latest");
+    let edited: Deployment = serde_json::from_value(edited).unwrap();
+    assert!(!endpoint::build::matches_applied(&edited, &desired));
+}
+
 #[test]
 fn model_threads_follow_the_spec_or_the_cpu_request() {
     use endpoint::build::{whole_cores, workers};

@@ -32,6 +32,52 @@ where
     Ok(api.patch(&obj.name_any(), &params(), &Patch::Apply(obj)).await?)
 }
 
+/// Server-side applies `obj` unless this process applied the same object recently (see
+/// [`crate::controller::applied`]): a resync with nothing changed writes nothing.
+pub async fn apply_changed<K>(ctx: &crate::controller::Context, obj: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let key = memo_key(obj);
+    let (key, digest) = crate::controller::applied::Applied::digest(&key, obj);
+    let ttl = ctx.config.resync_interval * crate::controller::applied::MEMO_RESYNCS;
+    if ctx.applied.is_current(&key, &digest, ttl) {
+        return Ok(());
+    }
+    apply(&ctx.client, obj).await?;
+    ctx.applied.remember(key, digest);
+    Ok(())
+}
+
+/// The memo key of a child: `Kind/namespace/name`.
+pub fn memo_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Creates `obj` unless this process saw it exist recently, or it exists (objects the operator
+/// must not take over, e.g. a claim).
+pub async fn ensure_exists<K>(ctx: &crate::controller::Context, obj: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let key = memo_key(obj);
+    let ttl = ctx.config.resync_interval * crate::controller::applied::MEMO_RESYNCS;
+    if ctx.applied.is_current(&key, "exists", ttl) {
+        return Ok(());
+    }
+    create_if_missing(&ctx.client, obj).await?;
+    ctx.applied.remember(key, "exists".into());
+    Ok(())
+}
+
 /// Server-side applies the status of `obj`.
 pub async fn apply_status<K, S>(client: &Client, obj: &K, status: &S) -> Result<(), Error>
 where

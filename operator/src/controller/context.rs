@@ -37,6 +37,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Events.
     pub recorder: Recorder,
+    /// What this process last applied (see [`crate::controller::applied`]).
+    pub applied: crate::controller::applied::Applied,
 }
 
 impl Context {
@@ -48,7 +50,13 @@ impl Context {
         instance: Option<String>,
     ) -> Self {
         let reporter = Reporter { controller: MANAGER.into(), instance };
-        Context { recorder: Recorder::new(client.clone(), reporter), client, config, metrics }
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            applied: Default::default(),
+        }
     }
 
     /// Why `job` cannot create its pod, from its Events, when it may be failing to (see

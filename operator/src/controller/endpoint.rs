@@ -13,7 +13,7 @@ use sapllm_crds::conditions::set_condition;
 use sapllm_crds::endpoint::RoutingEndpoint;
 use sapllm_crds::evaluation::Evaluation;
 
-use crate::controller::apply::{apply, apply_status, fresh};
+use crate::controller::apply::{apply_changed, apply_status, fresh, memo_key};
 use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::endpoint::{self, build};
@@ -81,10 +81,16 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
     if let Some(c) = &d.serve {
         match rep.spec.storage.as_ref().map(|s| s.claim_name.clone()).or(c.claim.clone()) {
             Some(claim) => {
-                apply(&ctx.client, &build::deployment(&rep, c, &claim, &ctx.config)).await?;
-                apply(&ctx.client, &build::service(&rep)).await?;
-                apply(&ctx.client, &build::autoscaler(&rep)).await?;
-                apply(&ctx.client, &build::disruption_budget(&rep)).await?;
+                let deployment = build::deployment(&rep, c, &claim, &ctx.config);
+                // The live Deployment was just read: one that is not what was applied (edited,
+                // or rolled by someone) is applied again now, not when the memo expires.
+                if dep.as_ref().is_none_or(|live| !build::matches_applied(live, &deployment)) {
+                    ctx.applied.forget(&memo_key(&deployment));
+                }
+                apply_changed(&ctx, &deployment).await?;
+                apply_changed(&ctx, &build::service(&rep)).await?;
+                apply_changed(&ctx, &build::autoscaler(&rep)).await?;
+                apply_changed(&ctx, &build::disruption_budget(&rep)).await?;
             }
             None => {
                 let msg = format!(

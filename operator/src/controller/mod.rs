@@ -1,6 +1,7 @@
 //! The client layer: watches, server-side apply, status patches and Events. Decisions are made by
 //! the pure functions in `training`, `evaluation` and `endpoint`.
 
+pub mod applied;
 pub mod apply;
 pub mod context;
 pub mod endpoint;

@@ -14,7 +14,9 @@ use sapllm_crds::endpoint::RoutingEndpoint;
 use sapllm_crds::evaluation::Evaluation;
 use sapllm_crds::training_run::{StageName, TrainingRun};
 
-use crate::controller::apply::{apply, apply_status, create_if_missing, delete_job, fresh, suspend_job};
+use crate::controller::apply::{
+    apply, apply_changed, apply_status, delete_job, ensure_exists, fresh, suspend_job,
+};
 use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::names::{LABEL_JOB_NAME, LABEL_MANAGED_BY, LABEL_RUN, MANAGER, label_value};
@@ -66,9 +68,9 @@ pub async fn reconcile(run: Arc<TrainingRun>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(ctx.config.resync_interval));
     }
     if let Some(claim) = training::storage_claim(&run, &ctx.config) {
-        create_if_missing(&ctx.client, &claim).await?;
+        ensure_exists(&ctx, &claim).await?;
     }
-    apply(&ctx.client, &training::manifest_config_map(&run)?).await?;
+    apply_changed(&ctx, &training::manifest_config_map(&run)?).await?;
 
     let plan = training::plan(&run);
     let obs = observe(&ctx, &run, &ns, &plan).await?;

@@ -236,3 +236,27 @@ pub fn disruption_budget(rep: &RoutingEndpoint) -> PodDisruptionBudget {
         "spec": { "selector": { "matchLabels": selector(rep) }, "maxUnavailable": 1 },
     }))
 }
+
+/// Whether the live Deployment still holds what `desired` sets: every field of the desired
+/// metadata labels/annotations and spec is present with the same value (the API server adds
+/// defaults, so the live object is a superset). False when someone edited a field the operator
+/// owns.
+pub fn matches_applied(live: &Deployment, desired: &Deployment) -> bool {
+    let (Ok(live), Ok(desired)) = (serde_json::to_value(live), serde_json::to_value(desired)) else {
+        return false;
+    };
+    ["labels", "annotations"].iter().all(|k| subset(&desired["metadata"][*k], &live["metadata"][*k]))
+        && subset(&desired["spec"], &live["spec"])
+}
+
+/// `a` is contained in `b`: objects key by key, arrays element by element (same length).
+fn subset(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Null, _) => true,
+        (Value::Object(a), Value::Object(b)) => a.iter().all(|(k, v)| b.get(k).is_some_and(|w| subset(v, w))),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(v, w)| subset(v, w))
+        }
+        (a, b) => a == b,
+    }
+}

@@ -225,7 +225,7 @@ impl FakeApi {
 
     /// A client for this server (namespace `default`).
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        let config = kube::Config::new(self.client_url().parse().unwrap());
         kube::Client::try_from(config).unwrap()
     }
 
@@ -299,6 +299,35 @@ impl FakeApi {
         self.changed();
     }
 
+    /// What the kubelet and the Job controller do when a Job's worker exits: its pod with the
+    /// termination message `message`, and the Job's Complete (exit 0) or Failed condition.
+    pub fn finish_job(&self, job: &Value, exit_code: i32, message: &str) {
+        let ns = job["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = job["metadata"]["name"].as_str().unwrap();
+        let mut labels = job["spec"]["template"]["metadata"]["labels"].clone();
+        labels["batch.kubernetes.io/job-name"] = json!(name);
+        self.put(
+            "/v1/pods",
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": format!("{name}-0"), "namespace": ns, "labels": labels,
+                    "ownerReferences": [{ "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"], "controller": true }] },
+                "spec": { "containers": [{ "name": "worker", "image": "w" }] },
+                "status": { "phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
+                    "containerStatuses": [{ "name": "worker", "image": "w", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": { "terminated": { "exitCode": exit_code, "message": message } } }] },
+            }),
+        );
+        let (cond, reason, counts) = if exit_code == 0 {
+            ("Complete", "Completed", json!({ "succeeded": 1 }))
+        } else {
+            ("Failed", "PodFailurePolicy", json!({ "failed": 1 }))
+        };
+        let mut status = json!({ "active": 0, "conditions": [{ "type": cond, "status": "True", "reason": reason, "message": "" }] });
+        merge(&mut status, &counts);
+        self.patch("batch/v1/jobs", ns, name, json!({ "status": status }));
+    }
+
     /// Sets the log a pod serves.
     pub fn set_log(&self, ns: &str, pod: &str, log: &str) {
         self.inner.lock().unwrap().logs.insert((ns.into(), pod.into()), log.into());
@@ -318,6 +347,43 @@ impl FakeApi {
             .filter(|c| c.rv > rv)
             .map(|c| format!("{} {}", c.resource, c.object["metadata"]["name"]))
             .collect()
+    }
+
+    /// How many requests were served so far.
+    pub fn request_count(&self) -> usize {
+        self.inner.lock().unwrap().requests.len()
+    }
+
+    /// The requests served after the first `from`.
+    pub fn requests_since(&self, from: usize) -> Vec<Request> {
+        self.inner.lock().unwrap().requests.get(from..).map(<[Request]>::to_vec).unwrap_or_default()
+    }
+
+    /// `resource name` of every object created after `rv`.
+    pub fn added_after(&self, rv: u64) -> Vec<String> {
+        let inner = self.inner.lock().unwrap();
+        let from = inner.changes.partition_point(|c| c.rv <= rv);
+        inner.changes[from..]
+            .iter()
+            .filter(|c| c.kind == "ADDED")
+            .map(|c| format!("{} {}", c.resource, c.object["metadata"]["name"]))
+            .collect()
+    }
+
+    /// Every object of `resource` in every namespace.
+    pub fn list_all(&self, resource: &str) -> Vec<Value> {
+        self.inner
+            .lock()
+            .unwrap()
+            .objects
+            .get(resource)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The server's URL (for a kubeconfig).
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     /// Every request so far.
@@ -568,7 +634,8 @@ fn watch_stream(api: FakeApi, p: Parsed, query: HashMap<String, String>) -> Resp
                 let mut chunk = String::new();
                 {
                     let inner = api.inner.lock().unwrap();
-                    for c in inner.changes.iter().filter(|c| c.rv > last) {
+                    let from = inner.changes.partition_point(|c| c.rv <= last);
+                    for c in &inner.changes[from..] {
                         if c.resource == resource
                             && namespace.as_ref().is_none_or(|n| n == &c.namespace)
                             && labels_match(&c.object, selector.as_ref())
