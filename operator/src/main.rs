@@ -98,7 +98,6 @@ async fn main() -> anyhow::Result<()> {
         storage_class: args.storage_class.clone().filter(|s| !s.is_empty()),
         progress_interval: Duration::from_secs(args.progress_interval.max(1)),
         resync_interval: Duration::from_secs(args.resync_interval.max(1)),
-        ..OperatorConfig::default()
     };
     let client =
         Client::try_default().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
