@@ -262,3 +262,61 @@ fn evaluate_of_explicit_artifacts_reports_the_model_version() {
     let metrics = read_json(&dir.path().join("eval/metrics.json"));
     assert_eq!(metrics["model_version"], version, "the report and the termination message agree");
 }
+
+/// `--adapter-layout fused`: SFT's final adapter in transformers 5 / PEFT's fused-expert layout
+/// (`target_parameters`) is, as a model, the per-expert checkpoint of the same step.
+#[test]
+fn sft_writes_the_fused_adapter_layout_when_asked() {
+    use candle_core::{DType, Tensor};
+    use sapllm_model::hf_io::load_model;
+    use sapllm_model::mixtral::ModelOptions;
+    use sapllm_model::peft::{AdapterLayout, load_adapter};
+
+    let f = fixture();
+    let ctx = RunContext::from_manifest(&f.manifest, Some(f.run_dir.clone()), ProgressMode::Quiet).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut cfg = sft_config(&ctx);
+    cfg.out_dir = scratch.path().join("fused");
+    cfg.max_steps = Some(2);
+    cfg.adapter_layout = AdapterLayout::Fused;
+    assert!(sft::run(&cfg).unwrap().completed);
+    let adapter = cfg.out_dir.join("adapter");
+    let c = read_json(&adapter.join("adapter_config.json"));
+    // targetModules [q_proj, v_proj, w1, gate]: w1 is half of gate_up_proj, the router a parameter.
+    assert_eq!(c["target_modules"], serde_json::json!(["q_proj", "v_proj"]));
+    assert_eq!(c["target_parameters"], serde_json::json!(["gate.weight", "gate_up_proj"]));
+    assert_eq!(c["lora_dropout"].as_f64(), Some(0.0), "PEFT refuses dropout on parameter targets");
+    let w = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert!(w.contains_key("base_model.model.model.layers.0.mlp.experts.lora_A.weight"));
+    assert!(w.contains_key("base_model.model.model.layers.0.mlp.gate.lora_B.weight"));
+    assert!(!w.keys().any(|k| k.contains("block_sparse_moe")));
+
+    let logits = |dir: &Path| {
+        let mut m = load_model(&cfg.base_model, &ModelOptions::default(), &Device::Cpu).unwrap();
+        load_adapter(&mut m, dir).unwrap();
+        let v = m.cfg.vocab_size as u32;
+        let ids =
+            Tensor::from_vec((0..16u32).map(|i| (i * 37 + 5) % v).collect(), (1, 16), &Device::Cpu).unwrap();
+        m.forward(&ids, None).unwrap().logits.to_dtype(DType::F32).unwrap()
+    };
+    let ckpt = cfg.out_dir.join("checkpoints/checkpoint-00000002/adapter");
+    let d = (logits(&adapter) - logits(&ckpt))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0, "fused final adapter vs per-expert checkpoint");
+
+    // The flag: a wrong value is refused by name.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sapllm-worker"))
+        .args(["sft", "--adapter-layout", "stacked", "-f"])
+        .arg(&f.manifest)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("per-expert or fused"), "{err}");
+}

@@ -46,7 +46,9 @@
 //!
 //! Adapters:
 //! - [`Mixtral::add_lora`], [`save_adapter`]`(&model, dir, base_name)` / [`load_adapter`]`(&mut model,
-//!   dir)` (PEFT layout and key names), [`Mixtral::merge_adapters`]`(precision)`.
+//!   dir)` (PEFT layout and key names), [`Mixtral::merge_adapters`]`(precision)`;
+//!   [`save_adapter_as`]`(.., AdapterLayout::Fused)` writes transformers 5 / PEFT's fused-expert
+//!   layout (`target_parameters`), which [`load_adapter`] reads too.
 //! - [`Mixtral::set_adapter_enabled`]`(false)`: the base model (PPO's reference policy) without
 //!   a second copy; [`Mixtral::set_adapter_scale`].
 //!
@@ -90,5 +92,5 @@ pub use mixtral::kv_cache::KvCache;
 pub use mixtral::{Mixtral, ModelOptions, ModelOutput};
 pub use optim::{AdamW, AdamWConfig, LrSchedule, StepStats};
 pub use path::ForwardPath;
-pub use peft::{load_adapter, save_adapter};
+pub use peft::{AdapterLayout, load_adapter, save_adapter, save_adapter_as};
 pub use tokenizer::Tokenizer;

@@ -31,6 +31,23 @@ pub trait Backend: Send + Sync {
         temperature: f64,
         schema: Option<&serde_json::Value>,
     ) -> Result<Completion>;
+
+    /// [`Backend::complete`], handing the text on as it is decoded (`stream: true`): `on_text`
+    /// gets deltas that concatenate to the completion's text, and returning false from it
+    /// stops decoding (with [`sapllm_engine::chat::Cancelled`]). By default the whole text
+    /// arrives as one delta at the end.
+    fn complete_streaming(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+        temperature: f64,
+        schema: Option<&serde_json::Value>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Completion> {
+        let c = self.complete(prompt, max_tokens, temperature, schema)?;
+        on_text(&c.text);
+        Ok(c)
+    }
 }
 
 impl Backend for Engine {
@@ -53,6 +70,17 @@ impl Backend for Engine {
         schema: Option<&serde_json::Value>,
     ) -> Result<Completion> {
         Engine::complete(self, prompt, max_tokens, temperature, schema)
+    }
+
+    fn complete_streaming(
+        &self,
+        prompt: &str,
+        max_tokens: usize,
+        temperature: f64,
+        schema: Option<&serde_json::Value>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Completion> {
+        Engine::complete_streaming(self, prompt, max_tokens, temperature, schema, on_text)
     }
 }
 

@@ -16,11 +16,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::backend::Backend;
 use super::metrics::Metrics;
-use sapllm_engine::chat::Completion;
+use sapllm_engine::chat::{Cancelled, Completion};
 use sapllm_engine::types::{
     ExceptionDecision, ExceptionQuery, RoutingDecision, RoutingQuery, SimilarException,
 };
@@ -56,6 +56,10 @@ pub enum Job {
         schema: Option<serde_json::Value>,
         deadline: Instant,
         reply: oneshot::Sender<Result<Completion, JobError>>,
+        /// `stream: true`: the text as it is decoded (deltas concatenating to the completion's
+        /// text, which `reply` still gets). Decoding stops once the handler drops the receiver
+        /// (the client went away) or the deadline passes.
+        stream: Option<mpsc::UnboundedSender<String>>,
     },
 }
 
@@ -225,13 +229,37 @@ fn process(engine: &dyn Backend, batch: Vec<Job>, metrics: &Metrics) {
         match job {
             Job::Route { queries, reply, .. } => routes.push((queries, reply)),
             Job::Exception { items, reply, .. } => exceptions.push((items, reply)),
-            Job::Complete { prompt, max_tokens, temperature, schema, reply, .. } => {
+            Job::Complete { prompt, max_tokens, temperature, schema, deadline, reply, stream } => {
                 metrics.batch_size.observe(1.0);
-                let r = engine.complete(&prompt, max_tokens, temperature, schema.as_ref());
+                let r = match &stream {
+                    None => engine.complete(&prompt, max_tokens, temperature, schema.as_ref()),
+                    Some(tx) => engine.complete_streaming(
+                        &prompt,
+                        max_tokens,
+                        temperature,
+                        schema.as_ref(),
+                        &mut |text| {
+                            // A client that went away or ran out of time frees the model thread.
+                            (text.is_empty() || tx.send(text.to_string()).is_ok())
+                                && !reply.is_closed()
+                                && Instant::now() < deadline
+                        },
+                    ),
+                };
                 if let Ok(c) = &r {
                     metrics.tokens.with_label_values(&["sampled"]).inc_by(c.completion_tokens as u64);
                 }
-                let _ = reply.send(r.map_err(|e| JobError::Model(format!("{e:#}"))));
+                let r = r.map_err(|e| {
+                    if !e.is::<Cancelled>() {
+                        JobError::Model(format!("{e:#}"))
+                    } else if Instant::now() >= deadline {
+                        JobError::Expired
+                    } else {
+                        tracing::debug!("a streamed completion stopped: its client went away");
+                        JobError::Model(e.to_string())
+                    }
+                });
+                let _ = reply.send(r);
             }
         }
     }

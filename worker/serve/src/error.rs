@@ -86,11 +86,21 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    fn body(&self) -> Body<'_> {
+        Body { error: Inner { code: self.code, message: &self.message, field: self.field.as_deref() } }
+    }
+
+    /// The JSON body, `{"error": {"code", "message", "field"?}}` (also what a stream that fails
+    /// after it started sends as its last event).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.body()).unwrap_or_default()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            Body { error: Inner { code: self.code, message: &self.message, field: self.field.as_deref() } };
-        let mut resp = (self.status, Json(body)).into_response();
+        let mut resp = (self.status, Json(self.body())).into_response();
         if let Some(s) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {

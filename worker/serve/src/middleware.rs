@@ -4,10 +4,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use tracing::Instrument;
 
 use super::error::ApiError;
@@ -49,18 +51,53 @@ pub async fn observe(State(state): State<SharedState>, req: Request, next: Next)
     metrics.inflight.inc();
     let start = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
-    let secs = start.elapsed().as_secs_f64();
-    metrics.inflight.dec();
     let status = resp.status();
-    metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
-    metrics.latency.with_label_values(&[&route]).observe(secs);
-    span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), latency_ms = (secs * 1e3) as u64, "request done")
-    });
+    let done = move || {
+        let secs = start.elapsed().as_secs_f64();
+        metrics.inflight.dec();
+        metrics.requests.with_label_values(&[&route, status.as_str()]).inc();
+        metrics.latency.with_label_values(&[&route]).observe(secs);
+        span.in_scope(|| {
+            tracing::info!(status = status.as_u16(), latency_ms = (secs * 1e3) as u64, "request done")
+        });
+    };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
-    resp
+    let streamed = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !streamed {
+        done();
+        return resp;
+    }
+    // A stream (`stream: true`) is served when its last event is sent or its client went away,
+    // not when its headers are: it is in flight and timed until its body is dropped.
+    let guard = OnDrop(Some(done));
+    let (parts, body) = resp.into_parts();
+    let body = Body::from_stream(body.into_data_stream().map(move |frame| {
+        guard.keep();
+        frame
+    }));
+    Response::from_parts(parts, body)
+}
+
+/// Runs its function when dropped.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> OnDrop<F> {
+    /// Makes a closure that calls it own the guard.
+    fn keep(&self) {}
+}
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }
 
 /// Bearer-token auth (when a token is configured).

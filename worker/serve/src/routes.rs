@@ -26,11 +26,12 @@ pub fn require_ready(state: &SharedState) -> Result<(), ApiError> {
     }
 }
 
-/// Submits a job and waits for its answer within the request timeout.
-pub async fn submit<T>(
+/// Queues a job without waiting for it (429 when the queue is full): the job's deadline (the
+/// request timeout from now) and the receiver of its answer.
+pub fn enqueue<T>(
     state: &SharedState,
     make: impl FnOnce(Instant, oneshot::Sender<T>) -> Job,
-) -> Result<T, ApiError> {
+) -> Result<(Instant, oneshot::Receiver<T>), ApiError> {
     // No draining check here: a request that reached a handler was accepted before shutdown
     // began, and graceful shutdown promises to finish it (hyper stops reading new requests from
     // connections once draining, so nothing new gets this far). Refusing here turned accepted
@@ -38,10 +39,18 @@ pub async fn submit<T>(
     let deadline = Instant::now() + state.request_timeout;
     let (tx, rx) = oneshot::channel();
     match state.queue.submit(make(deadline, tx)) {
-        Ok(()) => {}
-        Err(QueueError::Full) => return Err(ApiError::queue_full(state.retry_after_s)),
-        Err(QueueError::Closed) => return Err(ApiError::unavailable("the model thread stopped")),
+        Ok(()) => Ok((deadline, rx)),
+        Err(QueueError::Full) => Err(ApiError::queue_full(state.retry_after_s)),
+        Err(QueueError::Closed) => Err(ApiError::unavailable("the model thread stopped")),
     }
+}
+
+/// Submits a job and waits for its answer within the request timeout.
+pub async fn submit<T>(
+    state: &SharedState,
+    make: impl FnOnce(Instant, oneshot::Sender<T>) -> Job,
+) -> Result<T, ApiError> {
+    let (deadline, rx) = enqueue(state, make)?;
     let ms = state.request_timeout.as_millis() as u64;
     match tokio::time::timeout_at(deadline.into(), rx).await {
         Ok(Ok(v)) => Ok(v),

@@ -12,6 +12,7 @@ use crate::progress::ProgressMode;
 use crate::rl::reward::RewardWeights;
 use crate::rl::{RlAlgorithm, RlConfig, run};
 use sapllm_model::linear::Precision;
+use sapllm_model::peft::AdapterLayout;
 
 /// The algorithm on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -103,6 +104,11 @@ pub struct PpoArgs {
     /// Stop after this many iterations in this invocation (a rerun resumes from the checkpoint).
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Layout of the saved adapter: per-expert (Hub/transformers 4 names) or fused
+    /// (transformers 5 + PEFT >= 0.18 `target_parameters`). Also with --file. The SFT adapter
+    /// it starts from may be in either.
+    #[arg(long, default_value = "per-expert")]
+    pub adapter_layout: AdapterLayout,
 }
 
 /// Runs the RL stage and prints its summary as JSON.
@@ -140,6 +146,7 @@ pub fn execute(args: PpoArgs, progress: ProgressMode) -> anyhow::Result<ExitCode
         }
     };
     cfg.stop_after = args.stop_after;
+    cfg.adapter_layout = args.adapter_layout;
     let summary = run(&cfg)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(ExitCode::SUCCESS)

@@ -10,6 +10,7 @@ use crate::progress::ProgressMode;
 use crate::train::sft::{SftConfig, run};
 use sapllm_engine::profile::PromptProfile;
 use sapllm_model::linear::{LoraConfig, Precision};
+use sapllm_model::peft::AdapterLayout;
 
 /// Arguments of `sft`.
 #[derive(Debug, Args)]
@@ -77,6 +78,10 @@ pub struct SftArgs {
     /// Stop after this many steps in this invocation (a rerun resumes from the checkpoint).
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Layout of the saved adapter: per-expert (Hub/transformers 4 names) or fused
+    /// (transformers 5 + PEFT >= 0.18 `target_parameters`). Also with --file.
+    #[arg(long, default_value = "per-expert")]
+    pub adapter_layout: AdapterLayout,
 }
 
 /// Runs SFT and prints its summary as JSON.
@@ -112,10 +117,12 @@ pub fn execute(args: SftArgs, progress: ProgressMode) -> anyhow::Result<ExitCode
                 pre_checks: !args.no_pre_checks,
             },
             stop_after: None,
+            adapter_layout: AdapterLayout::default(),
             progress,
         },
     };
     cfg.stop_after = args.stop_after;
+    cfg.adapter_layout = args.adapter_layout;
     let summary = run(&cfg)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(ExitCode::SUCCESS)

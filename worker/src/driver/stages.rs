@@ -396,6 +396,7 @@ pub fn sft_config(ctx: &RunContext) -> SftConfig {
         seed: ctx.run.spec.stages.data_prep.seed,
         prompt: prompt_profile(ctx),
         stop_after: None,
+        adapter_layout: Default::default(),
         progress: ctx.progress,
     }
 }

@@ -67,6 +67,7 @@ use crate::progress::ProgressMode;
 use sapllm_model::linear::Precision;
 use sapllm_model::mixtral::Mixtral;
 use sapllm_model::optim::AdamW;
+use sapllm_model::peft::AdapterLayout;
 use sapllm_model::tokenizer::Tokenizer;
 use sapllm_sap::catalog::Catalog;
 
@@ -116,6 +117,9 @@ pub struct RlConfig {
     /// Stop (as if killed) after this many iterations in this process; for resume tests.
     #[serde(skip)]
     pub stop_after: Option<u64>,
+    /// Layout of the final adapter (`--adapter-layout`; checkpoints stay per-expert).
+    #[serde(skip)]
+    pub adapter_layout: AdapterLayout,
     #[serde(skip)]
     pub progress: ProgressMode,
 }
@@ -152,6 +156,7 @@ impl RlConfig {
             eval_samples: 32,
             seed: 42,
             stop_after: None,
+            adapter_layout: AdapterLayout::PerExpert,
             progress: ProgressMode::Auto,
         }
     }

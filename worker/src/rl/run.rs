@@ -20,7 +20,7 @@ use sapllm_engine::profile::{PROFILE_FILE, PromptProfile};
 use sapllm_model::hf_io::load_model;
 use sapllm_model::mixtral::{Mixtral, ModelOptions};
 use sapllm_model::optim::{AdamW, AdamWConfig, LrSchedule};
-use sapllm_model::peft;
+use sapllm_model::peft::{self, AdapterLayout};
 use sapllm_model::tokenizer::Tokenizer;
 use sapllm_sap::catalog::Catalog;
 
@@ -264,7 +264,8 @@ fn finish(
 ) -> Result<RlSummary> {
     let cfg = sess.cfg;
     let adapter_dir = cfg.out_dir.join("adapter");
-    peft::save_adapter(&sess.policy, &adapter_dir, &cfg.base_model.display().to_string())?;
+    let base_name = cfg.base_model.display().to_string();
+    peft::save_adapter_as(&sess.policy, &adapter_dir, &base_name, cfg.adapter_layout)?;
     // Evaluation and serving read the profile beside the adapter they load.
     profile.save(&adapter_dir)?;
     let after = if val.is_empty() {
@@ -284,7 +285,14 @@ fn finish(
     // started from (the validation reward is the same verifiable reward, greedy decoding).
     let kept_start = validation_got_worse(state.before.as_ref(), after.as_ref());
     if kept_start {
-        copy_adapter(&cfg.sft_adapter, &adapter_dir, profile)?;
+        if cfg.adapter_layout == AdapterLayout::PerExpert {
+            copy_adapter(&cfg.sft_adapter, &adapter_dir, profile)?;
+        } else {
+            // The reference holds the starting adapter exactly: written in the asked layout.
+            std::fs::remove_dir_all(&adapter_dir)?;
+            peft::save_adapter_as(&sess.reference, &adapter_dir, &base_name, cfg.adapter_layout)?;
+            profile.save(&adapter_dir)?;
+        }
         progress.println(&format!(
             "validation reward fell ({:.3} -> {:.3}): keeping the starting adapter",
             state.before.as_ref().map_or(f64::NAN, |b| b.mean_reward),

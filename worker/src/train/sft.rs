@@ -28,7 +28,7 @@ use sapllm_model::linear::{LoraConfig, Precision};
 use sapllm_model::loss::shifted_logprobs;
 use sapllm_model::mixtral::{Mixtral, ModelOptions};
 use sapllm_model::optim::{AdamW, AdamWConfig, LrSchedule};
-use sapllm_model::peft;
+use sapllm_model::peft::{self, AdapterLayout};
 use sapllm_model::tokenizer::Tokenizer;
 use sapllm_sap::catalog::Catalog;
 
@@ -61,6 +61,9 @@ pub struct SftConfig {
     /// Stop (as if killed) after this many optimizer steps in this process; for resume tests.
     #[serde(skip)]
     pub stop_after: Option<u64>,
+    /// Layout of the final adapter (`--adapter-layout`; checkpoints stay per-expert).
+    #[serde(skip)]
+    pub adapter_layout: AdapterLayout,
     #[serde(skip)]
     pub progress: ProgressMode,
 }
@@ -318,7 +321,7 @@ pub fn run(cfg: &SftConfig) -> Result<SftSummary> {
     }
 
     let adapter_dir = cfg.out_dir.join("adapter");
-    peft::save_adapter(&model, &adapter_dir, &base_name)?;
+    peft::save_adapter_as(&model, &adapter_dir, &base_name, cfg.adapter_layout)?;
     cfg.prompt.save(&adapter_dir)?;
     let tps = tokens_seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let mut out = summary(cfg, &state, &data, tps, resumed_from, true);

@@ -165,6 +165,7 @@ pub fn build(dir: &Path, base_steps: usize, sft_steps: u64, sft_lr: f64, seed: u
         checkpoint_interval: 100_000,
         seed,
         stop_after: None,
+        adapter_layout: Default::default(),
         progress: ProgressMode::Quiet,
     };
     sft::run(&sft_cfg).expect("sft");
