@@ -33,6 +33,8 @@ const ENDPOINTS_N: usize = 100;
 /// steady window covers more than one resync of every object.
 const RESYNC: u64 = 20;
 const PROGRESS: u64 = 15;
+/// Linux's USER_HZ (clock ticks per second in /proc/<pid>/stat).
+const CLOCK_TICKS: f64 = 100.0;
 /// Completions per second in the completion phase.
 const COMPLETION_RATE: f64 = 100.0;
 
@@ -107,6 +109,16 @@ impl Operator {
                 .unwrap_or(0.0)
         };
         (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+
+    /// CPU seconds the operator has used (user + system), from /proc.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+        // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+        (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / CLOCK_TICKS
     }
 
     fn stop(mut self) {
@@ -196,6 +208,8 @@ struct Phase {
     rss_mib: f64,
     peak_rss_mib: f64,
     objects_created: usize,
+    /// CPU seconds the operator used in the phase.
+    operator_cpu_s: f64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -242,6 +256,7 @@ async fn main() {
     // Start: every object gets a status.
     let op = Operator::start(&kubeconfig, port);
     let (t0, r0, rv0) = (Instant::now(), api.request_count(), api.rv());
+    let cpu0 = op.cpu_seconds();
     loop {
         peak = peak.max(op.rss_mib().0);
         let done_runs = (0..runs)
@@ -279,11 +294,13 @@ async fn main() {
         rss_mib: rss,
         peak_rss_mib: hwm.max(peak),
         objects_created: api.added_after(rv0).iter().filter(|c| c.starts_with(JOBS)).count(),
+        operator_cpu_s: op.cpu_seconds() - cpu0,
     });
 
     // Completions: data-prep Jobs of runs finish (60 % succeed, 10 % fail), Evaluation Jobs
     // finish (50 % pass, 25 % fail their gates); the rest keep running.
     let (t1, r1) = (Instant::now(), api.request_count());
+    let cpu1 = op.cpu_seconds();
     let jobs = api.list_all(JOBS);
     let mut pending: Vec<(String, &'static str, String, Instant, &'static str)> = Vec::new();
     let job_of = |prefix: &str, namespace: &str| {
@@ -366,11 +383,13 @@ async fn main() {
         rss_mib: rss,
         peak_rss_mib: hwm.max(peak),
         objects_created: 0,
+        operator_cpu_s: op.cpu_seconds() - cpu1,
     });
 
     // Steady: let the follow-up work settle, then watch a window longer than one resync.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (t2, r2, rv2) = (Instant::now(), api.request_count(), api.rv());
+    let cpu2 = op.cpu_seconds();
     tokio::time::sleep(Duration::from_secs(RESYNC + 5)).await;
     let (rss, hwm) = op.rss_mib();
     let steady_changes = api.changes_after(rv2);
@@ -382,6 +401,7 @@ async fn main() {
         rss_mib: rss,
         peak_rss_mib: hwm.max(peak),
         objects_created: steady_added.len(),
+        operator_cpu_s: op.cpu_seconds() - cpu2,
     });
 
     // Restart: adopt everything, create nothing.
@@ -409,6 +429,7 @@ async fn main() {
         rss_mib: rss,
         peak_rss_mib: hwm.max(peak2),
         objects_created: created.len(),
+        operator_cpu_s: op.cpu_seconds(),
     });
     op.stop();
 
@@ -416,15 +437,15 @@ async fn main() {
         "\n## Operator at scale: {runs} TrainingRuns, {evals} Evaluations, {endpoints} RoutingEndpoints, {NAMESPACES} namespaces\n"
     );
     println!(
-        "| phase | seconds | reconciles | reconciles/s | requests/reconcile | lists/reconcile | writes | creates (POST) | objects created | RSS MiB | peak RSS MiB |"
+        "| phase | seconds | reconciles | reconciles/s | requests/reconcile | lists/reconcile | writes | creates (POST) | objects created | operator CPU s | RSS MiB | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for p in &phases {
         let t = &p.traffic;
         let lists: usize = t.lists.values().sum();
         let per = |x: usize| if t.reconciles == 0 { f64::NAN } else { x as f64 / t.reconciles as f64 };
         println!(
-            "| {} | {:.1} | {} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
             p.name,
             p.seconds,
             t.reconciles,
@@ -434,6 +455,7 @@ async fn main() {
             t.writes,
             t.creates,
             p.objects_created,
+            p.operator_cpu_s,
             p.rss_mib,
             p.peak_rss_mib
         );

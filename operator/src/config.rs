@@ -27,7 +27,14 @@ pub struct OperatorConfig {
     pub progress_interval: Duration,
     /// Requeue interval of settled objects (level-triggered safety net).
     pub resync_interval: Duration,
+    /// Most reconciles in flight per controller. Unbounded, a start or a resync of thousands of
+    /// objects runs them all at once: every one holds its lists in memory at the same time and
+    /// the API server sees a burst; bounded, they queue and memory stays flat.
+    pub concurrency: u16,
 }
+
+/// Default of [`OperatorConfig::concurrency`].
+pub const DEFAULT_CONCURRENCY: u16 = 8;
 
 impl Default for OperatorConfig {
     fn default() -> Self {
@@ -39,6 +46,7 @@ impl Default for OperatorConfig {
             default_node_selector: BTreeMap::new(),
             default_tolerations: Vec::new(),
             storage_class: None,
+            concurrency: DEFAULT_CONCURRENCY,
             progress_interval: Duration::from_secs(15),
             resync_interval: Duration::from_secs(300),
         }

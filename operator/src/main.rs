@@ -51,6 +51,9 @@ struct Args {
     /// Seconds between reconciles of an object when nothing changes (a level-triggered resync).
     #[arg(long, env = "SAPLLM_RESYNC_INTERVAL", default_value_t = 300)]
     resync_interval: u64,
+    /// Most reconciles in flight per controller (bounds memory and API bursts at scale).
+    #[arg(long, env = "SAPLLM_CONCURRENCY", default_value_t = sapllm_operator::config::DEFAULT_CONCURRENCY)]
+    concurrency: u16,
     /// Seconds between progress polls of a running stage.
     #[arg(long, env = "SAPLLM_PROGRESS_INTERVAL", default_value_t = 15)]
     progress_interval: u64,
@@ -98,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         storage_class: args.storage_class.clone().filter(|s| !s.is_empty()),
         progress_interval: Duration::from_secs(args.progress_interval.max(1)),
         resync_interval: Duration::from_secs(args.resync_interval.max(1)),
+        concurrency: args.concurrency.max(1),
     };
     let client =
         Client::try_default().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?;

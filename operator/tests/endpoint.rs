@@ -4,7 +4,7 @@ mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use sapllm_crds::common::Verdict;
-use sapllm_crds::endpoint::{PinnedModel, RoutingEndpoint};
+use sapllm_crds::endpoint::{FeedbackSink, PinnedModel, RoutingEndpoint};
 use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, EvaluationStatus, GateResult, ModelArtifacts};
 use sapllm_operator::config::OperatorConfig;
 use sapllm_operator::endpoint::{self, DeploymentObs};
@@ -90,6 +90,28 @@ fn a_served_version_that_fails_a_stricter_re_evaluation_is_reported_once() {
             "version {v} failed its gates in Evaluation strict (routingAccuracy 0.9 < 0.97) after passing in Evaluation a; serving {v}"
         )
     );
+}
+
+/// An Evaluation wakes an endpoint only when its verdict can matter to it.
+#[test]
+fn only_completed_evaluations_of_the_endpoints_lineage_or_versions_concern_it() {
+    let r = rep();
+    assert!(endpoint::select::concerns(&r, &ev("a", 1, true, 10)), "its lineage, completed");
+    let mut running = ev("a", 1, true, 10);
+    running.status.as_mut().unwrap().phase = Some(EvaluationPhase::Running);
+    assert!(!endpoint::select::concerns(&r, &running), "progress of a running Evaluation");
+    let mut other = ev("o", 2, true, 10);
+    other.metadata.labels = Some([("sapllm.io/lineage".to_string(), "other".to_string())].into());
+    assert!(!endpoint::select::concerns(&r, &other), "another lineage");
+    let mut serving = r.clone();
+    serving.status = Some(Default::default());
+    serving.status.as_mut().unwrap().active_version = Some(version(2));
+    assert!(endpoint::select::concerns(&serving, &other), "the version it serves, whatever its lineage");
+    let mut pinned = r.clone();
+    pinned.spec.model.latest_passing = None;
+    pinned.spec.model.pinned = Some(PinnedModel { version: version(2) });
+    assert!(endpoint::select::concerns(&pinned, &other));
+    assert!(!endpoint::select::concerns(&pinned, &ev("a", 1, true, 10)));
 }
 
 #[test]
@@ -228,6 +250,67 @@ fn serving_children_are_exact() {
     let hpa = endpoint::autoscaler(&r);
     let metrics = hpa.spec.unwrap().metrics.unwrap();
     assert_eq!(metrics[1].pods.as_ref().unwrap().metric.name, "sapllm_inflight_requests");
+}
+
+/// `spec.feedback`: the claim mounted read-write, `--feedback-dir` inside it, the pod's name for
+/// its own file; the default Deployment (no feedback) is unchanged (`rep-deployment`).
+#[test]
+fn a_feedback_claim_is_mounted_read_write_with_one_file_per_pod() {
+    let mut r = rep();
+    r.spec.feedback = Some(FeedbackSink {
+        claim_name: "sapllm-feedback".into(),
+        path: Some("prod/feedback".into()),
+        capacity: Some(5000),
+    });
+    let c = endpoint::select(&r, &[ev("a", 1, true, 10)]).serve.unwrap();
+    let dep: Deployment = endpoint::deployment(&r, &c, "sapllm-artifacts", &OperatorConfig::default());
+    assert_fixture("rep-deployment-feedback", &dep);
+    let pod = dep.spec.as_ref().unwrap().template.spec.clone().unwrap();
+    let c0 = &pod.containers[0];
+    let args = c0.args.clone().unwrap();
+    assert!(
+        args.windows(2).any(|w| w == ["--feedback-dir", "/var/lib/sapllm-feedback/prod/feedback"]),
+        "{args:?}"
+    );
+    assert!(args.windows(2).any(|w| w == ["--feedback-capacity", "5000"]), "{args:?}");
+    let mount = c0
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.mount_path == "/var/lib/sapllm-feedback")
+        .unwrap();
+    assert_ne!(mount.read_only, Some(true), "feedback is written");
+    let vol = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == mount.name).unwrap();
+    assert_eq!(vol.persistent_volume_claim.as_ref().unwrap().claim_name, "sapllm-feedback");
+    let env = c0.env.clone().unwrap_or_default();
+    let pod_name = env.iter().find(|e| e.name == "POD_NAME").expect("POD_NAME");
+    assert_eq!(pod_name.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "metadata.name");
+
+    // Feedback on the artifacts claim: its one volume, now also mounted read-write for feedback
+    // (the model stays read-only), default folder and capacity.
+    r.spec.feedback =
+        Some(FeedbackSink { claim_name: "sapllm-artifacts".into(), path: None, capacity: None });
+    let dep: Deployment = endpoint::deployment(&r, &c, "sapllm-artifacts", &OperatorConfig::default());
+    let pod = dep.spec.unwrap().template.spec.unwrap();
+    let claims: Vec<_> =
+        pod.volumes.unwrap().iter().filter_map(|v| v.persistent_volume_claim.clone()).collect();
+    assert_eq!(claims.iter().filter(|p| p.claim_name == "sapllm-artifacts").count(), 1, "{claims:?}");
+    let c0 = &pod.containers[0];
+    let args = c0.args.clone().unwrap();
+    assert!(
+        args.windows(2).any(|w| w == ["--feedback-dir", "/var/lib/sapllm-feedback/feedback"]),
+        "{args:?}"
+    );
+    assert!(!args.iter().any(|a| a == "--feedback-capacity"));
+    let mounts = c0.volume_mounts.clone().unwrap();
+    let fb = mounts.iter().find(|m| m.mount_path == "/var/lib/sapllm-feedback").unwrap();
+    assert_eq!(fb.name, "artifacts");
+    assert_ne!(fb.read_only, Some(true));
+    assert!(
+        mounts.iter().any(|m| m.name == "artifacts" && m.read_only == Some(true)),
+        "the model stays read-only"
+    );
 }
 
 /// Unset, the endpoint abstains at the threshold its Evaluation scored with (the tiny run

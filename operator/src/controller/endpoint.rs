@@ -44,7 +44,7 @@ pub fn controller(ctx: Arc<Context>, ns: Option<&str>) -> Controller<RoutingEndp
         store
             .state()
             .into_iter()
-            .filter(|r| r.namespace() == ns)
+            .filter(|r| r.namespace() == ns && crate::endpoint::select::concerns(r, &ev))
             .map(|r| ObjectRef::from_obj(r.as_ref()))
             .collect::<Vec<_>>()
     })

@@ -39,15 +39,19 @@ pub async fn run_all(
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         }
     });
+    let limits = || kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency);
     let runs = training
+        .with_config(limits())
         .graceful_shutdown_on(shutdown.clone())
         .run(training::reconcile, training::error_policy, ctx.clone())
         .for_each(|r| async move { log("TrainingRun", r) });
     let evals = evaluation::controller(ctx.clone(), namespace.as_deref())
+        .with_config(limits())
         .graceful_shutdown_on(shutdown.clone())
         .run(evaluation::reconcile, evaluation::error_policy, ctx.clone())
         .for_each(|r| async move { log("Evaluation", r) });
     let eps = endpoint::controller(ctx.clone(), namespace.as_deref())
+        .with_config(limits())
         .graceful_shutdown_on(shutdown)
         .run(endpoint::reconcile, endpoint::error_policy, ctx.clone())
         .for_each(|r| async move { log("RoutingEndpoint", r) });

@@ -24,6 +24,10 @@ pub const AUTH_DIR: &str = "/etc/sapllm-auth";
 pub const DECODE_THREADS_ENV: &str = "CANDLE_NUM_THREADS";
 /// The per-pod metric the autoscaler reads through a metrics adapter.
 pub const INFLIGHT_METRIC: &str = "sapllm_inflight_requests";
+/// Where `spec.feedback.claimName` is mounted (read-write).
+pub const FEEDBACK_MOUNT: &str = "/var/lib/sapllm-feedback";
+/// The folder inside the feedback claim when `spec.feedback.path` is unset.
+pub const FEEDBACK_DEFAULT_PATH: &str = "feedback";
 
 /// Name of every child (Service names must be DNS labels: at most 63 characters).
 pub fn child(rep: &RoutingEndpoint) -> String {
@@ -97,6 +101,16 @@ pub fn serve_args(rep: &RoutingEndpoint, c: &Candidate, workers: u32) -> Vec<Str
     if let Some(k) = &s.auth_secret {
         a.extend(["--auth-token-file".into(), format!("{AUTH_DIR}/{}", k.key)]);
     }
+    if let Some(f) = &s.feedback {
+        let path = f.path.as_deref().map(|p| p.trim_matches('/')).filter(|p| !p.is_empty());
+        a.extend([
+            "--feedback-dir".into(),
+            format!("{FEEDBACK_MOUNT}/{}", path.unwrap_or(FEEDBACK_DEFAULT_PATH)),
+        ]);
+        if let Some(c) = f.capacity {
+            a.extend(["--feedback-capacity".into(), c.to_string()]);
+        }
+    }
     a
 }
 
@@ -130,6 +144,28 @@ pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &Opera
         volumes.push(json!({ "name": "auth", "secret": { "secretName": k.name, "items": [{ "key": k.key, "path": k.key }] } }));
         mounts.push(json!({ "name": "auth", "mountPath": AUTH_DIR, "readOnly": true }));
     }
+    if let Some(f) = &s.feedback {
+        // The claim read-write; a claim already mounted (the artifacts) keeps its one volume.
+        let claim = Some(f.claim_name.as_str());
+        let name = match volumes
+            .iter_mut()
+            .find(|v| v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) == claim)
+        {
+            Some(v) => {
+                if let Some(pvc) = v.get_mut("persistentVolumeClaim").and_then(Value::as_object_mut) {
+                    pvc.remove("readOnly");
+                }
+                v["name"].clone()
+            }
+            None => {
+                volumes.push(
+                    json!({ "name": "feedback", "persistentVolumeClaim": { "claimName": f.claim_name } }),
+                );
+                json!("feedback")
+            }
+        };
+        mounts.push(json!({ "name": name, "mountPath": FEEDBACK_MOUNT }));
+    }
     let resources = container_resources(rep, cfg);
     let gpus = pod::gpus_in(&resources, &pod::gpu_resource_name(&s.worker, cfg));
     let mut args = serve_args(rep, c, workers(rep, &resources));
@@ -157,6 +193,12 @@ pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &Opera
     // CPU). Without it candle sizes its thread pool to the node's cores, not the container's.
     if !s.worker.env.contains_key(DECODE_THREADS_ENV) {
         env.push(json!({ "name": DECODE_THREADS_ENV, "value": "1" }));
+    }
+    // Each replica appends feedback to its own file, named by the pod.
+    if s.feedback.is_some() && !s.worker.env.contains_key("POD_NAME") {
+        env.push(
+            json!({ "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }),
+        );
     }
     container["env"] = json!(env);
     let pod_spec = pod::pod_spec(&s.worker, cfg, container, volumes);

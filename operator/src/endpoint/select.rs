@@ -76,6 +76,30 @@ pub fn find_passing(version: &str, evaluations: &[Evaluation]) -> Option<Candida
         .and_then(candidate)
 }
 
+/// Whether a change of `ev` can change what `rep` serves or says: only completed Evaluations
+/// count, and only those of its lineage, its pinned version, or the versions it serves or rolls
+/// out. The endpoint controller wakes an endpoint for these alone (a running Evaluation's
+/// progress, or another lineage's verdict, would otherwise reconcile every endpoint of the
+/// namespace).
+pub fn concerns(rep: &RoutingEndpoint, ev: &Evaluation) -> bool {
+    if !completed(ev) {
+        return false;
+    }
+    let version = ev.status.as_ref().and_then(|s| s.model_version.as_deref());
+    let model = &rep.spec.model;
+    let lineage = model.latest_passing.as_ref().is_some_and(|l| {
+        ev.labels().get(LABEL_LINEAGE) == Some(&l.lineage)
+            || ev.spec.model.training_run.as_deref() == Some(l.lineage.as_str())
+    });
+    let status = rep.status.as_ref();
+    let named = [
+        model.pinned.as_ref().map(|p| p.version.as_str()),
+        status.and_then(|s| s.active_version.as_deref()),
+        status.and_then(|s| s.rollout_version.as_deref()),
+    ];
+    lineage || version.is_some_and(|v| named.contains(&Some(v)))
+}
+
 /// Selects what `rep` should serve from the Evaluations of its namespace.
 pub fn select(rep: &RoutingEndpoint, evaluations: &[Evaluation]) -> Selection {
     let model = &rep.spec.model;
