@@ -72,6 +72,32 @@ pub struct RoutingEndpointSpec {
     #[serde(default = "default_rollout_deadline")]
     #[schemars(range(min = 10))]
     pub rollout_deadline_seconds: i64,
+    /// Production feedback for retraining: when set, `POST /v1/feedback` is enabled and each
+    /// feedback (posted, rejected, corrected) is appended with its decision and document as a
+    /// transaction-log line to `<path>/feedback-<pod>.jsonl` on this claim, one file per pod. A
+    /// TrainingRun trains on it with `data.transactionLogs: {claimName, path}` naming the same
+    /// folder. With more than one replica the claim must be ReadWriteMany.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackSink>,
+}
+
+/// Where a RoutingEndpoint writes production feedback.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedbackSink {
+    /// PersistentVolumeClaim the serving pods mount read-write (ReadWriteMany for more than one
+    /// replica).
+    #[x_kube(validation = kube::core::Rule::new("self.size() > 0").message("claimName must not be empty"))]
+    pub claim_name: String,
+    /// Folder inside the claim (default `feedback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("!self.startsWith('/') && !self.contains('..')").message("path must be relative to the claim, without '..'"))]
+    pub path: Option<String>,
+    /// Recent decisions each pod keeps for joining feedback (default 10000); feedback for an
+    /// older decision is refused with 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub capacity: Option<u32>,
 }
 
 fn default_port() -> i32 {

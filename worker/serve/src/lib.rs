@@ -16,6 +16,7 @@ pub mod backend;
 pub mod batcher;
 pub mod body;
 pub mod error;
+pub mod feedback;
 pub mod metrics;
 pub mod middleware;
 pub mod openai;
@@ -54,6 +55,8 @@ pub struct ServeConfig {
     pub catalog: Catalog,
     /// Documents per `/v1/route/batch` request at most.
     pub max_batch_request: usize,
+    /// Feedback into a transaction log (`--feedback-dir`); `None` = `/v1/feedback` answers 404.
+    pub feedback: Option<feedback::FeedbackConfig>,
 }
 
 impl ServeConfig {
@@ -67,6 +70,7 @@ impl ServeConfig {
             model_name: "sapllm".into(),
             catalog: Catalog::builtin(),
             max_batch_request: 64,
+            feedback: None,
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct Server {
     draining: Arc<AtomicBool>,
     stop: Option<oneshot::Sender<()>>,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
+    feedback: Option<Arc<feedback::Feedback>>,
     model_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -92,6 +97,7 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
         .route("/v1/exceptions", post(routes::exceptions))
         .route("/v1/models", get(routes::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/feedback", post(feedback::feedback))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::auth));
     Router::new()
         .route("/healthz", get(routes::healthz))
@@ -119,6 +125,10 @@ pub async fn start<B: Backend + 'static>(cfg: ServeConfig, loader: Loader<B>) ->
     let (queue, rx) = batcher::queue(&cfg.batch, metrics.clone());
     let (phase_tx, phase_rx) = watch::channel(Phase::Loading);
     let draining = Arc::new(AtomicBool::new(false));
+    let feedback = cfg.feedback.as_ref().map(feedback::Feedback::open).transpose()?.map(Arc::new);
+    if let Some(f) = &feedback {
+        tracing::info!(file = %f.log.path().display(), capacity = f.store.capacity(), "feedback enabled");
+    }
     let state = Arc::new(AppState {
         queue,
         metrics: metrics.clone(),
@@ -130,6 +140,7 @@ pub async fn start<B: Backend + 'static>(cfg: ServeConfig, loader: Loader<B>) ->
         model_name: cfg.model_name.clone(),
         max_batch_request: cfg.max_batch_request,
         retry_after_s: 1,
+        feedback: feedback.clone(),
     });
     let batch = cfg.batch;
     let catalog = cfg.catalog.clone();
@@ -187,6 +198,7 @@ pub async fn start<B: Backend + 'static>(cfg: ServeConfig, loader: Loader<B>) ->
         draining,
         stop: Some(stop_tx),
         http,
+        feedback,
         model_thread: Some(model_thread),
     })
 }
@@ -209,14 +221,20 @@ impl Server {
         self.phase.clone()
     }
 
-    /// Graceful shutdown: not ready, stop accepting, finish in-flight requests, stop the model
-    /// thread.
+    /// Graceful shutdown: not ready, stop accepting, finish in-flight requests, write every
+    /// queued feedback line, stop the model thread.
     pub async fn shutdown(mut self) -> Result<()> {
         self.draining.store(true, Ordering::SeqCst);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        (&mut self.http).await.context("HTTP task")?.context("HTTP server")?;
+        let http = (&mut self.http).await;
+        // In-flight feedback requests have finished (each waited for its line); whatever is still
+        // queued is written before the writer ends.
+        if let Some(f) = self.feedback.take() {
+            tokio::task::spawn_blocking(move || f.log.close()).await.context("feedback writer")?;
+        }
+        http.context("HTTP task")?.context("HTTP server")?;
         if let Some(t) = self.model_thread.take() {
             tokio::task::spawn_blocking(move || t.join())
                 .await?

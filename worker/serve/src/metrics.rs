@@ -20,6 +20,7 @@ pub struct Metrics {
     pub abstentions: IntCounterVec,
     pub confidence: HistogramVec,
     pub ready: IntGauge,
+    pub feedback: IntCounterVec,
 }
 
 impl Metrics {
@@ -64,6 +65,10 @@ impl Metrics {
             &["kind"],
         )?;
         let ready = IntGauge::new("sapllm_ready", "1 once the model is loaded and warmed up")?;
+        let feedback = IntCounterVec::new(
+            Opts::new("sapllm_feedback_total", "Feedback written to the transaction log, by outcome"),
+            &["outcome"],
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -75,6 +80,7 @@ impl Metrics {
             Box::new(abstentions.clone()),
             Box::new(confidence.clone()),
             Box::new(ready.clone()),
+            Box::new(feedback.clone()),
         ] {
             registry.register(c)?;
         }
@@ -84,6 +90,9 @@ impl Metrics {
             for outcome in ["accepted", "abstained"] {
                 decisions.with_label_values(&[kind, outcome]);
             }
+        }
+        for outcome in ["posted", "rejected", "corrected"] {
+            feedback.with_label_values(&[outcome]);
         }
         for origin in ["sampled", "forced"] {
             tokens.with_label_values(&[origin]);
@@ -100,6 +109,7 @@ impl Metrics {
             abstentions,
             confidence,
             ready,
+            feedback,
         })
     }
 

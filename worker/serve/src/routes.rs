@@ -13,9 +13,10 @@ use tokio::sync::oneshot;
 use super::batcher::{Answers, Job, JobError, QueueError};
 use super::body::JsonBody;
 use super::error::ApiError;
+use super::feedback::{StoredDecision, new_decision_id};
 use super::state::{Phase, SharedState};
 use sapllm_engine::request::{ExceptionRequest, FieldError, RouteBatchRequest, RouteRequest};
-use sapllm_engine::types::{ExceptionDecision, RoutingDecision};
+use sapllm_engine::types::{ExceptionDecision, RoutingDecision, RoutingQuery};
 
 /// 503 unless the model is ready.
 pub fn require_ready(state: &SharedState) -> Result<(), ApiError> {
@@ -87,22 +88,53 @@ fn item_error(e: String) -> ApiError {
     }
 }
 
+/// A routing decision as answered: with the `decision_id` feedback refers to.
+#[derive(Serialize)]
+pub struct Decided {
+    pub decision_id: String,
+    #[serde(flatten)]
+    pub decision: RoutingDecision,
+}
+
+/// Gives a decision its id and, when feedback is enabled, keeps it with its document.
+fn decided(state: &SharedState, doc: Option<(String, Value)>, decision: RoutingDecision) -> Decided {
+    let decision_id = new_decision_id();
+    if let (Some(fb), Some((doc_type, adc_json))) = (&state.feedback, doc) {
+        fb.store.insert(
+            decision_id.clone(),
+            StoredDecision {
+                doc_type,
+                adc_json,
+                endpoint: decision.endpoint.clone(),
+                payload: decision.payload.clone(),
+            },
+        );
+    }
+    Decided { decision_id, decision }
+}
+
+/// The document of a query, kept only when feedback is enabled.
+fn document_of(state: &SharedState, q: &RoutingQuery) -> Option<(String, Value)> {
+    state.feedback.as_ref().map(|_| (q.doc_type.clone(), q.adc_json.clone()))
+}
+
 /// `POST /v1/route`.
 pub async fn route(
     State(state): State<SharedState>,
     JsonBody(req): JsonBody<RouteRequest>,
-) -> Result<Json<RoutingDecision>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     require_ready(&state)?;
     let q = req.into_query(&state.catalog, "").map_err(ApiError::invalid)?;
+    let doc = document_of(&state, &q);
     let ms = state.request_timeout.as_millis() as u64;
     let answers = submit(&state, |deadline, reply| Job::Route { queries: vec![q], deadline, reply }).await?;
-    single(answers, ms).map(Json)
+    single(answers, ms).map(|d| Json(decided(&state, doc, d)))
 }
 
 #[derive(Serialize)]
 struct BatchItem {
     #[serde(skip_serializing_if = "Option::is_none")]
-    decision: Option<RoutingDecision>,
+    decision: Option<Decided>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<Value>,
 }
@@ -127,13 +159,15 @@ pub async fn route_batch(
     for (i, r) in req.requests.into_iter().enumerate() {
         queries.push(r.into_query(&state.catalog, &format!("requests[{i}].")).map_err(ApiError::invalid)?);
     }
+    let docs: Vec<Option<(String, Value)>> = queries.iter().map(|q| document_of(&state, q)).collect();
     let ms = state.request_timeout.as_millis() as u64;
     let answers = submit(&state, |deadline, reply| Job::Route { queries, deadline, reply }).await?;
     let items: Vec<BatchItem> = answers
         .map_err(|e| job_error(e, ms))?
         .into_iter()
-        .map(|d| match d {
-            Ok(d) => BatchItem { decision: Some(d), error: None },
+        .zip(docs)
+        .map(|(d, doc)| match d {
+            Ok(d) => BatchItem { decision: Some(decided(&state, doc, d)), error: None },
             Err(e) => BatchItem { decision: None, error: Some(json!({"message": e})) },
         })
         .collect();

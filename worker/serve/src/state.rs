@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::batcher::Queue;
+use super::feedback::Feedback;
 use super::metrics::Metrics;
 use sapllm_engine::load::ModelInfo;
 use sapllm_sap::catalog::Catalog;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub max_batch_request: usize,
     /// Seconds clients are told to wait on 429.
     pub retry_after_s: u64,
+    /// Recent decisions and the feedback file (`--feedback-dir`); `None` = feedback disabled.
+    pub feedback: Option<Arc<Feedback>>,
 }
 
 impl AppState {

@@ -13,7 +13,8 @@ use sapllm_sap::documents::DocType;
 
 #[derive(Debug, clap::Args)]
 pub struct DataPrepArgs {
-    /// Transaction log (JSONL) to read; without it, the seeded synthetic generator is used.
+    /// Transaction log (JSONL) to read, or a folder whose `*.jsonl` files are read in name order
+    /// (a RoutingEndpoint's feedback); without it, the seeded synthetic generator is used.
     #[arg(long)]
     pub input: Option<PathBuf>,
     /// Output directory for the JSONL files and the dataset card.

@@ -1,6 +1,7 @@
 //! `sapllm-worker serve`: the routing endpoint. Loads base + adapter at the precision, merges,
 //! warms up, serves until SIGTERM/SIGINT, then drains in-flight requests and exits 0. A model
-//! that fails to load ends the process with an error (the pod restarts).
+//! that fails to load ends the process with an error (the pod restarts). With `--feedback-dir`,
+//! the queued feedback lines are written before the process exits.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use sapllm_engine::load::{load_engine, parse_precision};
 use super::route::DecodeLimitArgs;
 use sapllm_sap::catalog::Catalog;
 use sapllm_serve::batcher::BatchConfig;
+use sapllm_serve::feedback::FeedbackConfig;
 use sapllm_serve::state::Phase;
 use sapllm_serve::{ServeConfig, start};
 
@@ -87,6 +89,21 @@ pub struct ServeArgs {
     /// Model name reported by /v1/models and chat completions.
     #[arg(long, default_value = "sapllm")]
     pub model_name: String,
+    /// Enables `POST /v1/feedback`: each feedback is appended, with its decision and document,
+    /// as a transaction-log line (data-prep's format) to `<dir>/feedback-<POD_NAME>.jsonl`.
+    #[arg(long)]
+    pub feedback_dir: Option<PathBuf>,
+    /// Recent decisions kept for joining feedback (the oldest is forgotten first; feedback for
+    /// it is then a 404).
+    #[arg(long, default_value_t = 10_000)]
+    pub feedback_capacity: usize,
+    /// Memory those decisions' documents and payloads may take at most, in MiB; beyond, the
+    /// oldest are forgotten first.
+    #[arg(long, default_value_t = 256)]
+    pub feedback_memory_mib: usize,
+    /// Feedback lines waiting to be written at most; beyond, 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    pub feedback_queue: usize,
     #[command(flatten)]
     pub limits: DecodeLimitArgs,
 }
@@ -128,6 +145,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if max_batch == 0 || args.max_queue == 0 || args.workers == 0 {
         bail!("--max-batch, --max-queue and --workers must be at least 1");
     }
+    if args.feedback_capacity == 0 || args.feedback_queue == 0 || args.feedback_memory_mib == 0 {
+        bail!("--feedback-capacity, --feedback-memory-mib and --feedback-queue must be at least 1");
+    }
     let catalog = match &args.catalog {
         Some(p) => Catalog::load(p).with_context(|| format!("loading catalog {}", p.display()))?,
         None => Catalog::builtin(),
@@ -145,6 +165,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     cfg.auth_token = args.auth_token_file.as_ref().map(read_token).transpose()?;
     cfg.model_name = args.model_name.clone();
     cfg.catalog = catalog.clone();
+    cfg.feedback = args.feedback_dir.as_ref().map(|dir| FeedbackConfig {
+        capacity: args.feedback_capacity,
+        max_bytes: args.feedback_memory_mib.saturating_mul(1 << 20),
+        max_queue: args.feedback_queue,
+        ..FeedbackConfig::new(dir.clone())
+    });
     let engine_cfg = EngineConfig {
         abstain_threshold: args.abstain_threshold,
         max_batch,

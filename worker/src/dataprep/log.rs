@@ -3,7 +3,7 @@
 //! whether to skip them (`--skip-invalid`) or fail.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use chrono::NaiveDate;
@@ -110,19 +110,70 @@ pub fn validate(line: u64, log: TransactionLog) -> Result<ValidRecord, LogError>
     Ok(ValidRecord { line, log, doc_type, doc, processed_at })
 }
 
-/// Reads a JSONL log in chunks of lines (for bounded memory and parallel parsing).
+/// Reads a JSONL log in chunks of lines (for bounded memory and parallel parsing). The log is a
+/// file, or a folder whose `*.jsonl` files are read in name order as one log (what a
+/// RoutingEndpoint's feedback writes: one `feedback-<pod>.jsonl` per replica); line numbers then
+/// count across the files, and a read error names the file. Only the bytes present at the
+/// [`LogReader::snapshot`] are read, up to the last complete line, so both passes of data-prep
+/// see the same records while serving pods keep appending.
 pub struct LogReader {
-    reader: BufReader<File>,
+    reader: BufReader<std::io::Take<File>>,
     line: u64,
     path: String,
+    /// Bytes of the current file in the snapshot.
+    len: u64,
+    /// Files still to read after the current one, with the bytes to read of each.
+    rest: std::collections::VecDeque<(std::path::PathBuf, u64)>,
+}
+
+/// The files a log path stands for: itself, or a folder's `*.jsonl` files in name order.
+pub fn log_files(path: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let p = entry?.path();
+        if p.is_file() && p.extension().is_some_and(|e| e == "jsonl") {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{} is a folder without *.jsonl files", path.display()),
+        ));
+    }
+    Ok(files)
 }
 
 impl LogReader {
+    /// The files of a log path with their current sizes.
+    pub fn snapshot(path: &Path) -> std::io::Result<Vec<(std::path::PathBuf, u64)>> {
+        log_files(path)?
+            .into_iter()
+            .map(|f| {
+                let len = std::fs::metadata(&f)?.len();
+                Ok((f, len))
+            })
+            .collect()
+    }
+
     pub fn open(path: &Path) -> std::io::Result<LogReader> {
+        LogReader::from_snapshot(LogReader::snapshot(path)?)
+    }
+
+    /// Reads the files of a [`LogReader::snapshot`], each up to its size then.
+    pub fn from_snapshot(files: Vec<(std::path::PathBuf, u64)>) -> std::io::Result<LogReader> {
+        let mut rest: std::collections::VecDeque<_> = files.into();
+        let (first, len) = rest.pop_front().ok_or_else(|| std::io::Error::other("no log files"))?;
         Ok(LogReader {
-            reader: BufReader::with_capacity(1 << 20, File::open(path)?),
+            reader: BufReader::with_capacity(1 << 20, File::open(&first)?.take(len)),
             line: 0,
-            path: path.display().to_string(),
+            path: first.display().to_string(),
+            len,
+            rest,
         })
     }
 
@@ -135,8 +186,20 @@ impl LogReader {
                 .reader
                 .read_line(&mut buf)
                 .map_err(|e| format!("{}: line {}: {e}", self.path, self.line + 1))?;
-            if read == 0 {
-                break;
+            // A last line without its newline where the snapshot ends while the file has grown
+            // since: a line being written, read next time whole.
+            let cut = read > 0
+                && !buf.ends_with('\n')
+                && self.reader.get_ref().limit() == 0
+                && self.reader.get_ref().get_ref().metadata().is_ok_and(|m| m.len() > self.len);
+            if read == 0 || cut {
+                // The next file of a folder, if any.
+                let Some((next, len)) = self.rest.pop_front() else { break };
+                let file = File::open(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+                self.reader = BufReader::with_capacity(1 << 20, file.take(len));
+                self.path = next.display().to_string();
+                self.len = len;
+                continue;
             }
             self.line += 1;
             if !buf.trim().is_empty() {
@@ -181,5 +244,41 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "routed_endpoint");
+    }
+
+    #[test]
+    fn a_folder_is_read_as_its_jsonl_files_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("sapllm-log-folder-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("feedback-b.jsonl"), "b1\n\nb2\n").unwrap();
+        std::fs::write(dir.join("feedback-a.jsonl"), "a1\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "skip me\n").unwrap();
+        let mut r = LogReader::open(&dir).unwrap();
+        let all = r.next_chunk(10).unwrap();
+        let texts: Vec<&str> = all.iter().map(|(_, l)| l.trim()).collect();
+        assert_eq!(texts, ["a1", "b1", "b2"]);
+        assert_eq!(all.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 2, 4]);
+        assert!(r.next_chunk(10).unwrap().is_empty());
+        // Appended after the snapshot (a line still being written, then more): not read.
+        let snap = LogReader::snapshot(&dir).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(dir.join("feedback-a.jsonl")).unwrap();
+        std::io::Write::write_all(&mut f, b"a2").unwrap();
+        let cut = LogReader::snapshot(&dir).unwrap();
+        std::io::Write::write_all(&mut f, b"-end\na3\n").unwrap();
+        for s in [snap, cut] {
+            let lines = LogReader::from_snapshot(s).unwrap().next_chunk(10).unwrap();
+            let texts: Vec<&str> = lines.iter().map(|(_, l)| l.trim()).collect();
+            assert_eq!(texts, ["a1", "b1", "b2"]);
+        }
+        // A last line without a newline in a file nobody writes is a whole line.
+        std::fs::write(dir.join("feedback-c.jsonl"), "c1").unwrap();
+        let lines = LogReader::open(&dir).unwrap().next_chunk(10).unwrap();
+        assert_eq!(lines.last().unwrap().1, "c1");
+        std::fs::remove_file(dir.join("feedback-c.jsonl")).unwrap();
+        std::fs::remove_file(dir.join("feedback-a.jsonl")).unwrap();
+        std::fs::remove_file(dir.join("feedback-b.jsonl")).unwrap();
+        assert!(LogReader::open(&dir).is_err(), "a folder without logs is an error");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -40,7 +40,9 @@ const MAX_INVALID_SAMPLES: usize = 20;
 
 enum Input {
     Synthetic(Box<Generator>, u64),
-    File(std::path::PathBuf),
+    /// The log's files with their sizes at the start: both passes read the same records while
+    /// the files grow (a RoutingEndpoint appending feedback).
+    File(std::path::PathBuf, Vec<(std::path::PathBuf, u64)>),
 }
 
 impl Input {
@@ -75,8 +77,8 @@ impl Input {
                     start = end;
                 }
             }
-            Input::File(path) => {
-                let mut r = LogReader::open(path)
+            Input::File(path, files) => {
+                let mut r = LogReader::from_snapshot(files.clone())
                     .with_context(|| format!("cannot open transaction log {}", path.display()))?;
                 loop {
                     let lines = r.next_chunk(CHUNK).map_err(anyhow::Error::msg)?;
@@ -194,7 +196,10 @@ pub fn run(cfg: &DataPrepConfig) -> Result<DatasetCard> {
         .with_context(|| format!("cannot create output directory {}", cfg.output_dir.display()))?;
     let input = match &cfg.source {
         Source::Synthetic => Input::Synthetic(Box::new(Generator::new(cfg)), cfg.examples as u64),
-        Source::LogFile(p) => Input::File(p.clone()),
+        Source::LogFile(p) => Input::File(
+            p.clone(),
+            LogReader::snapshot(p).with_context(|| format!("cannot open transaction log {}", p.display()))?,
+        ),
     };
     let total_hint = if cfg.source == Source::Synthetic { cfg.examples as u64 * 2 } else { 0 };
     let mut progress = Progress::new(cfg.progress, sapllm_crds::StageName::DataPrep, total_hint);
