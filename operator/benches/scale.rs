@@ -35,7 +35,8 @@ const RESYNC: u64 = 20;
 const PROGRESS: u64 = 15;
 /// Linux's USER_HZ (clock ticks per second in /proc/<pid>/stat).
 const CLOCK_TICKS: f64 = 100.0;
-/// Completions per second in the completion phase.
+/// Completions per second in the completion phase (`SAPLLM_COMPLETION_RATE` to change): a
+/// burst, every Job of a thousand runs finishing within seconds.
 const COMPLETION_RATE: f64 = 100.0;
 
 fn example(name: &str) -> Value {
@@ -311,7 +312,9 @@ async fn main() {
             })
             .cloned()
     };
-    let interval = Duration::from_secs_f64(1.0 / COMPLETION_RATE);
+    let rate: f64 =
+        std::env::var("SAPLLM_COMPLETION_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(COMPLETION_RATE);
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let mut next = Instant::now();
     let metrics = |routing: f64| {
         json!({ "samples": 500, "routingAccuracy": routing, "apiSelectionAccuracy": 1.0, "payloadAccuracy": 0.995,
@@ -481,6 +484,7 @@ async fn main() {
         println!("goal {g}: {}", if ok { "met" } else { "NOT met" });
     }
     let out = json!({
+        "completion_rate_per_s": rate,
         "objects": { "trainingRuns": runs, "evaluations": evals, "endpoints": endpoints, "namespaces": NAMESPACES },
         "phases": phases,
         "completion_latency_s": { "count": latencies.len(), "p50": percentile(&latencies, 0.5),

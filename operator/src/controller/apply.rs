@@ -12,6 +12,21 @@ use serde_json::json;
 use crate::controller::Error;
 use crate::names::MANAGER;
 
+/// A namespaced object the operator writes whole (a child of one of its resources).
+pub trait Child:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug
+{
+}
+
+impl<K> Child for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug
+{
+}
+
 fn params() -> PatchParams {
     // `force`: the operator owns these fields; a conflicting manager (e.g. someone's kubectl edit
     // of a child) is overridden, which is what keeps children level-triggered.
@@ -21,11 +36,7 @@ fn params() -> PatchParams {
 /// Server-side applies `obj` (created when missing).
 pub async fn apply<K>(client: &Client, obj: &K) -> Result<K, Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Child,
 {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
@@ -36,11 +47,7 @@ where
 /// [`crate::controller::applied`]): a resync with nothing changed writes nothing.
 pub async fn apply_changed<K>(ctx: &crate::controller::Context, obj: &K) -> Result<(), Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Child,
 {
     let key = memo_key(obj);
     let (key, digest) = crate::controller::applied::Applied::digest(&key, obj);
@@ -62,11 +69,7 @@ pub fn memo_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 /// must not take over, e.g. a claim).
 pub async fn ensure_exists<K>(ctx: &crate::controller::Context, obj: &K) -> Result<(), Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Child,
 {
     let key = memo_key(obj);
     let ttl = ctx.config.resync_interval * crate::controller::applied::MEMO_RESYNCS;
@@ -98,11 +101,7 @@ where
 /// Creates `obj` unless it exists (objects the operator must not take over, e.g. a claim).
 pub async fn create_if_missing<K>(client: &Client, obj: &K) -> Result<(), Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
+    K: Child,
 {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
