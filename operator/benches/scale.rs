@@ -201,6 +201,35 @@ fn stage_phase(run: &Value, stage: &str) -> Option<String> {
         .map(String::from)
 }
 
+/// A completed Job whose owner's status has not said so yet: (owner, its resource, namespace,
+/// when the Job completed, the phase or verdict to wait for).
+type Pending = (String, &'static str, String, Instant, &'static str);
+
+/// Until `until`, checks every 50 ms which pending completions their owners' status shows, and
+/// records how long each took. Runs while completions are still being injected, so a
+/// completion's latency is measured from its own moment, not from the end of the injection.
+async fn observe_until(api: &FakeApi, until: Instant, pending: &mut Vec<Pending>, latencies: &mut Vec<f64>) {
+    loop {
+        pending.retain(|(name, resource, namespace, at, outcome)| {
+            let Some(obj) = api.get(resource, namespace, name) else { return true };
+            let seen = if *resource == TRAINING_RUNS {
+                stage_phase(&obj, "data-prep").as_deref() == Some(*outcome)
+            } else {
+                obj["status"]["verdict"] == *outcome
+            };
+            if seen {
+                latencies.push(at.elapsed().as_secs_f64());
+            }
+            !seen
+        });
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(50))).await;
+    }
+}
+
 #[derive(Default, serde::Serialize)]
 struct Phase {
     name: &'static str,
@@ -303,7 +332,8 @@ async fn main() {
     let (t1, r1) = (Instant::now(), api.request_count());
     let cpu1 = op.cpu_seconds();
     let jobs = api.list_all(JOBS);
-    let mut pending: Vec<(String, &'static str, String, Instant, &'static str)> = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut latencies: Vec<f64> = Vec::new();
     let job_of = |prefix: &str, namespace: &str| {
         jobs.iter()
             .find(|j| {
@@ -329,7 +359,7 @@ async fn main() {
         };
         let name = format!("run-{i:04}");
         let Some(job) = job_of(&format!("{name}-data-prep-"), &ns(i)) else { continue };
-        tokio::time::sleep_until(next.into()).await;
+        observe_until(&api, next, &mut pending, &mut latencies).await;
         next += interval;
         let (code, msg) = if outcome == "Succeeded" {
             (
@@ -350,7 +380,7 @@ async fn main() {
         };
         let name = format!("eval-{i:04}");
         let Some(job) = job_of(&format!("{name}-eval-"), &ns(i)) else { continue };
-        tokio::time::sleep_until(next.into()).await;
+        observe_until(&api, next, &mut pending, &mut latencies).await;
         next += interval;
         let version = format!("sha256:{:064x}", i + 1);
         let msg = json!({ "succeeded": true, "metrics": metrics, "verdict": outcome,
@@ -358,23 +388,10 @@ async fn main() {
         api.finish_job(&job, code, &msg.to_string());
         pending.push((name, EVALUATIONS, ns(i), Instant::now(), outcome));
     }
-    let mut latencies: Vec<f64> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     while !pending.is_empty() && Instant::now() < deadline {
         peak = peak.max(op.rss_mib().0);
-        pending.retain(|(name, resource, namespace, at, outcome)| {
-            let Some(obj) = api.get(resource, namespace, name) else { return true };
-            let seen = if *resource == TRAINING_RUNS {
-                stage_phase(&obj, "data-prep").as_deref() == Some(*outcome)
-            } else {
-                obj["status"]["verdict"] == *outcome
-            };
-            if seen {
-                latencies.push(at.elapsed().as_secs_f64());
-            }
-            !seen
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        observe_until(&api, Instant::now() + Duration::from_millis(100), &mut pending, &mut latencies).await;
     }
     let unseen = pending.len();
     latencies.sort_by(f64::total_cmp);
