@@ -20,28 +20,10 @@ const AUTH: (&str, &str) = ("authorization", "Bearer s3cret-token");
 fn server() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut cfg = config(4, 16, 60_000);
-                cfg.auth_token = Some(TOKEN.into());
-                let mut server = sapllm_serve::start(cfg, loader()).await.expect("start");
-                server.ready().await.expect("ready");
-                tx.send(server.addr).expect("send addr");
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("server address")
+        let mut cfg = config(4, 16, 60_000);
+        cfg.auth_token = Some(TOKEN.into());
+        spawn_server(cfg)
     })
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
 #[test]

@@ -210,28 +210,10 @@ async fn whole(addr: SocketAddr, body: &Value) -> Value {
 fn server() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let mut cfg = config(1, 16, 60_000);
-                cfg.auth_token = Some("stream-token".into());
-                let mut server = sapllm_serve::start(cfg, loader()).await.expect("start");
-                server.ready().await.expect("ready");
-                tx.send(server.addr).expect("send addr");
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("server address")
+        let mut cfg = config(1, 16, 60_000);
+        cfg.auth_token = Some("stream-token".into());
+        spawn_server(cfg)
     })
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
 }
 
 /// Everything OpenAI's format promises of a finished stream; returns the streamed content.

@@ -112,3 +112,28 @@ pub fn route_body(i: usize) -> String {
     let q = sapllm_worker::testkit::sample_queries(i + 1, 5).pop().expect("query");
     serde_json::json!({"doc_type": q.doc_type, "adc_json": q.adc_json}).to_string()
 }
+
+/// Starts a server with `cfg` on its own runtime thread, which lives for the whole test process
+/// (tests share one server through a `OnceLock`), and returns its address once it is ready.
+pub fn spawn_server(cfg: ServeConfig) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut server = sapllm_serve::start(cfg, loader()).await.expect("start");
+            server.ready().await.expect("ready");
+            tx.send(server.addr).expect("send addr");
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().expect("server address")
+}
+
+/// A current-thread runtime for one test's client side.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
