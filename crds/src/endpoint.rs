@@ -21,6 +21,7 @@ use crate::common::{ArtifactStorage, KeyRef, PodSettings, Precision, Resources};
     printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeVersion"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Canary","type":"string","jsonPath":".status.canary.summary"}"#,
     printcolumn = r#"{"name":"Blocked","type":"string","jsonPath":".status.conditions[?(@.type==\"GateBlocked\")].status","priority":1}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -79,6 +80,131 @@ pub struct RoutingEndpointSpec {
     /// folder. With more than one replica the claim must be ReadWriteMany.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback: Option<FeedbackSink>,
+    /// Canary rollout of a new version: it first serves a share of the traffic beside the
+    /// current one, is judged on live signals at every step, and is promoted or rolled back by
+    /// itself. Unset: a new version replaces the current one as soon as its pods are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// A canary rollout: steps of traffic share, each held for a dwell time while the canary is
+/// judged. Traffic is split by replica ratio behind the one Service (no mesh needed), so a
+/// step's share is approximate: the status says the share the pods give.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.steps.all(s, s >= 1 && s <= 99)").message("rollout.steps: each step is a traffic percentage from 1 to 99 (the version is promoted after the last)"))]
+pub struct Rollout {
+    /// Traffic percentages the canary serves, in increasing order; the version is promoted
+    /// after the last step has passed (default `[10, 50]`).
+    #[serde(default = "default_steps")]
+    #[schemars(length(min = 1, max = 10))]
+    pub steps: Vec<i32>,
+    /// How long each step lasts once its canary pods are ready, in seconds (default 300).
+    #[serde(default = "default_dwell")]
+    #[schemars(range(min = 1))]
+    pub dwell_seconds: i64,
+    /// Share of the current version's live requests mirrored to the canary to measure decision
+    /// agreement (default 0.1).
+    #[serde(default = "default_mirror_fraction")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub mirror_fraction: f64,
+    /// What the canary must show to go on.
+    #[serde(default)]
+    pub analysis: CanaryAnalysis,
+}
+
+/// Thresholds a canary is judged by, on signals read from the serving pods' `/metrics`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryAnalysis {
+    /// Largest share of the canary's API requests answered with a server error (5xx)
+    /// (default 0.01).
+    #[serde(default = "default_max_error_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_rate: f64,
+    /// Largest P95 latency of the canary's single-document decisions (`/v1/route`), in
+    /// milliseconds (default 500, the latency gate).
+    #[serde(default = "default_max_p95")]
+    #[schemars(range(min = 1.0))]
+    pub max_p95_latency_ms: f64,
+    /// Smallest share of mirrored requests where the canary chose the same endpoint and the
+    /// same payload values as the current version (default 0.95).
+    #[serde(default = "default_min_agreement")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_agreement: f64,
+    /// Largest rise of the abstention rate on the mirrored documents, canary minus current
+    /// version (default 0.05: five points).
+    #[serde(default = "default_max_abstention_increase")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_abstention_increase: f64,
+    /// Decisions the canary must have made before error rate and latency are judged and a step
+    /// may pass (default 20).
+    #[serde(default = "default_min_samples")]
+    #[schemars(range(min = 1))]
+    pub min_decisions: i64,
+    /// Mirrored comparisons needed before agreement and abstention are judged and a step may
+    /// pass (default 20).
+    #[serde(default = "default_min_samples")]
+    #[schemars(range(min = 1))]
+    pub min_comparisons: i64,
+    /// How often the operator reads the serving pods' metrics during a canary, in seconds
+    /// (default 30).
+    #[serde(default = "default_interval")]
+    #[schemars(range(min = 1))]
+    pub interval_seconds: i64,
+}
+
+fn default_steps() -> Vec<i32> {
+    vec![10, 50]
+}
+fn default_dwell() -> i64 {
+    300
+}
+fn default_mirror_fraction() -> f64 {
+    0.1
+}
+fn default_max_error_rate() -> f64 {
+    0.01
+}
+fn default_max_p95() -> f64 {
+    500.0
+}
+fn default_min_agreement() -> f64 {
+    0.95
+}
+fn default_max_abstention_increase() -> f64 {
+    0.05
+}
+fn default_min_samples() -> i64 {
+    20
+}
+fn default_interval() -> i64 {
+    30
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            steps: default_steps(),
+            dwell_seconds: default_dwell(),
+            mirror_fraction: default_mirror_fraction(),
+            analysis: CanaryAnalysis::default(),
+        }
+    }
+}
+
+impl Default for CanaryAnalysis {
+    fn default() -> Self {
+        CanaryAnalysis {
+            max_error_rate: default_max_error_rate(),
+            max_p95_latency_ms: default_max_p95(),
+            min_agreement: default_min_agreement(),
+            max_abstention_increase: default_max_abstention_increase(),
+            min_decisions: default_min_samples(),
+            min_comparisons: default_min_samples(),
+            interval_seconds: default_interval(),
+        }
+    }
 }
 
 /// Where a RoutingEndpoint writes production feedback.
@@ -277,4 +403,81 @@ pub struct RoutingEndpointStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The canary being judged (`spec.rollout`), until it is promoted or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// Where a canary rollout stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// The version on trial.
+    pub version: String,
+    /// The step it is at, from 1; `steps + 1` while it is being promoted.
+    pub step: i32,
+    /// The number of steps.
+    pub steps: i32,
+    /// The traffic percentage this step asks for.
+    pub weight: i32,
+    /// Canary replicas for that share, given the current version's ready replicas.
+    pub replicas: i32,
+    /// Canary replicas ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// The share of serving pods that run the canary, percent: the traffic share it gets.
+    #[serde(default)]
+    pub traffic_percent: i32,
+    /// When the canary started.
+    pub started: Time,
+    /// When this step's replicas were asked for (the rollout deadline counts from here).
+    pub step_requested: Time,
+    /// When this step's replicas were all ready (the dwell time counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ready: Option<Time>,
+    /// The signals last read, cumulative since the canary started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<CanarySignals>,
+    /// One line for `kubectl get`: "2/3 50%", "promoting".
+    pub summary: String,
+    /// Why the canary is where it is: the signals against their thresholds.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Live signals of a canary, cumulative since it started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySignals {
+    /// When they were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<Time>,
+    /// Decisions the canary made.
+    pub decisions: i64,
+    /// API requests it answered, and those with a server error.
+    pub requests: i64,
+    /// Requests answered with 5xx.
+    pub errors: i64,
+    /// `errors / requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// P95 latency of `/v1/route`, milliseconds (interpolated within histogram buckets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_latency_ms: Option<f64>,
+    /// Mirrored requests both versions answered.
+    pub comparisons: i64,
+    /// Share of them with the same endpoint and payload values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+    /// Abstention rate of the canary on the mirrored documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abstention_rate: Option<f64>,
+    /// Abstention rate of the current version on the same documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_abstention_rate: Option<f64>,
+    /// Container restarts of the canary's pods.
+    pub restarts: i32,
+    /// Canary pods whose metrics could not be read.
+    #[serde(default)]
+    pub unreadable_pods: i32,
 }

@@ -103,8 +103,14 @@ async fn main() -> anyhow::Result<()> {
         resync_interval: Duration::from_secs(args.resync_interval.max(1)),
         concurrency: args.concurrency.max(1),
     };
-    let client =
-        Client::try_default().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    let mut kube_config =
+        kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+    let client = Client::try_from(kube_config.clone()).context("building the Kubernetes client")?;
+    // Serving pods' metrics are read through the API server's pod proxy, which answers 503 while
+    // a pod does not listen: the client's retries (for an overloaded API server) would hold the
+    // reconcile for minutes, so these reads go through a client without them.
+    kube_config.default_retry = false;
+    let pod_client = Client::try_from(kube_config).context("building the Kubernetes client")?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health { metrics: metrics.clone(), ready: false.into() });
     let listener = tokio::net::TcpListener::bind(args.http_addr).await.context("binding the HTTP address")?;
@@ -114,7 +120,10 @@ async fn main() -> anyhow::Result<()> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone(), Some(args.identity.clone())));
+    let ctx = Arc::new(
+        Context::new(client.clone(), config, metrics.clone(), Some(args.identity.clone()))
+            .with_pod_client(pod_client),
+    );
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -56,7 +56,10 @@ fn start_operator(
         resync_interval: Duration::from_secs(2),
         ..OperatorConfig::default()
     };
-    let ctx = Arc::new(Context::new(api.client(), cfg, metrics, Some("test".into())));
+    let ctx = Arc::new(
+        Context::new(api.client(), cfg, metrics, Some("test".into()))
+            .with_pod_client(api.client_without_retry()),
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(controller::run_all(ctx, Some(NS.into()), async {
         let _ = rx.await;
@@ -386,6 +389,9 @@ async fn training_evaluation_and_gated_rollout_end_to_end() {
             if res == "leases" {
                 continue; // exercised by tests/operations.rs
             }
+            if (res == "pods/proxy" && v == "get") || (res == "deployments" && v == "delete") {
+                continue; // exercised by canary_rollouts_promote_a_good_version_and_roll_back_bad_ones
+            }
             assert!(
                 used.contains(&(g.clone(), res.clone(), v.clone())),
                 "the chart grants {v} {g}/{res}, which the operator never used"
@@ -471,4 +477,214 @@ fn verb(r: &Request) -> String {
         _ => "unknown",
     }
     .to_string()
+}
+
+/// A passing Evaluation of version `n` of the routing-tiny lineage, as the evaluate Job leaves it.
+fn passing_evaluation(n: u8) -> Value {
+    let mut v: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/evaluation.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let adapter = format!("routing-tiny/v{n}/adapter");
+    v["metadata"] = json!({ "name": format!("routing-tiny-v{n}"), "namespace": NS, "labels": { "sapllm.io/lineage": "routing-tiny" } });
+    v["spec"]["model"]["artifacts"]["adapter"] = json!(adapter);
+    v["status"] = json!({
+        "phase": "Completed", "verdict": "Passed", "observedGeneration": 1, "jobName": format!("routing-tiny-v{n}-eval"),
+        "modelVersion": version(n),
+        "artifacts": { "baseModel": "routing-tiny/pretrain/model", "adapter": adapter, "version": version(n) },
+        "completionTime": format!("2026-12-01T00:00:{n:02}Z"),
+    });
+    v
+}
+
+/// What the Deployment controller reports once every replica of the current template is ready.
+fn roll_out(api: &FakeApi, name: &str, replicas: i64) {
+    let g = api.get(DEPLOYMENTS, NS, name).unwrap()["metadata"]["generation"].clone();
+    api.patch(DEPLOYMENTS, NS, name, json!({ "status": { "observedGeneration": g, "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas } }));
+}
+
+/// A ready pod of Deployment `dep` as the ReplicaSet controller makes it.
+fn ready_pod(api: &FakeApi, dep: &Value, name: &str) {
+    let meta = &dep["spec"]["template"]["metadata"];
+    api.put(PODS, json!({ "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": NS, "labels": meta["labels"], "annotations": meta["annotations"] },
+        "spec": { "containers": [{ "name": "worker", "image": "w" }] },
+        "status": { "phase": "Running", "conditions": [{ "type": "Ready", "status": "True" }],
+            "containerStatuses": [{ "name": "worker", "ready": true, "restartCount": 0, "image": "w", "imageID": "w" }] } }));
+}
+
+/// The exposition of a canary pod: `decisions` single-document decisions, no errors, every
+/// request within `latency_s`.
+fn canary_metrics(decisions: u32, latency_s: f64) -> String {
+    let mut t = format!(
+        "# TYPE sapllm_decisions_total counter\nsapllm_decisions_total{{kind=\"routing\",outcome=\"accepted\"}} {decisions}\n\
+         sapllm_requests_total{{route=\"/v1/route\",status=\"200\"}} {decisions}\nsapllm_requests_total{{route=\"/readyz\",status=\"503\"}} 3\n"
+    );
+    for le in [0.1, 0.25, 0.5, 1.0, 2.5] {
+        let n = if latency_s <= le { decisions } else { 0 };
+        t.push_str(&format!(
+            "sapllm_request_duration_seconds_bucket{{route=\"/v1/route\",le=\"{le}\"}} {n}\n"
+        ));
+    }
+    t.push_str(&format!(
+        "sapllm_request_duration_seconds_bucket{{route=\"/v1/route\",le=\"+Inf\"}} {decisions}\n"
+    ));
+    t
+}
+
+/// The exposition of a current-version pod that compared `agreed` + `differed` mirrored answers
+/// of version `n`.
+fn stable_metrics(n: u8, agreed: u32, differed: u32) -> String {
+    let v = version(n);
+    format!(
+        "sapllm_mirror_comparisons_total{{outcome=\"agreed\",version=\"{v}\"}} {agreed}\n\
+         sapllm_mirror_comparisons_total{{outcome=\"endpoint_differs\",version=\"{v}\"}} {differed}\n\
+         sapllm_mirror_abstentions_total{{side=\"primary\",version=\"{v}\"}} 1\n\
+         sapllm_mirror_abstentions_total{{side=\"mirror\",version=\"{v}\"}} 1\n"
+    )
+}
+
+/// Canary rollouts with scripted live signals: a good canary passes its step and is promoted; a
+/// canary that disagrees with the current version, and a slow one, are rolled back by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_rollouts_promote_a_good_version_and_roll_back_bad_ones() {
+    let api = FakeApi::start().await;
+    let metrics = Arc::new(Metrics::new());
+    let (task, stop) = start_operator(&api, metrics.clone());
+    api.put(EVALUATIONS, passing_evaluation(1));
+    let mut rep = endpoint();
+    rep["spec"]["rollout"] = json!({ "steps": [50], "dwellSeconds": 1,
+        "analysis": { "intervalSeconds": 1, "minDecisions": 10, "minComparisons": 10 } });
+    api.put(ENDPOINTS, rep);
+
+    // The first version has nothing to be compared with: an ordinary rollout.
+    let dep = api.wait_for(30, "the Deployment", |a| a.get(DEPLOYMENTS, NS, "sap-router")).await;
+    roll_out(&api, "sap-router", 2);
+    api.wait_for(30, "v1 serving", |a| {
+        a.get(ENDPOINTS, NS, "sap-router").filter(|r| r["status"]["activeVersion"] == version(1))
+    })
+    .await;
+    let args = dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains(
+            "\"--mirror-to\",\"http://sap-router-canary.ml.svc:8080\",\"--mirror-fraction\",\"0.1\""
+        ),
+        "{args}"
+    );
+    let svc = api.wait_for(10, "the canary Service", |a| a.get(SERVICES, NS, "sap-router-canary")).await;
+    assert_eq!(svc["spec"]["selector"]["sapllm.io/track"], "canary");
+    ready_pod(&api, &dep, "sap-router-stable-a");
+
+    // A good canary: 50 % of the pods, waits for traffic, passes, is promoted.
+    api.put(EVALUATIONS, passing_evaluation(2));
+    let canary = api
+        .wait_for(30, "the canary Deployment", |a| {
+            a.get(DEPLOYMENTS, NS, "sap-router-canary").filter(|d| {
+                d["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"] == version(2)
+            })
+        })
+        .await;
+    assert_eq!(canary["spec"]["replicas"], 2, "50 % beside 2 current replicas");
+    assert_eq!(canary["spec"]["selector"]["matchLabels"]["sapllm.io/track"], "canary");
+    ready_pod(&api, &canary, "sap-router-canary-v2");
+    roll_out(&api, "sap-router-canary", 2);
+    let rep = api
+        .wait_for(30, "the canary to wait for traffic", |a| {
+            a.get(ENDPOINTS, NS, "sap-router").filter(|r| {
+                r["status"]["canary"]["message"].as_str().is_some_and(|m| m.contains("waiting for traffic"))
+            })
+        })
+        .await;
+    assert_eq!(rep["status"]["canary"]["summary"], "1/1 50%");
+    assert_eq!(condition(&rep, "Progressing").unwrap().1, "Canary");
+    assert_eq!(rep["status"]["activeVersion"], version(1), "the current version serves beside it");
+    api.set_metrics(NS, "sap-router-canary-v2", &canary_metrics(40, 0.08));
+    api.set_metrics(NS, "sap-router-stable-a", &stable_metrics(2, 30, 0));
+    api.wait_for(30, "the current Deployment to take v2 over", |a| {
+        a.get(DEPLOYMENTS, NS, "sap-router").filter(|d| {
+            d["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"] == version(2)
+        })
+    })
+    .await;
+    assert!(api.get(DEPLOYMENTS, NS, "sap-router-canary").is_some(), "the canary serves until then");
+    roll_out(&api, "sap-router", 2);
+    let rep = api
+        .wait_for(30, "v2 promoted", |a| {
+            a.get(ENDPOINTS, NS, "sap-router").filter(|r| r["status"]["activeVersion"] == version(2))
+        })
+        .await;
+    assert!(rep["status"]["canary"].is_null());
+    assert_eq!(rep["status"]["previousVersion"], version(1));
+    api.wait_for(10, "the canary Deployment to go", |a| {
+        a.get(DEPLOYMENTS, NS, "sap-router-canary").is_none().then_some(())
+    })
+    .await;
+    api.delete(PODS, NS, "sap-router-canary-v2");
+
+    // A disagreeing canary and a slow one are rolled back; v2 keeps serving.
+    for (n, agreed, differed, latency, reason) in
+        [(3u8, 10, 20, 0.08, "CanaryDisagreement"), (4, 30, 0, 0.9, "CanaryLatency")]
+    {
+        api.put(EVALUATIONS, passing_evaluation(n));
+        let canary = api
+            .wait_for(30, "the canary Deployment", |a| {
+                a.get(DEPLOYMENTS, NS, "sap-router-canary").filter(|d| {
+                    d["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"] == version(n)
+                })
+            })
+            .await;
+        let pod = format!("sap-router-canary-v{n}");
+        ready_pod(&api, &canary, &pod);
+        roll_out(&api, "sap-router-canary", 2);
+        api.set_metrics(NS, &pod, &canary_metrics(40, latency));
+        api.set_metrics(NS, "sap-router-stable-a", &stable_metrics(n, agreed, differed));
+        let rep = api
+            .wait_for(30, reason, |a| {
+                a.get(ENDPOINTS, NS, "sap-router").filter(|r| r["status"]["rolledBackVersion"] == version(n))
+            })
+            .await;
+        let (status, why, message) = condition(&rep, "RolledBack").unwrap();
+        assert_eq!((status.as_str(), why.as_str()), ("True", reason), "{message}");
+        assert!(message.contains(&format!("serving {}", version(2))), "{message}");
+        assert_eq!(rep["status"]["activeVersion"], version(2));
+        assert!(rep["status"]["canary"].is_null());
+        api.wait_for(10, "the canary Deployment to go", |a| {
+            a.get(DEPLOYMENTS, NS, "sap-router-canary").is_none().then_some(())
+        })
+        .await;
+        let dep = api.get(DEPLOYMENTS, NS, "sap-router").unwrap();
+        assert_eq!(dep["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"], version(2));
+        api.delete(PODS, NS, &pod);
+    }
+
+    let reasons: Vec<String> =
+        api.list(EVENTS, NS).iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect();
+    for want in ["RolloutStarted", "CanaryPassed", "Promoted", "RolledBack"] {
+        assert!(reasons.iter().any(|r| r == want), "Event {want} in {reasons:?}");
+    }
+    let text = metrics.render();
+    assert!(text.contains("sapllm_operator_promotions_total 2"), "{text}");
+    assert!(text.contains("sapllm_operator_rollbacks_total 2"), "{text}");
+    // Only status was written on the endpoint, and every request is one the chart grants.
+    assert!(
+        !api.requests().iter().any(|r| r.resource == ENDPOINTS
+            && r.method != "GET"
+            && r.subresource.as_deref() != Some("status"))
+    );
+    let rules = chart_rules();
+    let mut used = std::collections::BTreeSet::new();
+    for r in api.requests() {
+        let (group, resource) = group_resource(&r);
+        let verb = verb(&r);
+        assert!(
+            rules.iter().any(|(g, res, verbs)| g == &group && res == &resource && verbs.contains(&verb)),
+            "{verb} {group}/{resource} is not granted by the chart: {r:?}"
+        );
+        used.insert((resource, verb));
+    }
+    assert!(used.contains(&("pods/proxy".to_string(), "get".to_string())));
+    assert!(used.contains(&("deployments".to_string(), "delete".to_string())));
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }

@@ -39,6 +39,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// What this process last applied (see [`crate::controller::applied`]).
     pub applied: crate::controller::applied::Applied,
+    /// Reads serving pods' `/metrics` through the pod proxy: a client without retries (see
+    /// [`Context::with_pod_client`]).
+    pub pod_client: Client,
 }
 
 impl Context {
@@ -52,11 +55,19 @@ impl Context {
         let reporter = Reporter { controller: MANAGER.into(), instance };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
+            pod_client: client.clone(),
             client,
             config,
             metrics,
             applied: Default::default(),
         }
+    }
+
+    /// Reads pods' `/metrics` with `client`, which should not retry: the pod proxy answers 503
+    /// while a pod does not listen, and retried reads would hold a reconcile for minutes.
+    pub fn with_pod_client(mut self, client: Client) -> Self {
+        self.pod_client = client;
+        self
     }
 
     /// Why `job` cannot create its pod, from its Events, when it may be failing to (see

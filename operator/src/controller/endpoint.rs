@@ -4,20 +4,22 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use sapllm_crds::conditions::set_condition;
-use sapllm_crds::endpoint::RoutingEndpoint;
+use sapllm_crds::endpoint::{CanarySignals, RoutingEndpoint};
 use sapllm_crds::evaluation::Evaluation;
 
 use crate::controller::apply::{apply_changed, apply_status, fresh, memo_key};
 use crate::controller::context::now;
 use crate::controller::{Context, Error};
-use crate::endpoint::{self, build};
-use crate::names::{LABEL_MANAGED_BY, MANAGER};
+use crate::endpoint::{self, build, signals};
+use crate::names::{ANNOTATION_MODEL_VERSION, LABEL_MANAGED_BY, MANAGER};
 
 const KIND: &str = "RoutingEndpoint";
 
@@ -61,7 +63,9 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
     if rep.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if let Err(invalid) = crate::memory::check_endpoint(&rep, &ctx.config) {
+    let valid = endpoint::canary::validate(rep.spec.rollout.as_ref())
+        .and_then(|()| crate::memory::check_endpoint(&rep, &ctx.config));
+    if let Err(invalid) = valid {
         let (status, transitions) = endpoint::invalid_status(&rep, &invalid, now());
         if rep.status.as_ref() != Some(&status) {
             apply_status(&ctx.client, rep.as_ref(), &status).await?;
@@ -77,7 +81,21 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
         .and_then(|s| s.active_version.as_deref())
         .and_then(|v| endpoint::find_passing(v, &evs));
     let obs = dep.as_ref().map(endpoint::observe_deployment);
-    let mut d = endpoint::decide(&rep, &selection, active.as_ref(), obs.as_ref(), now());
+    let canary_dep = observe_canary(&ctx, &rep, &ns).await?;
+    let mut canary = endpoint::CanaryObs {
+        deployment: canary_dep.as_ref().map(endpoint::observe_deployment),
+        signals: None,
+    };
+    let now = now();
+    if let (Some(ro), Some(c)) = (&rep.spec.rollout, rep.status.as_ref().and_then(|s| s.canary.as_ref()))
+        && c.step <= c.steps
+        && canary.deployment.as_ref().is_some_and(|o| o.ready_replicas > 0)
+        && endpoint::canary::scrape_due(c, ro, &now)
+    {
+        canary.signals = Some(read_signals(&ctx, &rep, &ns, &c.version, now.clone()).await?);
+    }
+    let mut d =
+        endpoint::decide_with_canary(&rep, &selection, active.as_ref(), obs.as_ref(), &canary, now.clone());
     if let Some(c) = &d.serve {
         match rep.spec.storage.as_ref().map(|s| s.claim_name.clone()).or(c.claim.clone()) {
             Some(claim) => {
@@ -91,6 +109,16 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
                 apply_changed(&ctx, &build::service(&rep)).await?;
                 apply_changed(&ctx, &build::autoscaler(&rep)).await?;
                 apply_changed(&ctx, &build::disruption_budget(&rep)).await?;
+                if rep.spec.rollout.is_some() {
+                    apply_changed(&ctx, &build::canary_service(&rep)).await?;
+                }
+                if let Some((c, replicas)) = &d.canary {
+                    let canary = build::canary_deployment(&rep, c, &claim, &ctx.config, *replicas);
+                    if canary_dep.as_ref().is_none_or(|live| !build::matches_applied(live, &canary)) {
+                        ctx.applied.forget(&memo_key(&canary));
+                    }
+                    apply_changed(&ctx, &canary).await?;
+                }
             }
             None => {
                 let msg = format!(
@@ -98,9 +126,14 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
                     c.evaluation
                 );
                 let g = rep.metadata.generation;
-                set_condition(&mut d.status.conditions, "Ready", false, "InvalidSpec", msg, g, now());
+                set_condition(&mut d.status.conditions, "Ready", false, "InvalidSpec", msg, g, now.clone());
             }
         }
+    }
+    if d.canary.is_none() && canary_dep.is_some() {
+        // Promoted or rolled back: the canary's pods go (the current Deployment serves alone).
+        delete_deployment(&ctx.client, &ns, &build::canary_child(&rep)).await?;
+        ctx.applied.forget(&format!("Deployment/{ns}/{}", build::canary_child(&rep)));
     }
     if rep.status.as_ref() != Some(&d.status) {
         apply_status(&ctx.client, rep.as_ref(), &d.status).await?;
@@ -129,6 +162,84 @@ async fn observe(
     let deps: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let dep = deps.get_opt(&build::child(rep)).await?;
     Ok((evs, dep))
+}
+
+/// The canary's Deployment, when a canary may exist (`spec.rollout` set, or one in status).
+async fn observe_canary(ctx: &Context, rep: &RoutingEndpoint, ns: &str) -> Result<Option<Deployment>, Error> {
+    let maybe = rep.spec.rollout.is_some() || rep.status.as_ref().is_some_and(|s| s.canary.is_some());
+    if !maybe {
+        return Ok(None);
+    }
+    let deps: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(deps.get_opt(&build::canary_child(rep)).await?)
+}
+
+/// Reads the `/metrics` of the endpoint's ready serving pods through the API server's pod proxy
+/// (no network path from the operator to the pods is needed, only `get pods/proxy`): canary pods
+/// of `version`, and the current version's pods for the mirrored comparisons.
+async fn read_signals(
+    ctx: &Context,
+    rep: &RoutingEndpoint,
+    ns: &str,
+    version: &str,
+    observed: Time,
+) -> Result<CanarySignals, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().labels(&build::pod_selector(rep));
+    let mut scrape = signals::Scrape::default();
+    let mut reads = Vec::new();
+    for pod in pods.list(&lp).await?.items {
+        let canary = pod.labels().get(build::LABEL_TRACK).map(String::as_str) == Some(build::TRACK_CANARY);
+        if canary && pod.annotations().get(ANNOTATION_MODEL_VERSION).map(String::as_str) != Some(version) {
+            continue;
+        }
+        let status = pod.status.clone().unwrap_or_default();
+        if canary {
+            scrape.restarts +=
+                status.container_statuses.iter().flatten().map(|c| c.restart_count).sum::<i32>();
+        }
+        let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            let path =
+                format!("/api/v1/namespaces/{ns}/pods/{}:{}/proxy/metrics", pod.name_any(), rep.spec.port);
+            reads.push(async move { (canary, pod.name_any(), get_text(ctx, path).await) });
+        }
+    }
+    for (canary, name, text) in futures::future::join_all(reads).await {
+        match (text, canary) {
+            (Ok(t), true) => scrape.canary.extend(signals::parse(&t)),
+            (Ok(t), false) => scrape.stable.extend(signals::parse(&t)),
+            (Err(e), c) => {
+                tracing::warn!(pod = %name, error = %e, "cannot read the serving pod's metrics");
+                if c {
+                    scrape.unreadable += 1;
+                }
+            }
+        }
+    }
+    Ok(signals::signals(version, &scrape, observed))
+}
+
+/// Longest a pod's `/metrics` read may take (a hung pod must not hold the reconcile).
+const METRICS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn get_text(ctx: &Context, path: String) -> Result<String, String> {
+    let req = http::Request::get(path).body(Vec::new()).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(METRICS_READ_TIMEOUT, ctx.pod_client.request_text(req)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", METRICS_READ_TIMEOUT.as_secs())),
+    }
+}
+
+/// Deletes a Deployment (its ReplicaSets and pods go with it); gone already is fine.
+async fn delete_deployment(client: &kube::Client, ns: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+    match api.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Retries a failed reconcile shortly.

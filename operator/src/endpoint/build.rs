@@ -29,16 +29,47 @@ pub const FEEDBACK_MOUNT: &str = "/var/lib/sapllm-feedback";
 /// The folder inside the feedback claim when `spec.feedback.path` is unset.
 pub const FEEDBACK_DEFAULT_PATH: &str = "feedback";
 
+/// The label that sets a canary's pods apart (`canary`); the current version's pods have none.
+pub const LABEL_TRACK: &str = "sapllm.io/track";
+/// The value of [`LABEL_TRACK`] on a canary's pods.
+pub const TRACK_CANARY: &str = "canary";
+
 /// Name of every child (Service names must be DNS labels: at most 63 characters).
 pub fn child(rep: &RoutingEndpoint) -> String {
     child_name(&rep.name_any(), "")
 }
 
+/// Name of the canary's Deployment and Service.
+pub fn canary_child(rep: &RoutingEndpoint) -> String {
+    child_name(&rep.name_any(), TRACK_CANARY)
+}
+
+/// Which of the two serving Deployments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Track {
+    /// The current version, scaled by the autoscaler.
+    Stable,
+    /// A canary with a fixed replica count.
+    Canary(i32),
+}
+
+/// The pods of the endpoint's Service: both tracks, so traffic splits by replica ratio.
 fn selector(rep: &RoutingEndpoint) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_ENDPOINT.to_string(), label_value(&rep.name_any())),
         (crate::names::LABEL_COMPONENT.to_string(), "serving".to_string()),
     ])
+}
+
+/// The label selector of the endpoint's serving pods, both tracks (`k=v,k=v`).
+pub fn pod_selector(rep: &RoutingEndpoint) -> String {
+    selector(rep).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn canary_selector(rep: &RoutingEndpoint) -> BTreeMap<String, String> {
+    let mut s = selector(rep);
+    s.insert(LABEL_TRACK.into(), TRACK_CANARY.into());
+    s
 }
 
 fn labels(rep: &RoutingEndpoint) -> BTreeMap<String, String> {
@@ -49,6 +80,17 @@ fn labels(rep: &RoutingEndpoint) -> BTreeMap<String, String> {
 
 fn metadata(rep: &RoutingEndpoint) -> Value {
     json!({ "name": child(rep), "namespace": rep.namespace(), "labels": labels(rep), "ownerReferences": [owner_ref(rep)] })
+}
+
+fn canary_metadata(rep: &RoutingEndpoint) -> Value {
+    let mut l = labels(rep);
+    l.insert(LABEL_TRACK.into(), TRACK_CANARY.into());
+    json!({ "name": canary_child(rep), "namespace": rep.namespace(), "labels": l, "ownerReferences": [owner_ref(rep)] })
+}
+
+/// The in-cluster URL of the canary's Service (where the current version mirrors requests).
+pub fn canary_url(rep: &RoutingEndpoint) -> String {
+    format!("http://{}.{}.svc:{}", canary_child(rep), rep.namespace().unwrap_or_default(), rep.spec.port)
 }
 
 /// Model threads of the server: the spec's `batching.workers`, else the whole cores of the
@@ -129,8 +171,34 @@ pub fn container_resources(rep: &RoutingEndpoint, cfg: &OperatorConfig) -> Value
     resources
 }
 
-/// The Deployment serving `c` from `claim`. Replicas are left to the autoscaler.
+/// The Deployment serving `c` from `claim`. Replicas are left to the autoscaler. With
+/// `spec.rollout` its pods say their version and mirror a sample of their requests to the
+/// canary's Service (nothing listens there between canaries: the mirror is refused at once).
 pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &OperatorConfig) -> Deployment {
+    serving(rep, c, claim, cfg, Track::Stable)
+}
+
+/// The canary's Deployment: `replicas` pods of `c` beside the current version's, behind the same
+/// Service. Its selector adds the track label; the current Deployment's selector (immutable since
+/// the endpoint was created) also matches these pods, but a Deployment only manages the
+/// ReplicaSets it owns, so the two never take each other's pods.
+pub fn canary_deployment(
+    rep: &RoutingEndpoint,
+    c: &Candidate,
+    claim: &str,
+    cfg: &OperatorConfig,
+    replicas: i32,
+) -> Deployment {
+    serving(rep, c, claim, cfg, Track::Canary(replicas))
+}
+
+fn serving(
+    rep: &RoutingEndpoint,
+    c: &Candidate,
+    claim: &str,
+    cfg: &OperatorConfig,
+    track: Track,
+) -> Deployment {
     let s = &rep.spec;
     let paths = [c.artifacts.base_model.as_str()].into_iter().chain(c.artifacts.adapter.as_deref());
     let wp = WorkerPod {
@@ -170,6 +238,21 @@ pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &Opera
     let gpus = pod::gpus_in(&resources, &pod::gpu_resource_name(&s.worker, cfg));
     let mut args = serve_args(rep, c, workers(rep, &resources));
     args.extend([pod::DEVICE_FLAG.to_string(), pod::device(gpus).to_string()]);
+    match (track, &s.rollout) {
+        (Track::Canary(_), _) => args.extend(["--model-version".into(), c.version.clone()]),
+        (Track::Stable, Some(ro)) => {
+            args.extend(["--model-version".into(), c.version.clone()]);
+            if ro.mirror_fraction > 0.0 {
+                args.extend([
+                    "--mirror-to".into(),
+                    canary_url(rep),
+                    "--mirror-fraction".into(),
+                    ro.mirror_fraction.to_string(),
+                ]);
+            }
+        }
+        (Track::Stable, None) => {}
+    }
     let probe = |path: &str, period: i32, failures: i32| json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2 });
     let mut container = json!({
         "name": WORKER_CONTAINER,
@@ -202,19 +285,27 @@ pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &Opera
     }
     container["env"] = json!(env);
     let pod_spec = pod::pod_spec(&s.worker, cfg, container, volumes);
-    from_json(json!({
+    let (meta, pod_labels, selector) = match track {
+        Track::Stable => (metadata(rep), labels(rep), selector(rep)),
+        Track::Canary(_) => {
+            let meta = canary_metadata(rep);
+            let l = serde_json::from_value(meta["labels"].clone()).unwrap_or_default();
+            (meta, l, canary_selector(rep))
+        }
+    };
+    let mut d: Deployment = from_json(json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(rep),
+        "metadata": meta,
         "spec": {
-            "selector": { "matchLabels": selector(rep) },
+            "selector": { "matchLabels": selector },
             // Old pods serve until new ones are ready: a rollout never drops capacity.
             "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } },
             "progressDeadlineSeconds": s.rollout_deadline_seconds,
             "revisionHistoryLimit": 5,
             "template": {
                 "metadata": {
-                    "labels": labels(rep),
+                    "labels": pod_labels,
                     "annotations": {
                         ANNOTATION_MODEL_VERSION: c.version,
                         "prometheus.io/scrape": "true",
@@ -224,6 +315,24 @@ pub fn deployment(rep: &RoutingEndpoint, c: &Candidate, claim: &str, cfg: &Opera
                 },
                 "spec": pod_spec,
             },
+        },
+    }));
+    if let (Track::Canary(n), Some(spec)) = (track, d.spec.as_mut()) {
+        spec.replicas = Some(n.max(1));
+    }
+    d
+}
+
+/// The canary's own Service: the current version's pods mirror requests to it.
+pub fn canary_service(rep: &RoutingEndpoint) -> Service {
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": canary_metadata(rep),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": canary_selector(rep),
+            "ports": [{ "name": "http", "port": rep.spec.port, "targetPort": "http", "protocol": "TCP" }],
         },
     }))
 }

@@ -8,8 +8,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use sapllm_crds::conditions::set_condition;
-use sapllm_crds::endpoint::{RoutingEndpoint, RoutingEndpointStatus};
+use sapllm_crds::endpoint::{CanarySignals, RoutingEndpoint, RoutingEndpointStatus};
 
+use crate::endpoint::canary_step;
 use crate::endpoint::select::{Candidate, Selection};
 use crate::names::ANNOTATION_MODEL_VERSION;
 use crate::transitions::Transition;
@@ -49,6 +50,15 @@ pub fn observe_deployment(d: &Deployment) -> DeploymentObs {
     DeploymentObs { version, rolled_out, ready_replicas: ready }
 }
 
+/// What the operator sees of a canary.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CanaryObs {
+    /// Its Deployment.
+    pub deployment: Option<DeploymentObs>,
+    /// Signals read in this reconcile (None: not due, or no canary pod was ready to read).
+    pub signals: Option<CanarySignals>,
+}
+
 /// The decision for one endpoint.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EndpointDecision {
@@ -64,15 +74,35 @@ pub struct EndpointDecision {
     pub rolled_back: bool,
     /// Check again after this long (a rollout's deadline).
     pub requeue_after: Option<Duration>,
+    /// The canary Deployment to run: its version and replicas. None: no canary (one that exists
+    /// is deleted).
+    pub canary: Option<(Candidate, i32)>,
 }
 
-/// Decides the rollout of `rep`. `active` is the passing candidate of the active version (the
-/// rollback target), looked up by the caller.
+/// Decides the rollout of `rep` without a canary in sight (see [`decide_with_canary`]).
 pub fn decide(
     rep: &RoutingEndpoint,
     selection: &Selection,
     active: Option<&Candidate>,
     dep: Option<&DeploymentObs>,
+    now: Time,
+) -> EndpointDecision {
+    decide_with_canary(rep, selection, active, dep, &CanaryObs::default(), now)
+}
+
+/// Decides the rollout of `rep`. `active` is the passing candidate of the active version (the
+/// rollback target), looked up by the caller; `canary` is what the caller saw of the canary.
+///
+/// With `spec.rollout`, a new version that has a version to compare with first runs as a canary
+/// beside it ([`canary_step`]); once its last step passes it is rolled out like any version
+/// (the current Deployment takes it over while the canary keeps serving), and promoted when
+/// that rollout is ready.
+pub fn decide_with_canary(
+    rep: &RoutingEndpoint,
+    selection: &Selection,
+    active: Option<&Candidate>,
+    dep: Option<&DeploymentObs>,
+    canary: &CanaryObs,
     now: Time,
 ) -> EndpointDecision {
     let prev = rep.status.clone().unwrap_or_default();
@@ -85,6 +115,7 @@ pub fn decide(
     if prev.observed_generation != g {
         s.rolled_back_version = None;
     }
+    canary_step::stop_unwanted(rep, selection, &mut s, &mut d, &now);
     if let Some(c) = &selection.serve
         && Some(&c.version) != s.active_version.as_ref()
         && Some(&c.version) != s.rollout_version.as_ref()
@@ -92,15 +123,31 @@ pub fn decide(
     {
         s.rollout_version = Some(c.version.clone());
         s.rollout_started = Some(now.clone());
+        let stable_ready = dep.map(|o| o.ready_replicas).unwrap_or(0);
+        let how = match &rep.spec.rollout {
+            // A canary needs a version to compare with, serving.
+            Some(ro) if s.active_version.is_some() && active.is_some() && stable_ready > 0 => {
+                let c = canary_step::start(&c.version, ro, stable_ready, &now);
+                let how = format!(" as a canary, {}% of the traffic first", c.weight);
+                s.canary = Some(c);
+                how
+            }
+            _ => String::new(),
+        };
         d.transitions.push(
             Transition::normal(
                 "RolloutStarted",
-                format!("rolling out {} (Evaluation {})", c.version, c.evaluation),
+                format!("rolling out {} (Evaluation {}){how}", c.version, c.evaluation),
             )
             .about(&c.version),
         );
     }
-    if let Some(r) = s.rollout_version.clone() {
+    let analysing = s.canary.as_ref().is_some_and(|c| c.step <= c.steps);
+    if analysing && let Some(ro) = &rep.spec.rollout {
+        canary_step::advance(rep, ro, &mut s, &mut d, dep, canary, &now);
+    }
+    let analysing = s.canary.as_ref().is_some_and(|c| c.step <= c.steps);
+    if let Some(r) = s.rollout_version.clone().filter(|_| !analysing) {
         let dep_on_r = dep.filter(|o| o.version.as_deref() == Some(r.as_str()));
         let elapsed = s.rollout_started.as_ref().map(|t| now.0.duration_since(t.0).as_secs()).unwrap_or(0);
         if dep_on_r.is_some_and(|o| o.rolled_out && o.ready_replicas > 0) {
@@ -111,6 +158,7 @@ pub fn decide(
             s.rollout_version = None;
             s.rollout_started = None;
             s.rolled_back_version = None;
+            s.canary = None;
             d.promoted = true;
             d.transitions.push(Transition::normal("Promoted", format!("{r} is serving")).about(&r));
             set_condition(
@@ -128,6 +176,7 @@ pub fn decide(
             s.rolled_back_version = Some(r);
             s.rollout_version = None;
             s.rollout_started = None;
+            s.canary = None;
             d.rolled_back = true;
             d.transitions.push(
                 Transition::warning("RolledBack", msg.clone())
@@ -147,13 +196,19 @@ pub fn decide(
         }
     }
 
-    // What the Deployment runs: the rollout, else the active version.
-    let target = s.rollout_version.clone().or(s.active_version.clone());
+    // What the Deployment runs: the rollout, else the active version; the active version while a
+    // canary is judged beside it.
+    let analysing = s.canary.as_ref().is_some_and(|c| c.step <= c.steps);
+    let target = s.rollout_version.clone().filter(|_| !analysing).or(s.active_version.clone());
     d.serve = match (&target, &selection.serve, active) {
         (Some(t), Some(c), _) if &c.version == t => Some(c.clone()),
         (Some(t), _, Some(a)) if &a.version == t => Some(a.clone()),
         _ => None,
     };
+    d.canary = s.canary.as_ref().and_then(|c| {
+        let candidate = selection.serve.as_ref().filter(|x| x.version == c.version)?;
+        Some((candidate.clone(), c.replicas))
+    });
     // The active version lost its passing Evaluation (deleted): keep the Deployment as it is.
     s.ready_replicas = dep.map(|o| o.ready_replicas).unwrap_or(0);
     s.url = d.serve.as_ref().map(|_| {
@@ -190,6 +245,10 @@ pub fn decide(
         ),
     }
     match (&s.rollout_version, &s.rolled_back_version) {
+        (Some(r), _) if analysing => {
+            let m = s.canary.as_ref().map(|x| x.message.as_str()).unwrap_or_default();
+            set_condition(c, "Progressing", true, "Canary", format!("canary {r}: {m}"), g, now.clone());
+        }
         (Some(r), _) => {
             // No countdown in the message: a status that changes every second would be rewritten
             // (and re-trigger this controller) every second.

@@ -1,7 +1,7 @@
 //! A small in-process Kubernetes API server for the controllers' API traffic: list, watch
 //! (`watch=true` streaming), get, create, replace (with resourceVersion conflicts), server-side
 //! apply and merge patches (including the status subresource), delete with owner-reference
-//! cascading, and pod logs. The test drives the world: it marks Jobs complete, writes termination
+//! cascading, pod logs and the pod proxy (scripted `/metrics`). The test drives the world: it marks Jobs complete, writes termination
 //! messages and Deployment status, and inspects every request the operator made.
 //!
 //! Simplifications (documented so nobody trusts them beyond this): apply replaces the applied
@@ -63,6 +63,7 @@ struct Inner {
     objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
     changes: Vec<Change>,
     logs: HashMap<(String, String), String>,
+    metrics: HashMap<(String, String), String>,
     requests: Vec<Request>,
 }
 
@@ -229,6 +230,13 @@ impl FakeApi {
         kube::Client::try_from(config).unwrap()
     }
 
+    /// A client without the retries of 429/503/504 (what the operator reads pods' metrics with).
+    pub fn client_without_retry(&self) -> kube::Client {
+        let mut config = kube::Config::new(self.client_url().parse().unwrap());
+        config.default_retry = false;
+        kube::Client::try_from(config).unwrap()
+    }
+
     fn changed(&self) {
         let _ = self.notify.send(());
     }
@@ -329,6 +337,11 @@ impl FakeApi {
     }
 
     /// Sets the log a pod serves.
+    /// Sets what a pod's `/metrics` answers through the pod proxy.
+    pub fn set_metrics(&self, ns: &str, pod: &str, text: &str) {
+        self.inner.lock().unwrap().metrics.insert((ns.into(), pod.into()), text.into());
+    }
+
     pub fn set_log(&self, ns: &str, pod: &str, log: &str) {
         self.inner.lock().unwrap().logs.insert((ns.into(), pod.into()), log.into());
     }
@@ -456,6 +469,15 @@ async fn handle(
         }
         (Method::GET, Some(name)) => {
             let ns = p.namespace.clone().unwrap_or_default();
+            if p.subresource.as_deref() == Some("proxy") {
+                // The pod proxy (`pods/<name>:<port>/proxy/<path>`): the scripted `/metrics`.
+                let pod = name.split(':').next().unwrap_or_default().to_string();
+                let text = api.inner.lock().unwrap().metrics.get(&(ns, pod.clone())).cloned();
+                return match text {
+                    Some(t) => t.into_response(),
+                    None => status(503, "ServiceUnavailable", format!("no endpoints for pod {pod}")),
+                };
+            }
             if p.subresource.as_deref() == Some("log") {
                 let log =
                     api.inner.lock().unwrap().logs.get(&(ns, name.clone())).cloned().unwrap_or_default();

@@ -6,7 +6,9 @@
 //! - [`batcher`]: the bounded queue (429 + Retry-After when full) and the model thread doing
 //!   dynamic batching (max batch, max wait);
 //! - [`metrics`]: Prometheus; [`state`]: readiness (loading -> ready after a warm-up decision,
-//!   draining on shutdown).
+//!   draining on shutdown);
+//! - [`mirror`]: a sample of routing requests sent to a canary and its decisions compared
+//!   (`--mirror-to`).
 //!
 //! [`start`] binds, spawns the model thread (which loads the model, makes one warm-up decision
 //! and only then reports ready) and serves until [`Server::shutdown`]: readiness turns 503,
@@ -19,6 +21,7 @@ pub mod error;
 pub mod feedback;
 pub mod metrics;
 pub mod middleware;
+pub mod mirror;
 pub mod openai;
 pub mod routes;
 pub mod state;
@@ -38,6 +41,7 @@ pub use self::backend::Backend;
 use self::backend::warm_up_query;
 use self::batcher::BatchConfig;
 use self::metrics::Metrics;
+use self::mirror::{Mirror, MirrorConfig};
 use self::state::{AppState, Phase, SharedState};
 use sapllm_engine::engine::Engine;
 use sapllm_engine::load::ModelInfo;
@@ -57,6 +61,11 @@ pub struct ServeConfig {
     pub max_batch_request: usize,
     /// Feedback into a transaction log (`--feedback-dir`); `None` = `/v1/feedback` answers 404.
     pub feedback: Option<feedback::FeedbackConfig>,
+    /// The served model's version (`--model-version`, the operator passes its content digest):
+    /// the `x-sapllm-model-version` header of routing answers and `version` in `/v1/models`.
+    pub model_version: Option<String>,
+    /// Mirror a sample of routing requests to another server and compare (`--mirror-to`).
+    pub mirror: Option<MirrorConfig>,
 }
 
 impl ServeConfig {
@@ -71,6 +80,8 @@ impl ServeConfig {
             catalog: Catalog::builtin(),
             max_batch_request: 64,
             feedback: None,
+            model_version: None,
+            mirror: None,
         }
     }
 }
@@ -86,6 +97,7 @@ pub struct Server {
     stop: Option<oneshot::Sender<()>>,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     feedback: Option<Arc<feedback::Feedback>>,
+    mirror: Option<Arc<Mirror>>,
     model_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -106,6 +118,7 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
         .merge(v1)
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::model_version))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe))
         .with_state(state)
 }
@@ -129,6 +142,21 @@ pub async fn start<B: Backend + 'static>(cfg: ServeConfig, loader: Loader<B>) ->
     if let Some(f) = &feedback {
         tracing::info!(file = %f.log.path().display(), capacity = f.store.capacity(), "feedback enabled");
     }
+    if let Some(v) = &cfg.model_version
+        && axum::http::HeaderValue::from_str(v).is_err()
+    {
+        anyhow::bail!("--model-version {v:?} must be printable ASCII (it is sent as a header)");
+    }
+    let mirror = cfg
+        .mirror
+        .as_ref()
+        .map(|m| Mirror::new(m, cfg.auth_token.as_deref(), metrics.clone()))
+        .transpose()?
+        .map(Arc::new);
+    if let Some(m) = &cfg.mirror {
+        let (url, fraction, concurrency) = (&m.base_url, m.fraction, m.concurrency);
+        tracing::info!(%url, fraction, concurrency, "mirroring routing requests");
+    }
     let state = Arc::new(AppState {
         queue,
         metrics: metrics.clone(),
@@ -141,6 +169,8 @@ pub async fn start<B: Backend + 'static>(cfg: ServeConfig, loader: Loader<B>) ->
         max_batch_request: cfg.max_batch_request,
         retry_after_s: 1,
         feedback: feedback.clone(),
+        model_version: cfg.model_version.clone(),
+        mirror: mirror.clone(),
     });
     let batch = cfg.batch;
     let catalog = cfg.catalog.clone();
@@ -199,6 +229,7 @@ pub async fn start<B: Backend + 'static>(cfg: ServeConfig, loader: Loader<B>) ->
         stop: Some(stop_tx),
         http,
         feedback,
+        mirror,
         model_thread: Some(model_thread),
     })
 }
@@ -222,9 +253,13 @@ impl Server {
     }
 
     /// Graceful shutdown: not ready, stop accepting, finish in-flight requests, write every
-    /// queued feedback line, stop the model thread.
+    /// queued feedback line, stop the model thread. Mirrors in flight are abandoned (they are a
+    /// sample; their tasks hold no handler state, so nothing here waits for them).
     pub async fn shutdown(mut self) -> Result<()> {
         self.draining.store(true, Ordering::SeqCst);
+        if let Some(m) = self.mirror.take() {
+            m.close();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

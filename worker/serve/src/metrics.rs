@@ -1,6 +1,7 @@
 //! Prometheus metrics (`/metrics`): requests by route and status, latency, in-flight requests,
 //! queue depth, batch sizes, tokens generated (sampled vs grammar-forced), abstentions and the
-//! confidence distribution.
+//! confidence distribution; with `--mirror-to`, how the decisions of the server mirrored to
+//! compare with this one's ([`super::mirror`]).
 
 use anyhow::Result;
 use prometheus::{
@@ -21,6 +22,16 @@ pub struct Metrics {
     pub confidence: HistogramVec,
     pub ready: IntGauge,
     pub feedback: IntCounterVec,
+    /// `sapllm_mirror_comparisons_total{version,outcome}`: mirrored decisions compared, by the
+    /// other side's `x-sapllm-model-version` (`""` when it sends none) and outcome (`agreed`,
+    /// `endpoint_differs`, `values_differ`).
+    pub mirror_comparisons: IntCounterVec,
+    /// `sapllm_mirror_abstentions_total{version,side}`: compared pairs where `side` (`primary`:
+    /// this server, `mirror`: the other) abstained.
+    pub mirror_abstentions: IntCounterVec,
+    /// `sapllm_mirror_failures_total{reason}`: mirrors without a comparison (`unreachable`,
+    /// `timeout`, `status`, `invalid`, `skipped`).
+    pub mirror_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -69,6 +80,24 @@ impl Metrics {
             Opts::new("sapllm_feedback_total", "Feedback written to the transaction log, by outcome"),
             &["outcome"],
         )?;
+        let mirror_comparisons = IntCounterVec::new(
+            Opts::new(
+                "sapllm_mirror_comparisons_total",
+                "Mirrored decisions compared with this server's, by the mirror's model version and outcome",
+            ),
+            &["version", "outcome"],
+        )?;
+        let mirror_abstentions = IntCounterVec::new(
+            Opts::new(
+                "sapllm_mirror_abstentions_total",
+                "Compared decision pairs in which a side abstained (primary: this server, mirror: the other)",
+            ),
+            &["version", "side"],
+        )?;
+        let mirror_failures = IntCounterVec::new(
+            Opts::new("sapllm_mirror_failures_total", "Mirrored requests that gave no comparison, by reason"),
+            &["reason"],
+        )?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -81,6 +110,9 @@ impl Metrics {
             Box::new(confidence.clone()),
             Box::new(ready.clone()),
             Box::new(feedback.clone()),
+            Box::new(mirror_comparisons.clone()),
+            Box::new(mirror_abstentions.clone()),
+            Box::new(mirror_failures.clone()),
         ] {
             registry.register(c)?;
         }
@@ -110,6 +142,9 @@ impl Metrics {
             confidence,
             ready,
             feedback,
+            mirror_comparisons,
+            mirror_abstentions,
+            mirror_failures,
         })
     }
 

@@ -1,5 +1,6 @@
 //! Request middleware: a request id (taken from `x-request-id` or generated) on a tracing span
-//! and the response; per-route metrics (count by status, latency, in-flight); bearer auth.
+//! and the response; per-route metrics (count by status, latency, in-flight); the model version
+//! on routing answers; bearer auth.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -13,6 +14,7 @@ use futures_util::StreamExt;
 use tracing::Instrument;
 
 use super::error::ApiError;
+use super::mirror::MODEL_VERSION_HEADER;
 use super::state::SharedState;
 
 /// Header carrying the request id.
@@ -82,6 +84,21 @@ pub async fn observe(State(state): State<SharedState>, req: Request, next: Next)
         frame
     }));
     Response::from_parts(parts, body)
+}
+
+/// `x-sapllm-model-version: <--model-version>` on every answer of `/v1/route` and
+/// `/v1/route/batch` (errors included), so a caller (a mirroring server) knows which version
+/// decided.
+pub async fn model_version(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    let routing = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| matches!(p.as_str(), "/v1/route" | "/v1/route/batch"));
+    let mut resp = next.run(req).await;
+    if routing && let Some(v) = state.model_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        resp.headers_mut().insert(MODEL_VERSION_HEADER, v);
+    }
+    resp
 }
 
 /// Runs its function when dropped.

@@ -1,10 +1,12 @@
 //! The HTTP handlers: routing, batch routing, exceptions, models, health, readiness, metrics.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -14,6 +16,7 @@ use super::batcher::{Answers, Job, JobError, QueueError};
 use super::body::JsonBody;
 use super::error::ApiError;
 use super::feedback::{StoredDecision, new_decision_id};
+use super::mirror::{Answer, Api, Mirror, is_mirror};
 use super::state::{Phase, SharedState};
 use sapllm_engine::request::{ExceptionRequest, FieldError, RouteBatchRequest, RouteRequest};
 use sapllm_engine::types::{ExceptionDecision, RoutingDecision, RoutingQuery};
@@ -113,22 +116,38 @@ fn decided(state: &SharedState, doc: Option<(String, Value)>, decision: RoutingD
     Decided { decision_id, decision }
 }
 
-/// The document of a query, kept only when feedback is enabled.
-fn document_of(state: &SharedState, q: &RoutingQuery) -> Option<(String, Value)> {
-    state.feedback.as_ref().map(|_| (q.doc_type.clone(), q.adc_json.clone()))
+/// The document of a query, kept only when feedback is enabled and the request is not a mirror
+/// (whose decision id no client ever sees).
+fn document_of(state: &SharedState, q: &RoutingQuery, mirrored: bool) -> Option<(String, Value)> {
+    state.feedback.as_ref().filter(|_| !mirrored).map(|_| (q.doc_type.clone(), q.adc_json.clone()))
+}
+
+/// Whether to mirror a request (`--mirror-to`, sampled, not itself a mirror): the mirror and the
+/// request as JSON.
+fn mirror_of<T: Serialize>(state: &SharedState, mirrored: bool, req: &T) -> Option<(Arc<Mirror>, Bytes)> {
+    let m = state.mirror.as_ref().filter(|m| !mirrored && m.sample())?;
+    let body = serde_json::to_vec(req).ok()?;
+    Some((m.clone(), Bytes::from(body)))
 }
 
 /// `POST /v1/route`.
 pub async fn route(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<RouteRequest>,
 ) -> Result<Json<Decided>, ApiError> {
     require_ready(&state)?;
+    let mirrored = is_mirror(&headers);
+    let mirror = mirror_of(&state, mirrored, &req);
     let q = req.into_query(&state.catalog, "").map_err(ApiError::invalid)?;
-    let doc = document_of(&state, &q);
+    let doc = document_of(&state, &q, mirrored);
     let ms = state.request_timeout.as_millis() as u64;
     let answers = submit(&state, |deadline, reply| Job::Route { queries: vec![q], deadline, reply }).await?;
-    single(answers, ms).map(|d| Json(decided(&state, doc, d)))
+    let d = decided(&state, doc, single(answers, ms)?);
+    if let Some((m, body)) = mirror {
+        m.send(Api::Route, body, vec![Some(Answer::of(&d.decision))]);
+    }
+    Ok(Json(d))
 }
 
 #[derive(Serialize)]
@@ -143,9 +162,11 @@ struct BatchItem {
 /// its index in the field name); decode failures are reported per item.
 pub async fn route_batch(
     State(state): State<SharedState>,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<RouteBatchRequest>,
 ) -> Result<Response, ApiError> {
     require_ready(&state)?;
+    let mirrored = is_mirror(&headers);
     if req.requests.is_empty() {
         return Err(ApiError::invalid(FieldError::new("requests", "must hold at least one request")));
     }
@@ -155,11 +176,13 @@ pub async fn route_batch(
             format!("at most {} requests per batch", state.max_batch_request),
         )));
     }
+    let mirror = mirror_of(&state, mirrored, &req);
     let mut queries = Vec::with_capacity(req.requests.len());
     for (i, r) in req.requests.into_iter().enumerate() {
         queries.push(r.into_query(&state.catalog, &format!("requests[{i}].")).map_err(ApiError::invalid)?);
     }
-    let docs: Vec<Option<(String, Value)>> = queries.iter().map(|q| document_of(&state, q)).collect();
+    let docs: Vec<Option<(String, Value)>> =
+        queries.iter().map(|q| document_of(&state, q, mirrored)).collect();
     let ms = state.request_timeout.as_millis() as u64;
     let answers = submit(&state, |deadline, reply| Job::Route { queries, deadline, reply }).await?;
     let items: Vec<BatchItem> = answers
@@ -171,6 +194,10 @@ pub async fn route_batch(
             Err(e) => BatchItem { decision: None, error: Some(json!({"message": e})) },
         })
         .collect();
+    if let Some((m, body)) = mirror {
+        let ours = items.iter().map(|i| i.decision.as_ref().map(|d| Answer::of(&d.decision))).collect();
+        m.send(Api::Batch, body, ours);
+    }
     Ok(Json(json!({"decisions": items})).into_response())
 }
 
@@ -191,7 +218,7 @@ pub async fn exceptions(
 pub async fn models(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
     require_ready(&state)?;
     let info = state.model_info().ok_or_else(|| ApiError::unavailable("the model is not loaded"))?;
-    Ok(Json(json!({
+    let mut models = json!({
         "object": "list",
         "data": [{
             "id": state.model_name,
@@ -204,7 +231,11 @@ pub async fn models(State(state): State<SharedState>) -> Result<Json<Value>, Api
             "parameters": info.parameters,
             "device": info.device,
         }]
-    })))
+    });
+    if let Some(v) = &state.model_version {
+        models["data"][0]["version"] = json!(v);
+    }
+    Ok(Json(models))
 }
 
 /// `GET /healthz`: the process serves HTTP.

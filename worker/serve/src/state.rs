@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::batcher::Queue;
 use super::feedback::Feedback;
 use super::metrics::Metrics;
+use super::mirror::Mirror;
 use sapllm_engine::load::ModelInfo;
 use sapllm_sap::catalog::Catalog;
 
@@ -40,6 +41,11 @@ pub struct AppState {
     pub retry_after_s: u64,
     /// Recent decisions and the feedback file (`--feedback-dir`); `None` = feedback disabled.
     pub feedback: Option<Arc<Feedback>>,
+    /// The served model's version (`--model-version`): the `x-sapllm-model-version` header of
+    /// routing answers and `version` in `/v1/models`.
+    pub model_version: Option<String>,
+    /// Mirroring a sample of routing requests to another server (`--mirror-to`).
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 impl AppState {

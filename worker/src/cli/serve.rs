@@ -1,7 +1,9 @@
 //! `sapllm-worker serve`: the routing endpoint. Loads base + adapter at the precision, merges,
 //! warms up, serves until SIGTERM/SIGINT, then drains in-flight requests and exits 0. A model
 //! that fails to load ends the process with an error (the pod restarts). With `--feedback-dir`,
-//! the queued feedback lines are written before the process exits.
+//! the queued feedback lines are written before the process exits. With `--mirror-to`, a sample
+//! of routing requests is also sent to another server (a canary) and the decisions compared in
+//! `/metrics`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ use super::route::DecodeLimitArgs;
 use sapllm_sap::catalog::Catalog;
 use sapllm_serve::batcher::BatchConfig;
 use sapllm_serve::feedback::FeedbackConfig;
+use sapllm_serve::mirror::{DEFAULT_CONCURRENCY, DEFAULT_FRACTION, MirrorConfig};
 use sapllm_serve::state::Phase;
 use sapllm_serve::{ServeConfig, start};
 
@@ -104,8 +107,36 @@ pub struct ServeArgs {
     /// Feedback lines waiting to be written at most; beyond, 503 with Retry-After.
     #[arg(long, default_value_t = 1024)]
     pub feedback_queue: usize,
+    /// The served model's version (the operator passes its content digest, `sha256:...`): sent
+    /// as `x-sapllm-model-version` on routing answers and as `version` in /v1/models, so a
+    /// server mirroring to this one labels its comparisons with it.
+    #[arg(long)]
+    pub model_version: Option<String>,
+    /// Base URL (http:// only) of another server, the canary of a rollout, to send a sample of
+    /// successful /v1/route and /v1/route/batch requests to; its decisions are compared with
+    /// this server's in /metrics (`sapllm_mirror_*`). The client's answer never waits for it.
+    #[arg(long)]
+    pub mirror_to: Option<String>,
+    /// Share of routing requests mirrored, in (0, 1] (with --mirror-to).
+    #[arg(long, default_value_t = DEFAULT_FRACTION)]
+    pub mirror_fraction: f64,
+    /// Mirrors in flight at most; a sampled request beyond is skipped (and counted).
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
+    pub mirror_concurrency: usize,
+    /// Time a mirror may take in all (default: --request-timeout-ms).
+    #[arg(long)]
+    pub mirror_timeout_ms: Option<u64>,
     #[command(flatten)]
     pub limits: DecodeLimitArgs,
+}
+
+/// The mirroring settings of the flags (`None` without `--mirror-to`), validated.
+pub fn mirror_config(args: &ServeArgs) -> Result<Option<MirrorConfig>> {
+    let Some(url) = &args.mirror_to else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_millis(args.mirror_timeout_ms.unwrap_or(args.request_timeout_ms));
+    MirrorConfig::new(url, args.mirror_fraction, args.mirror_concurrency, timeout).map(Some)
 }
 
 /// Reads the token file (trimmed); an empty file is an error, not "no auth".
@@ -148,6 +179,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     if args.feedback_capacity == 0 || args.feedback_queue == 0 || args.feedback_memory_mib == 0 {
         bail!("--feedback-capacity, --feedback-memory-mib and --feedback-queue must be at least 1");
     }
+    let mirror = mirror_config(&args)?;
+    if let Some(v) = &args.model_version
+        && (v.trim().is_empty() || !v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+    {
+        bail!("--model-version {v:?} must be a non-empty printable ASCII string (e.g. sha256:...)");
+    }
     let catalog = match &args.catalog {
         Some(p) => Catalog::load(p).with_context(|| format!("loading catalog {}", p.display()))?,
         None => Catalog::builtin(),
@@ -165,6 +202,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     cfg.auth_token = args.auth_token_file.as_ref().map(read_token).transpose()?;
     cfg.model_name = args.model_name.clone();
     cfg.catalog = catalog.clone();
+    cfg.model_version = args.model_version.clone();
+    cfg.mirror = mirror;
     cfg.feedback = args.feedback_dir.as_ref().map(|dir| FeedbackConfig {
         capacity: args.feedback_capacity,
         max_bytes: args.feedback_memory_mib.saturating_mul(1 << 20),
@@ -241,5 +280,36 @@ mod tests {
         };
         assert_eq!(parse(&[]), None, "unset: the device decides");
         assert_eq!(parse(&["--max-batch", "4"]), Some(4));
+    }
+
+    #[test]
+    fn mirror_flags_are_validated_naming_the_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let mirror = |extra: &[&str]| {
+            let args = ["serve", "--base-model", "m"].iter().chain(extra);
+            mirror_config(&Cli::try_parse_from(args).unwrap().serve)
+        };
+        assert_eq!(mirror(&[]).unwrap(), None, "off without --mirror-to");
+        let on = mirror(&["--mirror-to", "http://ep-canary.ns.svc:8080/", "--request-timeout-ms", "700"])
+            .unwrap()
+            .expect("on");
+        assert_eq!(on.base_url, "http://ep-canary.ns.svc:8080");
+        assert_eq!((on.fraction, on.concurrency, on.timeout), (0.1, 4, Duration::from_millis(700)));
+        let on = mirror(&["--mirror-to", "http://h", "--mirror-fraction", "1", "--mirror-timeout-ms", "50"])
+            .unwrap()
+            .expect("on");
+        assert_eq!((on.fraction, on.timeout), (1.0, Duration::from_millis(50)));
+        let err = |extra: &[&str]| mirror(extra).unwrap_err().to_string();
+        assert!(err(&["--mirror-to", "https://h"]).contains("--mirror-to"));
+        assert!(err(&["--mirror-to", "not a url"]).contains("--mirror-to"));
+        assert!(err(&["--mirror-to", "http://h", "--mirror-fraction", "0"]).contains("--mirror-fraction"));
+        assert!(
+            err(&["--mirror-to", "http://h", "--mirror-concurrency", "0"]).contains("--mirror-concurrency")
+        );
     }
 }
