@@ -111,6 +111,13 @@ pub struct Rollout {
     /// What the canary must show to go on.
     #[serde(default)]
     pub analysis: CanaryAnalysis,
+    /// Read the signals from this Prometheus (e.g.
+    /// `http://prometheus-operated.monitoring.svc:9090`) instead of from each serving pod's
+    /// `/metrics` through the API server's pod proxy. Its series must carry the pod's `namespace`
+    /// and `pod` labels, as kube-prometheus' and the Prometheus chart's pod scraping write them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("rollout.prometheusUrl must be an http:// or https:// URL"))]
+    pub prometheus_url: Option<String>,
 }
 
 /// Thresholds a canary is judged by, on signals read from the serving pods' `/metrics`.
@@ -189,6 +196,7 @@ impl Default for Rollout {
             dwell_seconds: default_dwell(),
             mirror_fraction: default_mirror_fraction(),
             analysis: CanaryAnalysis::default(),
+            prometheus_url: None,
         }
     }
 }

@@ -18,5 +18,6 @@ pub mod names;
 pub mod observe;
 pub mod pod;
 pub mod progress;
+pub mod prometheus;
 pub mod training;
 pub mod transitions;

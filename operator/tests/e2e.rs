@@ -545,6 +545,44 @@ fn stable_metrics(n: u8, agreed: u32, differed: u32) -> String {
     )
 }
 
+/// One series of an instant-query answer.
+fn series(name: &str, labels: &[(&str, &str)], value: f64) -> Value {
+    let mut metric = json!({ "__name__": name, "namespace": NS });
+    for (k, v) in labels {
+        metric[*k] = json!(v);
+    }
+    json!({ "metric": metric, "value": [1.8e9, value.to_string()] })
+}
+
+/// A Prometheus HTTP API answering every instant query with the `series` whose name the query
+/// names; returns its URL and the queries it was asked.
+async fn fake_prometheus(series: Vec<Value>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::Query;
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::get(move |Query(q): Query<std::collections::HashMap<String, String>>| {
+            let query = q.get("query").cloned().unwrap_or_default();
+            log.lock().unwrap().push(query.clone());
+            let result: Vec<Value> = series
+                .iter()
+                .filter(|s| query.contains(s["metric"]["__name__"].as_str().unwrap()))
+                .cloned()
+                .collect();
+            async move {
+                axum::Json(
+                    json!({ "status": "success", "data": { "resultType": "vector", "result": result } }),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, asked)
+}
+
 /// Canary rollouts with scripted live signals: a good canary passes its step and is promoted; a
 /// canary that disagrees with the current version, and a slow one, are rolled back by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,13 +696,58 @@ async fn canary_rollouts_promote_a_good_version_and_roll_back_bad_ones() {
         api.delete(PODS, NS, &pod);
     }
 
+    // Signals from Prometheus instead: the spec change is a new request, so the rolled-back v4
+    // is tried again, and this time its signals (from Prometheus, not the slow pod's /metrics)
+    // are good.
+    let (prom_url, queries) = fake_prometheus(vec![
+        series("sapllm_decisions_total", &[("kind", "routing"), ("outcome", "accepted")], 40.0),
+        series("sapllm_requests_total", &[("route", "/v1/route"), ("status", "200")], 40.0),
+        series("sapllm_request_duration_seconds_bucket", &[("route", "/v1/route"), ("le", "0.1")], 40.0),
+        series("sapllm_request_duration_seconds_bucket", &[("route", "/v1/route"), ("le", "+Inf")], 40.0),
+        series("sapllm_mirror_comparisons_total", &[("outcome", "agreed"), ("version", &version(4))], 30.0),
+    ])
+    .await;
+    let mut rep = api.get(ENDPOINTS, NS, "sap-router").unwrap();
+    rep["spec"]["rollout"]["prometheusUrl"] = json!(prom_url);
+    api.put(ENDPOINTS, rep);
+    let canary = api
+        .wait_for(30, "the v4 canary again", |a| {
+            a.get(DEPLOYMENTS, NS, "sap-router-canary").filter(|d| {
+                d["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"] == version(4)
+            })
+        })
+        .await;
+    ready_pod(&api, &canary, "sap-router-canary-v4");
+    roll_out(&api, "sap-router-canary", 2);
+    api.wait_for(30, "the current Deployment to take v4 over", |a| {
+        a.get(DEPLOYMENTS, NS, "sap-router").filter(|d| {
+            d["spec"]["template"]["metadata"]["annotations"]["sapllm.io/model-version"] == version(4)
+        })
+    })
+    .await;
+    roll_out(&api, "sap-router", 2);
+    api.wait_for(30, "v4 promoted", |a| {
+        a.get(ENDPOINTS, NS, "sap-router").filter(|r| r["status"]["activeVersion"] == version(4))
+    })
+    .await;
+    let asked = queries.lock().unwrap().clone();
+    assert!(
+        asked.iter().any(|q| q.contains("namespace=\"ml\"")
+            && q.contains("pod=~\"sap-router-canary-[a-z0-9]+-[a-z0-9]+\"")),
+        "{asked:?}"
+    );
+    assert!(
+        asked.iter().any(|q| q.contains("sapllm_mirror_comparisons_total") && q.contains(&version(4))),
+        "{asked:?}"
+    );
+
     let reasons: Vec<String> =
         api.list(EVENTS, NS).iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect();
     for want in ["RolloutStarted", "CanaryPassed", "Promoted", "RolledBack"] {
         assert!(reasons.iter().any(|r| r == want), "Event {want} in {reasons:?}");
     }
     let text = metrics.render();
-    assert!(text.contains("sapllm_operator_promotions_total 2"), "{text}");
+    assert!(text.contains("sapllm_operator_promotions_total 3"), "{text}");
     assert!(text.contains("sapllm_operator_rollbacks_total 2"), "{text}");
     // Only status was written on the endpoint, and every request is one the chart grants.
     assert!(

@@ -20,6 +20,7 @@ use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::endpoint::{self, build, signals};
 use crate::names::{ANNOTATION_MODEL_VERSION, LABEL_MANAGED_BY, MANAGER};
+use crate::prometheus;
 
 const KIND: &str = "RoutingEndpoint";
 
@@ -174,9 +175,11 @@ async fn observe_canary(ctx: &Context, rep: &RoutingEndpoint, ns: &str) -> Resul
     Ok(deps.get_opt(&build::canary_child(rep)).await?)
 }
 
-/// Reads the `/metrics` of the endpoint's ready serving pods through the API server's pod proxy
-/// (no network path from the operator to the pods is needed, only `get pods/proxy`): canary pods
-/// of `version`, and the current version's pods for the mirrored comparisons.
+/// Reads a canary's signals: the restarts of its pods from their status, the counters from
+/// each ready serving pod's `/metrics` through the API server's pod proxy (no network path from
+/// the operator to the pods is needed, only `get pods/proxy`), or from `spec.rollout.prometheusUrl`
+/// when set. Canary pods count only when they run `version`; the current version's pods give the
+/// mirrored comparisons.
 async fn read_signals(
     ctx: &Context,
     rep: &RoutingEndpoint,
@@ -187,7 +190,7 @@ async fn read_signals(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let lp = ListParams::default().labels(&build::pod_selector(rep));
     let mut scrape = signals::Scrape::default();
-    let mut reads = Vec::new();
+    let mut ready = Vec::new();
     for pod in pods.list(&lp).await?.items {
         let canary = pod.labels().get(build::LABEL_TRACK).map(String::as_str) == Some(build::TRACK_CANARY);
         if canary && pod.annotations().get(ANNOTATION_MODEL_VERSION).map(String::as_str) != Some(version) {
@@ -198,14 +201,33 @@ async fn read_signals(
             scrape.restarts +=
                 status.container_statuses.iter().flatten().map(|c| c.restart_count).sum::<i32>();
         }
-        let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
-        if ready {
-            let path =
-                format!("/api/v1/namespaces/{ns}/pods/{}:{}/proxy/metrics", pod.name_any(), rep.spec.port);
-            reads.push(async move { (canary, pod.name_any(), get_text(ctx, path).await) });
+        if status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True") {
+            ready.push((canary, pod.name_any()));
         }
     }
-    for (canary, name, text) in futures::future::join_all(reads).await {
+    match rep.spec.rollout.as_ref().and_then(|r| r.prometheus_url.as_deref()) {
+        Some(url) => {
+            let canary_pods = ready.iter().filter(|(c, _)| *c).count() as i32;
+            query_prometheus(url, rep, ns, version, canary_pods, &mut scrape).await;
+        }
+        None => read_pods(ctx, rep, ns, ready, &mut scrape).await,
+    }
+    Ok(signals::signals(version, &scrape, observed))
+}
+
+/// Each ready pod's `/metrics`, read in parallel; a canary pod that cannot be read is counted.
+async fn read_pods(
+    ctx: &Context,
+    rep: &RoutingEndpoint,
+    ns: &str,
+    ready: Vec<(bool, String)>,
+    scrape: &mut signals::Scrape,
+) {
+    let reads = ready.into_iter().map(|(canary, name)| async move {
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{}/proxy/metrics", rep.spec.port);
+        (canary, get_text(ctx, path).await, name)
+    });
+    for (canary, text, name) in futures::future::join_all(reads).await {
         match (text, canary) {
             (Ok(t), true) => scrape.canary.extend(signals::parse(&t)),
             (Ok(t), false) => scrape.stable.extend(signals::parse(&t)),
@@ -217,7 +239,47 @@ async fn read_signals(
             }
         }
     }
-    Ok(signals::signals(version, &scrape, observed))
+}
+
+/// The same series from Prometheus: the canary Deployment's pods, and the current Deployment's
+/// mirror counters for `version`. When Prometheus cannot answer, every ready canary pod counts
+/// as unreadable (the canary waits; nothing is judged on missing data).
+async fn query_prometheus(
+    url: &str,
+    rep: &RoutingEndpoint,
+    ns: &str,
+    version: &str,
+    canary_pods: i32,
+    scrape: &mut signals::Scrape,
+) {
+    use signals::names;
+    let canary = format!(
+        "{{__name__=~\"{}|{}|{}\",namespace=\"{ns}\",pod=~\"{}\"}}",
+        names::DECISIONS,
+        names::REQUESTS,
+        names::LATENCY_BUCKET,
+        prometheus::pods_of(&build::canary_child(rep))
+    );
+    let stable = format!(
+        "{{__name__=~\"{}|{}\",namespace=\"{ns}\",pod=~\"{}\",version=\"{version}\"}}",
+        names::MIRROR_COMPARISONS,
+        names::MIRROR_ABSTENTIONS,
+        prometheus::pods_of(&build::child(rep))
+    );
+    let (c, s) = futures::join!(
+        prometheus::query(url, &canary, METRICS_READ_TIMEOUT),
+        prometheus::query(url, &stable, METRICS_READ_TIMEOUT)
+    );
+    match (c, s) {
+        (Ok(c), Ok(s)) => {
+            scrape.canary = c;
+            scrape.stable = s;
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the canary's signals from Prometheus");
+            scrape.unreadable = canary_pods.max(1);
+        }
+    }
 }
 
 /// Longest a pod's `/metrics` read may take (a hung pod must not hold the reconcile).
