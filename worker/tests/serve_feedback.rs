@@ -12,66 +12,15 @@ mod serve_support;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
 use hyper::StatusCode;
-use sapllm_engine::chat::Completion;
-use sapllm_engine::types::{
-    ConfidenceParts, DecodeStats, ExceptionDecision, ExceptionQuery, RoutingDecision, RoutingQuery,
-    SimilarException,
-};
-use sapllm_serve::Backend;
 use sapllm_serve::feedback::FeedbackConfig;
 use sapllm_worker::dataprep::log::{LogReader, parse_line};
 use serde_json::{Value, json};
 use serve_support::*;
 
 /// Routes every document to its first candidate, posting `{"CompanyCode": "1010"}`.
-struct FirstCandidate;
-
-impl Backend for FirstCandidate {
-    fn decide_routing_batch(&self, queries: &[RoutingQuery]) -> Result<Vec<Result<RoutingDecision>>> {
-        Ok(queries
-            .iter()
-            .map(|q| {
-                let endpoint = q.api_schemas.first().map(|c| c.endpoint.clone()).unwrap_or_default();
-                Ok(RoutingDecision {
-                    doc_type: q.doc_type.clone(),
-                    entity_set: endpoint.split('/').nth(1).map(str::to_string),
-                    endpoint,
-                    method: Some("POST".into()),
-                    payload: json!({"CompanyCode": "1010"}),
-                    provenance: Vec::new(),
-                    unmapped_fields: Vec::new(),
-                    ungrounded: Vec::new(),
-                    confidence: 0.9,
-                    confidence_parts: ConfidenceParts {
-                        choice_probability: 0.9,
-                        body_certainty: 1.0,
-                        generated: None,
-                    },
-                    reasoning: vec!["stub".into()],
-                    abstained: false,
-                    alternatives: Vec::new(),
-                    stats: DecodeStats::default(),
-                })
-            })
-            .collect())
-    }
-
-    fn handle_exception_batch(
-        &self,
-        _items: &[(ExceptionQuery, Vec<SimilarException>)],
-    ) -> Result<Vec<Result<ExceptionDecision>>> {
-        anyhow::bail!("not served by the stub")
-    }
-
-    fn complete(&self, _: &str, _: usize, _: f64, _: Option<&Value>) -> Result<Completion> {
-        anyhow::bail!("not served by the stub")
-    }
-}
-
-fn stub_loader() -> sapllm_serve::Loader<FirstCandidate> {
-    Box::new(|| Ok((FirstCandidate, info())))
+fn stub_loader() -> sapllm_serve::Loader<stub::Stub> {
+    Box::new(|| Ok((stub::stable(), info())))
 }
 
 fn temp_dir(name: &str) -> PathBuf {
