@@ -22,6 +22,8 @@ pub const MEMO_RESYNCS: u32 = 6;
 #[derive(Default)]
 pub struct Applied {
     entries: Mutex<HashMap<String, (String, Instant)>>,
+    /// Entries left after the last pruning: the next one comes when there are twice as many.
+    pruned_at: Mutex<usize>,
 }
 
 impl Applied {
@@ -37,9 +39,16 @@ impl Applied {
         entries.get(key).is_some_and(|(d, at)| d == digest && at.elapsed() < ttl)
     }
 
-    /// Records a successful apply.
-    pub fn remember(&self, key: String, digest: String) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (digest, Instant::now()));
+    /// Records a successful apply. Entries older than `ttl` are dropped now and then (those of
+    /// deleted children would otherwise stay for the life of the process).
+    pub fn remember(&self, key: String, digest: String, ttl: Duration) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.insert(key, (digest, Instant::now()));
+        let mut pruned = self.pruned_at.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= 2 * (*pruned).max(512) {
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            *pruned = entries.len();
+        }
     }
 
     /// Forgets `key` (the live object is known to differ, or is gone).
@@ -47,7 +56,7 @@ impl Applied {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 
-    /// Remembered children (for the operator's memory figures).
+    /// Remembered children.
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -69,12 +78,28 @@ mod tests {
         let (k, d) = Applied::digest("ConfigMap/ml/run", &json!({ "data": { "x": "1" } }));
         let ttl = Duration::from_secs(60);
         assert!(!a.is_current(&k, &d, ttl), "never applied");
-        a.remember(k.clone(), d.clone());
+        a.remember(k.clone(), d.clone(), ttl);
         assert!(a.is_current(&k, &d, ttl));
         let (_, changed) = Applied::digest("ConfigMap/ml/run", &json!({ "data": { "x": "2" } }));
         assert!(!a.is_current(&k, &changed, ttl), "a changed child is applied");
         assert!(!a.is_current(&k, &d, Duration::ZERO), "an expired entry is applied again");
         a.forget(&k);
         assert!(!a.is_current(&k, &d, ttl));
+    }
+
+    #[test]
+    fn entries_of_children_no_longer_applied_are_pruned() {
+        let a = Applied::default();
+        for i in 0..1023 {
+            a.remember(format!("ConfigMap/ml/run-{i}"), "d".into(), Duration::ZERO);
+        }
+        assert_eq!(a.len(), 1023, "no pruning below twice the last size (at least 512)");
+        a.remember("ConfigMap/ml/last".into(), "d".into(), Duration::ZERO);
+        assert!(a.is_empty(), "every entry had expired");
+        let fresh = Duration::from_secs(60);
+        for i in 0..1100 {
+            a.remember(format!("ConfigMap/ml/live-{i}"), "d".into(), fresh);
+        }
+        assert_eq!(a.len(), 1100, "live entries are kept");
     }
 }

@@ -56,7 +56,7 @@ where
         return Ok(());
     }
     apply(&ctx.client, obj).await?;
-    ctx.applied.remember(key, digest);
+    ctx.applied.remember(key, digest, ttl);
     Ok(())
 }
 
@@ -77,7 +77,7 @@ where
         return Ok(());
     }
     create_if_missing(&ctx.client, obj).await?;
-    ctx.applied.remember(key, "exists".into());
+    ctx.applied.remember(key, "exists".into(), ttl);
     Ok(())
 }
 

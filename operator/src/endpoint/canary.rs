@@ -162,12 +162,25 @@ fn secs_since(t: &Time, now: &Time) -> i64 {
 /// reading (and writing) again.
 pub fn scrape_due(c: &CanaryStatus, rollout: &Rollout, now: &Time) -> bool {
     let observed = c.signals.as_ref().and_then(|s| s.observed.as_ref());
-    observed.is_none_or(|t| secs_since(t, now) >= rollout.analysis.interval_seconds)
+    observed.is_none_or(|t| secs_since(t, now) >= rollout.analysis.interval_seconds) || !read_since_ready(c)
+}
+
+/// Whether the signals were read after this step's pods were all ready: a step passes only on
+/// those (earlier ones lack the step's new pods).
+pub fn read_since_ready(c: &CanaryStatus) -> bool {
+    let observed = c.signals.as_ref().and_then(|s| s.observed.as_ref());
+    match (observed, &c.step_ready) {
+        (Some(o), Some(r)) => o.0 >= r.0,
+        _ => false,
+    }
 }
 
 /// Seconds until the next read of the signals.
 pub fn next_scrape_in(c: &CanaryStatus, rollout: &Rollout, now: &Time) -> i64 {
     let interval = rollout.analysis.interval_seconds.max(1);
+    if c.step_ready.is_some() && !read_since_ready(c) {
+        return 1;
+    }
     let observed = c.signals.as_ref().and_then(|s| s.observed.as_ref());
     observed.map_or(interval, |t| (interval - secs_since(t, now)).max(1))
 }

@@ -97,6 +97,9 @@ pub fn advance(
     now: &Time,
 ) {
     let Some(mut c) = s.canary.take() else { return };
+    // `spec.rollout.steps` may have been edited since the canary started: a step added is run,
+    // and the step being judged is judged to its end even when the new list is shorter.
+    c.steps = (ro.steps.len() as i32).max(c.step).max(1);
     let stable_ready = stable.map(|o| o.ready_replicas).unwrap_or(0);
     let ready = obs
         .deployment
@@ -135,7 +138,11 @@ pub fn advance(
     let dwell = ro.dwell_seconds.max(1);
     let dwelt = canary::dwelt(&c, now);
     let at = format!("step {}/{} ({}% of the traffic)", c.step, c.steps, c.traffic_percent);
-    if c.step_ready.is_some() && dwelt >= dwell && judgement == Judgement::Healthy {
+    if c.step_ready.is_some()
+        && dwelt >= dwell
+        && judgement == Judgement::Healthy
+        && canary::read_since_ready(&c)
+    {
         let passed = format!("{} passed {at}: {}", c.version, signals.unwrap_or_default());
         if (c.step as usize) < ro.steps.len() {
             c.step += 1;
@@ -148,6 +155,8 @@ pub fn advance(
                 Transition::normal("CanaryStep", c.message.clone())
                     .about(&format!("{} step {}", c.version, c.step)),
             );
+            // Look again soon: the new step's pods are being made, and its readiness deadline runs.
+            d.requeue_after = Some(Duration::from_secs(ro.analysis.interval_seconds.max(1) as u64));
         } else {
             c.step = c.steps + 1;
             c.message = format!("{passed}; promoting");

@@ -144,7 +144,11 @@ pub fn decide_with_canary(
     }
     let analysing = s.canary.as_ref().is_some_and(|c| c.step <= c.steps);
     if analysing && let Some(ro) = &rep.spec.rollout {
-        canary_step::advance(rep, ro, &mut s, &mut d, dep, canary, &now);
+        // The signals were read from the pods of the canary the status named when this reconcile
+        // began: a canary that replaced it in this step (a newer version) has none of its own yet.
+        let same = prev.canary.as_ref().map(|c| &c.version) == s.canary.as_ref().map(|c| &c.version);
+        let canary = CanaryObs { signals: canary.signals.clone().filter(|_| same), ..canary.clone() };
+        canary_step::advance(rep, ro, &mut s, &mut d, dep, &canary, &now);
     }
     let analysing = s.canary.as_ref().is_some_and(|c| c.step <= c.steps);
     if let Some(r) = s.rollout_version.clone().filter(|_| !analysing) {
