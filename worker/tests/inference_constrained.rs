@@ -7,18 +7,15 @@ use std::sync::OnceLock;
 
 use sapllm_engine::decoder::DecodeOptions;
 use sapllm_engine::engine::{Engine, EngineConfig};
-use sapllm_engine::grammar::GrammarLimits;
 use sapllm_engine::types::RoutingQuery;
 use sapllm_sap::catalog::{Catalog, create_payload_schema};
 use sapllm_sap::routing::EXCEPTION_ENDPOINT;
 use sapllm_worker::testkit::{sample_exception, tiny_engine};
 
 fn config() -> EngineConfig {
-    // Tight repetition bounds: a random model fills every string and array to its bound.
     EngineConfig {
         abstain_threshold: 0.0,
         decode: DecodeOptions { max_new_tokens: 1500, ..DecodeOptions::default() },
-        limits: GrammarLimits { max_array_items: 2, max_reasoning_steps: 1, max_reasoning_chars: 24 },
         ..EngineConfig::default()
     }
 }

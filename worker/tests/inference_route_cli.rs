@@ -27,8 +27,7 @@ fn route_cli_decides_every_line() {
             "--precision",
             "int8",
         ])
-        .args(["--abstain-threshold", "0.0", "--max-reasoning-steps", "1", "--max-reasoning-chars", "12"])
-        .args(["--max-array-items", "1", "--max-new-tokens", "1500"])
+        .args(["--abstain-threshold", "0.0", "--max-new-tokens", "1500"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::confidence::{ConfidenceWeights, body_certainty, combine};
 use super::decoder::{BatchTiming, DecodeOptions, OptionSpec, RowOutput, RowSpec, decode_batch};
 use super::format::{self, ExceptionAnswer, RoutingAnswer};
-use super::grammar::{GrammarCache, GrammarLimits, grounded_answer_schema, grounded_exception_schema};
+use super::grammar::{GrammarCache, grounded_answer_schema, grounded_exception_schema};
 use super::grounded::GroundedRequest;
 use super::tok_env::ModelTokEnv;
 use super::types::{
@@ -38,7 +38,6 @@ pub struct EngineConfig {
     pub weights: ConfidenceWeights,
     /// Rows decoded together at most (larger batch calls are split).
     pub max_batch: usize,
-    pub limits: GrammarLimits,
     /// How routing prompts are rendered (what the model was trained with; `load_engine` reads it
     /// from the adapter folder).
     pub prompt: super::profile::PromptProfile,
@@ -54,7 +53,6 @@ impl Default for EngineConfig {
             decode: DecodeOptions::default(),
             weights: ConfidenceWeights::default(),
             max_batch: 8,
-            limits: GrammarLimits::default(),
             prompt: super::profile::PromptProfile::default(),
             any_candidate: false,
         }

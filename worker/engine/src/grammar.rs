@@ -14,29 +14,7 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{Value, json};
 
-use super::format::{MAX_REASONING_CHARS, MAX_REASONING_STEPS};
 use sapllm_sap::exceptions::Resolution;
-
-/// Bounds the grammar puts on repetition, so that every decode terminates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GrammarLimits {
-    /// Items allowed in an array whose schema sets no `maxItems` (order items).
-    pub max_array_items: usize,
-    pub max_reasoning_steps: usize,
-    pub max_reasoning_chars: usize,
-}
-
-impl Default for GrammarLimits {
-    /// The training format's bounds ([`super::format`]): the grammar admits every answer SFT
-    /// trained on.
-    fn default() -> Self {
-        GrammarLimits {
-            max_array_items: 64,
-            max_reasoning_steps: MAX_REASONING_STEPS,
-            max_reasoning_chars: MAX_REASONING_CHARS,
-        }
-    }
-}
 
 fn compact_options() -> Value {
     json!({"whitespace_flexible": false, "item_separator": ",", "key_separator": ":", "lenient": true})

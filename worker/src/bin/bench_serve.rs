@@ -29,7 +29,6 @@ use sapllm_engine::engine::EngineConfig;
 use sapllm_engine::format::{
     MAX_REASONING_CHARS, MAX_REASONING_STEPS, RoutingAnswer, routing_answer, routing_query,
 };
-use sapllm_engine::grammar::GrammarLimits;
 use sapllm_engine::load::{load_engine, parse_precision};
 use sapllm_engine::profile::PromptProfile;
 use sapllm_engine::types::RoutingQuery;
@@ -49,7 +48,11 @@ struct Args {
     workers: usize,
     engine_only: bool,
     http_only: bool,
-    limits: GrammarLimits,
+    /// Reasoning steps a reference answer keeps (`--max-reasoning-steps`; it shapes the replayed
+    /// answers only).
+    reasoning_steps: usize,
+    /// Characters per reasoning step a reference answer keeps (`--max-reasoning-chars`).
+    reasoning_chars: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -70,17 +73,14 @@ fn parse_args() -> Result<Args> {
         workers: get("--workers").map(|s| s.parse()).transpose()?.unwrap_or(1),
         engine_only: argv.iter().any(|a| a == "--engine-only"),
         http_only: argv.iter().any(|a| a == "--http-only"),
-        limits: GrammarLimits {
-            max_reasoning_steps: get("--max-reasoning-steps")
-                .map(|s| s.parse())
-                .transpose()?
-                .unwrap_or(MAX_REASONING_STEPS),
-            max_reasoning_chars: get("--max-reasoning-chars")
-                .map(|s| s.parse())
-                .transpose()?
-                .unwrap_or(MAX_REASONING_CHARS),
-            ..GrammarLimits::default()
-        },
+        reasoning_steps: get("--max-reasoning-steps")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(MAX_REASONING_STEPS),
+        reasoning_chars: get("--max-reasoning-chars")
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(MAX_REASONING_CHARS),
     })
 }
 
@@ -150,16 +150,17 @@ struct Row {
 
 fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) -> Result<()> {
     let (queries, mut answers) = reference_examples(args.requests)?;
-    // References obey the same reasoning bounds as the grammar.
+    // References keep at most --max-reasoning-steps x --max-reasoning-chars of reasoning (by
+    // default the training format's bounds).
     for a in &mut answers {
-        a.reasoning.truncate(args.limits.max_reasoning_steps);
+        a.reasoning.truncate(args.reasoning_steps);
         for r in &mut a.reasoning {
-            *r = r.chars().take(args.limits.max_reasoning_chars).collect();
+            *r = r.chars().take(args.reasoning_chars).collect();
         }
     }
     println!(
         "(reasoning bounded to {} steps x {} chars; precision {})",
-        args.limits.max_reasoning_steps, args.limits.max_reasoning_chars, args.precision
+        args.reasoning_steps, args.reasoning_chars, args.precision
     );
     println!("\n## Library latency per decision (batch 1), {} documents\n", queries.len());
     println!(
@@ -197,7 +198,6 @@ fn engine_table(base: &std::path::Path, args: &Args, unseen: &[RoutingQuery]) ->
                     lazy_mask: row.lazy,
                     ..DecodeOptions::default()
                 },
-                limits: args.limits,
                 ..EngineConfig::default()
             };
             let precision = parse_precision(&args.precision)?;

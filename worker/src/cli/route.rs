@@ -14,7 +14,6 @@ use serde_json::Value;
 
 use sapllm_engine::decoder::DecodeOptions;
 use sapllm_engine::engine::EngineConfig;
-use sapllm_engine::grammar::GrammarLimits;
 use sapllm_engine::load::{load_engine, parse_precision};
 use sapllm_engine::request::{ExceptionRequest, RouteRequest, parse_json};
 use sapllm_sap::catalog::Catalog;
@@ -49,22 +48,13 @@ pub struct RouteArgs {
     pub limits: DecodeLimitArgs,
 }
 
-/// Bounds on an answer's length (they bound decode latency; the defaults admit every answer
-/// the training format produces).
+/// Decode settings: the answer's token budget (it bounds decode latency), prompt-lookup drafting
+/// and the candidates offered.
 #[derive(Debug, Clone, Args)]
 pub struct DecodeLimitArgs {
     /// Answer tokens at most.
     #[arg(long, default_value_t = 1024)]
     pub max_new_tokens: usize,
-    /// Reasoning steps at most.
-    #[arg(long, default_value_t = sapllm_engine::format::MAX_REASONING_STEPS)]
-    pub max_reasoning_steps: usize,
-    /// Characters per reasoning step at most.
-    #[arg(long, default_value_t = sapllm_engine::format::MAX_REASONING_CHARS)]
-    pub max_reasoning_chars: usize,
-    /// Items of an array whose schema sets no bound (order items) at most.
-    #[arg(long, default_value_t = 64)]
-    pub max_array_items: usize,
     /// Prompt-lookup draft tokens checked per forward (0 = off). They pay off where a forward
     /// costs about the same for 1 or 5 tokens (GPUs, large models); on a CPU with the tiny
     /// preset they cost 4-8 % (bench_serve), hence off by default.
@@ -75,16 +65,6 @@ pub struct DecodeLimitArgs {
     /// callers whose document types are unreliable.
     #[arg(long)]
     pub any_candidate: bool,
-}
-
-impl DecodeLimitArgs {
-    pub fn limits(&self) -> GrammarLimits {
-        GrammarLimits {
-            max_array_items: self.max_array_items.max(1),
-            max_reasoning_steps: self.max_reasoning_steps.max(1),
-            max_reasoning_chars: self.max_reasoning_chars.max(1),
-        }
-    }
 }
 
 fn is_exception(v: &Value) -> bool {
@@ -114,7 +94,6 @@ pub fn run(args: RouteArgs) -> Result<ExitCode> {
             speculate: args.limits.draft_tokens,
             ..DecodeOptions::default()
         },
-        limits: args.limits.limits(),
         any_candidate: args.limits.any_candidate,
         ..EngineConfig::default()
     };

@@ -218,7 +218,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             speculate: args.limits.draft_tokens,
             ..DecodeOptions::default()
         },
-        limits: args.limits.limits(),
         any_candidate: args.limits.any_candidate,
         ..EngineConfig::default()
     };

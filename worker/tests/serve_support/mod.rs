@@ -15,7 +15,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sapllm_engine::decoder::DecodeOptions;
 use sapllm_engine::engine::{Engine, EngineConfig};
-use sapllm_engine::grammar::GrammarLimits;
 use sapllm_engine::load::ModelInfo;
 use sapllm_serve::ServeConfig;
 use sapllm_serve::batcher::BatchConfig;
@@ -26,7 +25,6 @@ pub fn engine_config() -> EngineConfig {
     EngineConfig {
         abstain_threshold: 0.5,
         decode: DecodeOptions { max_new_tokens: 1500, ..DecodeOptions::default() },
-        limits: GrammarLimits { max_array_items: 1, max_reasoning_steps: 1, max_reasoning_chars: 12 },
         ..EngineConfig::default()
     }
 }

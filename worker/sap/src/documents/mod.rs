@@ -215,18 +215,6 @@ impl AdcDocument {
 }
 
 /// Removes `null` members recursively (extraction output omits what it did not find).
-/// Line items of an extracted document: the length of its longest top-level array of objects
-/// (`items`, `line_items`, whatever the extractor names it); `None` without one.
-pub fn line_count(adc_json: &Value) -> Option<usize> {
-    adc_json
-        .as_object()?
-        .values()
-        .filter_map(Value::as_array)
-        .filter(|a| a.iter().any(Value::is_object))
-        .map(Vec::len)
-        .max()
-}
-
 pub fn strip_nulls(v: &mut Value) {
     match v {
         Value::Object(m) => {
@@ -240,15 +228,6 @@ pub fn strip_nulls(v: &mut Value) {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn line_count_is_the_longest_array_of_objects() {
-        let v = json!({"items": [{"a": 1}, {"a": 2}, {"a": 3}], "notes": ["x", "y", "z", "w"], "tax": [{"r": 1}]});
-        assert_eq!(line_count(&v), Some(3));
-        assert_eq!(line_count(&json!({"title": "no lines", "tags": ["a"]})), None);
-        assert_eq!(line_count(&json!([1, 2])), None);
-    }
-
     use super::*;
     use serde_json::json;
 
