@@ -66,8 +66,11 @@ impl Metrics {
         )
         .unwrap();
         let promotions = IntCounter::new("promotions_total", "Model versions promoted to serving").unwrap();
-        let rollbacks =
-            IntCounter::new("rollbacks_total", "Rollouts rolled back: a canary breached a threshold or a rollout missed its deadline").unwrap();
+        let rollbacks = IntCounter::new(
+            "rollbacks_total",
+            "Rollouts rolled back: a canary breached a threshold or a rollout missed its deadline",
+        )
+        .unwrap();
         let leader = IntGauge::new("leader", "1 while this replica is the leader").unwrap();
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,

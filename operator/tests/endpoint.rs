@@ -268,6 +268,15 @@ fn a_feedback_claim_is_mounted_read_write_with_one_file_per_pod() {
     let pod = dep.spec.as_ref().unwrap().template.spec.clone().unwrap();
     let c0 = &pod.containers[0];
     let args = c0.args.clone().unwrap();
+    // Feedback reaching another replica is forwarded to the one that decided: every pod has a
+    // DNS name under the headless peers Service, which selects the pods of both tracks.
+    let peers = endpoint::build::peers_service(&r);
+    assert_fixture("rep-peers-service", &peers);
+    assert_eq!(peers.metadata.name.as_deref(), Some("sap-router-peers"));
+    let pod_ip = c0.env.iter().flatten().find(|e| e.name == "POD_IP").expect("POD_IP");
+    assert_eq!(pod_ip.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "status.podIP");
+    assert_eq!(peers.spec.as_ref().unwrap().selector, endpoint::service(&r).spec.unwrap().selector);
+    assert!(args.windows(2).any(|w| w == ["--peer-domain", "sap-router-peers.ml.svc"]), "{args:?}");
     assert!(
         args.windows(2).any(|w| w == ["--feedback-dir", "/var/lib/sapllm-feedback/prod/feedback"]),
         "{args:?}"

@@ -312,3 +312,28 @@ async fn shutdown_keeps_every_accepted_feedback() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A routing decision asked for through the OpenAI-compatible chat endpoint carries its
+/// `decision_id` in the assistant's JSON content, and feedback for it is recorded like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_routing_decision_takes_feedback_too() {
+    let dir = temp_dir("chat");
+    let server = feedback_server(&dir, 100).await;
+    let addr = server.addr;
+    let doc = route_body(3);
+    let chat = json!({"model": "sapllm", "messages": [{"role": "user", "content": doc}]}).to_string();
+    let r = post_json(addr, "/v1/chat/completions", &[], &chat).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let content: Value =
+        serde_json::from_str(r.json()["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let id = content["decision_id"].as_str().expect("decision_id in the content").to_string();
+    assert!(content["endpoint"].is_string(), "{content}");
+    let body = json!({"decision_id": id, "outcome": "posted", "document_number": "4500000999"});
+    let r = feedback(addr, &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let written = lines(&dir);
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(written[0]["document_id"], id.as_str());
+    server.shutdown().await.expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}

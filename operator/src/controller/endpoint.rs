@@ -113,6 +113,9 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
                 if rep.spec.rollout.is_some() {
                     apply_changed(&ctx, &build::canary_service(&rep)).await?;
                 }
+                if rep.spec.feedback.is_some() {
+                    apply_changed(&ctx, &build::peers_service(&rep)).await?;
+                }
                 if let Some((c, replicas)) = &d.canary {
                     let canary = build::canary_deployment(&rep, c, &claim, &ctx.config, *replicas);
                     if canary_dep.as_ref().is_none_or(|live| !build::matches_applied(live, &canary)) {

@@ -39,6 +39,17 @@ pub fn child(rep: &RoutingEndpoint) -> String {
     child_name(&rep.name_any(), "")
 }
 
+/// Name of the headless Service under which each serving pod has a DNS name (feedback reaches
+/// the replica that made the decision through it).
+pub fn peers_child(rep: &RoutingEndpoint) -> String {
+    child_name(&rep.name_any(), "peers")
+}
+
+/// The DNS domain of the serving pods under [`peers_service`]: `<dashed pod IP>.<domain>`.
+pub fn peer_domain(rep: &RoutingEndpoint) -> String {
+    format!("{}.{}.svc", peers_child(rep), rep.namespace().unwrap_or_default())
+}
+
 /// Name of the canary's Deployment and Service.
 pub fn canary_child(rep: &RoutingEndpoint) -> String {
     child_name(&rep.name_any(), TRACK_CANARY)
@@ -253,6 +264,10 @@ fn serving(
         }
         (Track::Stable, None) => {}
     }
+    if s.feedback.is_some() {
+        // Feedback may reach any replica; it is forwarded to the one that made the decision.
+        args.extend(["--peer-domain".into(), peer_domain(rep)]);
+    }
     let probe = |path: &str, period: i32, failures: i32| json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2 });
     let mut container = json!({
         "name": WORKER_CONTAINER,
@@ -277,11 +292,14 @@ fn serving(
     if !s.worker.env.contains_key(DECODE_THREADS_ENV) {
         env.push(json!({ "name": DECODE_THREADS_ENV, "value": "1" }));
     }
-    // Each replica appends feedback to its own file, named by the pod.
-    if s.feedback.is_some() && !s.worker.env.contains_key("POD_NAME") {
-        env.push(
-            json!({ "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }),
-        );
+    // Each replica appends feedback to its own file, named by the pod, and is known to the
+    // others by its address under the peers Service (`--peer-domain`).
+    if s.feedback.is_some() {
+        for (name, field) in [("POD_NAME", "metadata.name"), ("POD_IP", "status.podIP")] {
+            if !s.worker.env.contains_key(name) {
+                env.push(json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": field } } }));
+            }
+        }
     }
     container["env"] = json!(env);
     let pod_spec = pod::pod_spec(&s.worker, cfg, container, volumes);
@@ -321,6 +339,26 @@ fn serving(
         spec.replicas = Some(n.max(1));
     }
     d
+}
+
+/// The headless Service of every serving pod (both tracks), ready or not (a draining pod still
+/// takes feedback for its decisions). Cluster DNS names each of its addresses
+/// `<address with dashes>.<name>-peers.<namespace>.svc` (Deployment pods have no hostname of
+/// their own); a replica forwards feedback there, and only the endpoint's own pods resolve.
+pub fn peers_service(rep: &RoutingEndpoint) -> Service {
+    let mut meta = metadata(rep);
+    meta["name"] = json!(peers_child(rep));
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": selector(rep),
+            "ports": [{ "name": "http", "port": rep.spec.port, "targetPort": "http", "protocol": "TCP" }],
+        },
+    }))
 }
 
 /// The canary's own Service: the current version's pods mirror requests to it.

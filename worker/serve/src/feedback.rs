@@ -5,6 +5,8 @@
 //!
 //! - [`DecisionStore`]: the last `capacity` decisions with their documents, within a byte budget
 //!   (bounded memory; the oldest is forgotten first). Feedback for an id it no longer holds is a 404.
+//!   The store is this replica's: with `--peer-domain`, ids name the replica that made them and
+//!   feedback for another replica's decision is forwarded there ([`super::peers`]).
 //! - [`FeedbackLog`]: a bounded queue to one writer thread that appends the lines to
 //!   `<dir>/feedback-<replica>.jsonl` (one file per replica, so replicas sharing a volume never
 //!   write the same file), and flushes and fsyncs each batch before the requests are answered:
@@ -20,13 +22,15 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::body::JsonBody;
+use super::body::JsonBytes;
 use super::error::ApiError;
+use super::peers::{PeerConfig, Peers};
 use super::state::SharedState;
 use sapllm_engine::request::FieldError;
 use sapllm_sap::catalog::{Catalog, EXCEPTION_ENDPOINT};
@@ -46,8 +50,11 @@ pub struct FeedbackConfig {
     pub max_bytes: usize,
     /// Feedback lines waiting for the writer at most; beyond, 503 + Retry-After.
     pub max_queue: usize,
-    /// This replica's name in the file name (`POD_NAME`, else `HOSTNAME`, else `local`).
+    /// This replica's name in the file name (`POD_NAME`, else `HOSTNAME`, else `local`); with
+    /// peers, their name for this replica instead.
     pub replica: String,
+    /// Feedback for other replicas' decisions forwarded to them (`--peer-domain`).
+    pub peers: Option<PeerConfig>,
 }
 
 impl FeedbackConfig {
@@ -58,12 +65,16 @@ impl FeedbackConfig {
             max_bytes: 256 << 20,
             max_queue: 1024,
             replica: replica_name(),
+            peers: None,
         }
     }
 
-    /// `<dir>/feedback-<replica>.jsonl`.
+    /// `<dir>/feedback-<replica>.jsonl`, the replica being the peer name when peers are enabled
+    /// (the name in the decision ids: the file of a decision's feedback is the one named after
+    /// the replica part of its id).
     pub fn file(&self) -> PathBuf {
-        self.dir.join(format!("feedback-{}.jsonl", self.replica))
+        let replica = self.peers.as_ref().map_or(&self.replica, |p| &p.name);
+        self.dir.join(format!("feedback-{replica}.jsonl"))
     }
 }
 
@@ -534,11 +545,13 @@ fn serde_path_to_json<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, (S
     sapllm_engine::request::parse_json::<T>(text.as_bytes()).map_err(|e| (e.field, e.message))
 }
 
-/// `POST /v1/feedback`: 200 once the line is on disk.
+/// `POST /v1/feedback`: 200 once the line is on disk. With peers, feedback for another
+/// replica's decision is that replica's answer ([`super::peers`]).
 pub async fn feedback(
     State(state): State<SharedState>,
-    JsonBody(req): JsonBody<FeedbackRequest>,
-) -> Result<Json<Value>, ApiError> {
+    headers: HeaderMap,
+    JsonBytes(req, body): JsonBytes<FeedbackRequest>,
+) -> Result<Response, ApiError> {
     let Some(fb) = &state.feedback else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -548,6 +561,12 @@ pub async fn feedback(
         ));
     };
     let id = decision_id(&req).map_err(ApiError::invalid)?;
+    if let Some(peers) = &fb.peers
+        && let Some(replica) = peers.owner(id, &headers)
+    {
+        // The replica that made it checks the rest.
+        return Ok(peers.forward(id, replica, body, headers.get(header::AUTHORIZATION)).await);
+    }
     let outcome = outcome(&req).map_err(ApiError::invalid)?;
     let Some(d) = fb.store.get(id) else {
         return Err(ApiError::new(
@@ -585,18 +604,29 @@ pub async fn feedback(
         Err(_) => return Err(ApiError::unavailable("the feedback writer stopped")),
     }
     state.metrics.feedback.with_label_values(&[outcome.as_str()]).inc();
-    Ok(Json(json!({"decision_id": id, "outcome": outcome.as_str(), "status": "recorded"})))
+    Ok(Json(json!({"decision_id": id, "outcome": outcome.as_str(), "status": "recorded"})).into_response())
 }
 
 /// The feedback side of the shared state.
 pub struct Feedback {
     pub store: DecisionStore,
     pub log: FeedbackLog,
+    /// Forwarding to the other replicas (`--peer-domain`).
+    pub peers: Option<Peers>,
 }
 
 impl Feedback {
-    pub fn open(cfg: &FeedbackConfig) -> Result<Feedback> {
-        Ok(Feedback { store: DecisionStore::new(cfg.capacity, cfg.max_bytes), log: FeedbackLog::open(cfg)? })
+    pub fn open(cfg: &FeedbackConfig, peers: Option<Peers>) -> Result<Feedback> {
+        Ok(Feedback {
+            store: DecisionStore::new(cfg.capacity, cfg.max_bytes),
+            log: FeedbackLog::open(cfg)?,
+            peers,
+        })
+    }
+
+    /// A new decision id: `<uuid>.<replica>` with peers, else a uuid.
+    pub fn new_decision_id(&self) -> String {
+        self.peers.as_ref().map_or_else(new_decision_id, Peers::decision_id)
     }
 }
 

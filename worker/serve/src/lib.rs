@@ -8,7 +8,9 @@
 //! - [`metrics`]: Prometheus; [`state`]: readiness (loading -> ready after a warm-up decision,
 //!   draining on shutdown);
 //! - [`mirror`]: a sample of routing requests sent to a canary and its decisions compared
-//!   (`--mirror-to`).
+//!   (`--mirror-to`);
+//! - [`peers`]: feedback forwarded to the replica that made the decision (`--peer-domain`);
+//!   [`upstream`]: the HTTP client both use.
 //!
 //! [`start`] binds, spawns the model thread (which loads the model, makes one warm-up decision
 //! and only then reports ready) and serves until [`Server::shutdown`]: readiness turns 503,
@@ -23,8 +25,10 @@ pub mod metrics;
 pub mod middleware;
 pub mod mirror;
 pub mod openai;
+pub mod peers;
 pub mod routes;
 pub mod state;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -138,9 +142,25 @@ pub async fn start<B: Backend + 'static>(cfg: ServeConfig, loader: Loader<B>) ->
     let (queue, rx) = batcher::queue(&cfg.batch, metrics.clone());
     let (phase_tx, phase_rx) = watch::channel(Phase::Loading);
     let draining = Arc::new(AtomicBool::new(false));
-    let feedback = cfg.feedback.as_ref().map(feedback::Feedback::open).transpose()?.map(Arc::new);
+    // Bound first: forwarded feedback goes to the replicas' port, this one's.
+    let listener =
+        tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
+    let addr = listener.local_addr()?;
+    let feedback = match &cfg.feedback {
+        Some(f) => {
+            let peers = f
+                .peers
+                .as_ref()
+                .map(|p| peers::Peers::new(p, addr.port(), cfg.request_timeout, metrics.clone()));
+            Some(Arc::new(feedback::Feedback::open(f, peers)?))
+        }
+        None => None,
+    };
     if let Some(f) = &feedback {
         tracing::info!(file = %f.log.path().display(), capacity = f.store.capacity(), "feedback enabled");
+        if let Some(p) = &f.peers {
+            tracing::info!(replica = p.name(), "feedback for other replicas' decisions is forwarded to them");
+        }
     }
     if let Some(v) = &cfg.model_version
         && axum::http::HeaderValue::from_str(v).is_err()
@@ -207,9 +227,6 @@ pub async fn start<B: Backend + 'static>(cfg: ServeConfig, loader: Loader<B>) ->
             }
         }
     })?;
-    let listener =
-        tokio::net::TcpListener::bind(cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
-    let addr = listener.local_addr()?;
     let app = router(state, cfg.max_body_bytes);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let drain_flag = draining.clone();

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub confidence: HistogramVec,
     pub ready: IntGauge,
     pub feedback: IntCounterVec,
+    /// `sapllm_feedback_forwarded_total{result}`: feedback forwarded to the replica that made
+    /// the decision (`--peer-domain`), by result: `ok` (it answered, whatever its status),
+    /// `unreachable`, `timeout`, `error`. The series exist (at 0) when peers are enabled.
+    pub feedback_forwarded: IntCounterVec,
     /// `sapllm_mirror_comparisons_total{version,outcome}`: mirrored decisions compared, by the
     /// other side's `x-sapllm-model-version` (`""` when it sends none) and outcome (`agreed`,
     /// `endpoint_differs`, `values_differ`).
@@ -80,6 +84,13 @@ impl Metrics {
             Opts::new("sapllm_feedback_total", "Feedback written to the transaction log, by outcome"),
             &["outcome"],
         )?;
+        let feedback_forwarded = IntCounterVec::new(
+            Opts::new(
+                "sapllm_feedback_forwarded_total",
+                "Feedback forwarded to the replica that made the decision, by result",
+            ),
+            &["result"],
+        )?;
         let mirror_comparisons = IntCounterVec::new(
             Opts::new(
                 "sapllm_mirror_comparisons_total",
@@ -110,6 +121,7 @@ impl Metrics {
             Box::new(confidence.clone()),
             Box::new(ready.clone()),
             Box::new(feedback.clone()),
+            Box::new(feedback_forwarded.clone()),
             Box::new(mirror_comparisons.clone()),
             Box::new(mirror_abstentions.clone()),
             Box::new(mirror_failures.clone()),
@@ -142,6 +154,7 @@ impl Metrics {
             confidence,
             ready,
             feedback,
+            feedback_forwarded,
             mirror_comparisons,
             mirror_abstentions,
             mirror_failures,

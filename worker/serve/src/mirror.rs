@@ -20,14 +20,12 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 
 use super::metrics::Metrics;
+use super::upstream::{self, Client};
 use sapllm_engine::types::RoutingDecision;
 
 /// Marks a request as a mirror (value `1`): answered normally, but not mirrored again and its
@@ -241,6 +239,18 @@ enum Failure {
     Invalid(String),
 }
 
+impl From<upstream::Error> for Failure {
+    fn from(e: upstream::Error) -> Self {
+        match e {
+            upstream::Error::Unreachable(_) | upstream::Error::Broken(_) => {
+                Failure::Unreachable(e.to_string())
+            }
+            upstream::Error::Timeout => Failure::Timeout,
+            upstream::Error::TooLarge(_) => Failure::Invalid(e.to_string()),
+        }
+    }
+}
+
 impl Failure {
     fn reason(&self) -> &'static str {
         match self {
@@ -260,7 +270,7 @@ pub struct Mirror {
     fraction: f64,
     timeout: Duration,
     auth: Option<HeaderValue>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     closed: watch::Sender<bool>,
@@ -274,13 +284,7 @@ impl Mirror {
             .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
             .transpose()
             .map_err(|_| anyhow!("the auth token is not a valid header value"))?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(cfg.concurrency)
-            .build(connector);
+        let client = upstream::client(cfg.timeout, cfg.concurrency);
         for reason in FAILURE_REASONS {
             metrics.mirror_failures.with_label_values(&[reason]);
         }
@@ -342,10 +346,7 @@ impl Mirror {
         let req =
             req.body(Full::new(body)).map_err(|e| Failure::Invalid(format!("building the request: {e}")))?;
         let work = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                let kind = if e.is_connect() { "connect" } else { "request" };
-                Failure::Unreachable(format!("{kind}: {e}"))
-            })?;
+            let resp = upstream::request(&self.client, req).await.map_err(Failure::from)?;
             let status = resp.status();
             if status != StatusCode::OK {
                 return Err(Failure::Status(status));
@@ -355,18 +356,12 @@ impl Mirror {
                 .get(MODEL_VERSION_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map_or_else(String::new, |v| v.trim().chars().take(MAX_VERSION_CHARS).collect());
-            let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await.map_err(|e| {
-                if e.is::<LengthLimitError>() {
-                    Failure::Invalid(format!("answer larger than {MAX_ANSWER_BYTES} bytes"))
-                } else {
-                    Failure::Unreachable(format!("reading the answer: {e}"))
-                }
-            })?;
-            let answer = serde_json::from_slice(&bytes.to_bytes())
+            let bytes = upstream::read_body(resp, MAX_ANSWER_BYTES).await.map_err(Failure::from)?;
+            let answer = serde_json::from_slice(&bytes)
                 .map_err(|e| Failure::Invalid(format!("answer is not JSON: {e}")))?;
             Ok((version, answer))
         };
-        tokio::time::timeout(self.timeout, work).await.unwrap_or(Err(Failure::Timeout))
+        upstream::within(self.timeout, work).await
     }
 
     /// Counts a mirror's comparisons, or its failure.

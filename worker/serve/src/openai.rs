@@ -363,6 +363,7 @@ pub async fn chat_completions(
     if let Some(r) = as_route {
         let field = format!("messages[{}].content.", req.messages.len() - 1);
         let q = r.into_query(&state.catalog, &field).map_err(ApiError::invalid)?;
+        let doc = super::routes::document_of(&state, &q, false);
         let answers =
             submit(&state, |deadline, reply| Job::Route { queries: vec![q], deadline, reply }).await?;
         let d = match answers
@@ -376,8 +377,10 @@ pub async fn chat_completions(
             Some(Err(e)) => return Err(ApiError::internal(e)),
             None => return Err(ApiError::internal("no decision")),
         };
-        let content = serde_json::to_string(&d).map_err(|e| ApiError::internal(e.to_string()))?;
         let stats = d.stats;
+        // Like /v1/route: the decision carries the id feedback refers to.
+        let d = super::routes::decided(&state, doc, d);
+        let content = serde_json::to_string(&d).map_err(|e| ApiError::internal(e.to_string()))?;
         if req.stream {
             // The decision is made whole (see the module's doc): one content delta.
             return Ok(sse_whole(chunks, &content, stats.prompt_tokens, stats.response_tokens, "stop"));

@@ -100,8 +100,12 @@ pub struct Decided {
 }
 
 /// Gives a decision its id and, when feedback is enabled, keeps it with its document.
-fn decided(state: &SharedState, doc: Option<(String, Value)>, decision: RoutingDecision) -> Decided {
-    let decision_id = new_decision_id();
+pub(crate) fn decided(
+    state: &SharedState,
+    doc: Option<(String, Value)>,
+    decision: RoutingDecision,
+) -> Decided {
+    let decision_id = state.feedback.as_ref().map_or_else(new_decision_id, |f| f.new_decision_id());
     if let (Some(fb), Some((doc_type, adc_json))) = (&state.feedback, doc) {
         fb.store.insert(
             decision_id.clone(),
@@ -118,7 +122,7 @@ fn decided(state: &SharedState, doc: Option<(String, Value)>, decision: RoutingD
 
 /// The document of a query, kept only when feedback is enabled and the request is not a mirror
 /// (whose decision id no client ever sees).
-fn document_of(state: &SharedState, q: &RoutingQuery, mirrored: bool) -> Option<(String, Value)> {
+pub(crate) fn document_of(state: &SharedState, q: &RoutingQuery, mirrored: bool) -> Option<(String, Value)> {
     state.feedback.as_ref().filter(|_| !mirrored).map(|_| (q.doc_type.clone(), q.adc_json.clone()))
 }
 

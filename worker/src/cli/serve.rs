@@ -3,14 +3,15 @@
 //! that fails to load ends the process with an error (the pod restarts). With `--feedback-dir`,
 //! the queued feedback lines are written before the process exits. With `--mirror-to`, a sample
 //! of routing requests is also sent to another server (a canary) and the decisions compared in
-//! `/metrics`.
+//! `/metrics`. With `--peer-domain`, feedback for a decision another replica made is forwarded
+//! to it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use candle_core::DeviceLocation;
 use clap::Args;
 
@@ -23,6 +24,7 @@ use sapllm_sap::catalog::Catalog;
 use sapllm_serve::batcher::BatchConfig;
 use sapllm_serve::feedback::FeedbackConfig;
 use sapllm_serve::mirror::{DEFAULT_CONCURRENCY, DEFAULT_FRACTION, MirrorConfig};
+use sapllm_serve::peers::{PeerConfig, parse_domain, parse_name};
 use sapllm_serve::state::Phase;
 use sapllm_serve::{ServeConfig, start};
 
@@ -93,7 +95,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "sapllm")]
     pub model_name: String,
     /// Enables `POST /v1/feedback`: each feedback is appended, with its decision and document,
-    /// as a transaction-log line (data-prep's format) to `<dir>/feedback-<POD_NAME>.jsonl`.
+    /// as a transaction-log line (data-prep's format) to `<dir>/feedback-<POD_NAME>.jsonl`
+    /// (`<--peer-name>` with --peer-domain).
     #[arg(long)]
     pub feedback_dir: Option<PathBuf>,
     /// Recent decisions kept for joining feedback (the oldest is forgotten first; feedback for
@@ -126,8 +129,50 @@ pub struct ServeArgs {
     /// Time a mirror may take in all (default: --request-timeout-ms).
     #[arg(long)]
     pub mirror_timeout_ms: Option<u64>,
+    /// Forward feedback for another replica's decision to that replica: the DNS domain under
+    /// which each replica's name resolves, e.g. NAME-peers.NAMESPACE.svc for a headless Service
+    /// selecting the replicas; no scheme, port or path (replicas are called on --port). Decision
+    /// ids then end in `.<--peer-name>`. Takes effect with --feedback-dir only.
+    #[arg(long)]
+    pub peer_domain: Option<String>,
+    /// This replica's name under --peer-domain, a DNS label (lowercase letters, digits, '-';
+    /// at most 63). Default: --peer-ip with dashes, else the HOSTNAME environment variable.
+    #[arg(long)]
+    pub peer_name: Option<String>,
+    /// This replica's IP address (the downward API's status.podIP): its name under
+    /// --peer-domain is the address with dashes (10-244-1-7), the name cluster DNS gives each
+    /// address of a headless Service whose pods have no hostname of their own (Deployment pods).
+    #[arg(long, env = "POD_IP")]
+    pub peer_ip: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub limits: DecodeLimitArgs,
+}
+
+/// The peer settings of the flags (`None` without `--peer-domain`), validated; `hostname` is the
+/// `HOSTNAME` environment variable, the name when `--peer-name` is not given.
+pub fn peer_config(args: &ServeArgs, hostname: Option<String>) -> Result<Option<PeerConfig>> {
+    let Some(domain) = &args.peer_domain else {
+        return Ok(None);
+    };
+    let domain = parse_domain(domain)?;
+    let name = match (&args.peer_name, args.peer_ip) {
+        (Some(n), _) => parse_name(n)?,
+        (None, Some(ip)) => {
+            let dashed = ip.to_string().replace(['.', ':'], "-");
+            parse_name(&dashed)
+                .map_err(|e| anyhow!("{e} (the address of --peer-ip/POD_IP {ip} with dashes)"))?
+        }
+        (None, None) => match hostname.filter(|h| !h.trim().is_empty()) {
+            Some(h) => parse_name(&h).map_err(|e| {
+                anyhow!("{e} (taken from the HOSTNAME environment variable, as --peer-name is not given)")
+            })?,
+            None => bail!(
+                "--peer-domain needs this replica's name: give --peer-name, or set the HOSTNAME \
+                 environment variable (its default)"
+            ),
+        },
+    };
+    Ok(Some(PeerConfig { domain, name, resolve: Default::default() }))
 }
 
 /// The mirroring settings of the flags (`None` without `--mirror-to`), validated.
@@ -180,6 +225,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         bail!("--feedback-capacity, --feedback-memory-mib and --feedback-queue must be at least 1");
     }
     let mirror = mirror_config(&args)?;
+    let peers = peer_config(&args, std::env::var("HOSTNAME").ok())?;
+    if args.feedback_dir.is_none() && (peers.is_some() || args.peer_name.is_some()) {
+        tracing::warn!("--peer-domain and --peer-name have no effect without --feedback-dir");
+    } else if peers.is_none() && args.peer_name.is_some() {
+        tracing::warn!("--peer-name has no effect without --peer-domain");
+    }
     if let Some(v) = &args.model_version
         && (v.trim().is_empty() || !v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
     {
@@ -208,6 +259,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         capacity: args.feedback_capacity,
         max_bytes: args.feedback_memory_mib.saturating_mul(1 << 20),
         max_queue: args.feedback_queue,
+        peers: peers.clone(),
         ..FeedbackConfig::new(dir.clone())
     });
     let engine_cfg = EngineConfig {
@@ -279,6 +331,41 @@ mod tests {
         };
         assert_eq!(parse(&[]), None, "unset: the device decides");
         assert_eq!(parse(&["--max-batch", "4"]), Some(4));
+    }
+
+    #[test]
+    fn peer_flags_are_validated_naming_the_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let peers = |extra: &[&str], hostname: Option<&str>| {
+            let args = ["serve", "--base-model", "m"].iter().chain(extra);
+            peer_config(&Cli::try_parse_from(args).unwrap().serve, hostname.map(str::to_string))
+        };
+        assert_eq!(peers(&[], Some("pod-0")).unwrap(), None, "off without --peer-domain");
+        let on = peers(&["--peer-domain", "ep-peers.ns.svc"], Some("ep-5f7c9-x2k4f")).unwrap().expect("on");
+        assert_eq!((on.domain.as_str(), on.name.as_str()), ("ep-peers.ns.svc", "ep-5f7c9-x2k4f"));
+        assert!(on.resolve.is_empty());
+        let on = peers(&["--peer-domain", "d.svc", "--peer-name", "b-1"], Some("ignored")).unwrap().unwrap();
+        assert_eq!(on.name, "b-1", "--peer-name wins over HOSTNAME");
+        let on =
+            peers(&["--peer-domain", "d.svc", "--peer-ip", "10.244.1.7"], Some("pod-0")).unwrap().unwrap();
+        assert_eq!(on.name, "10-244-1-7", "the pod's address, dashed, as cluster DNS names it");
+        let on = peers(&["--peer-domain", "d.svc", "--peer-ip", "10.0.0.1", "--peer-name", "n"], None);
+        assert_eq!(on.unwrap().unwrap().name, "n", "--peer-name wins over --peer-ip");
+        let err = |extra: &[&str], hostname: Option<&str>| peers(extra, hostname).unwrap_err().to_string();
+        for bad in ["", "http://d.svc", "d.svc:8080", "d.svc/x"] {
+            assert!(err(&["--peer-domain", bad], Some("p")).contains("--peer-domain"), "{bad}");
+        }
+        let e = err(&["--peer-domain", "d.svc", "--peer-name", "Pod_0"], Some("p"));
+        assert!(e.contains("--peer-name") && !e.contains("HOSTNAME environment"), "{e}");
+        let e = err(&["--peer-domain", "d.svc"], Some("Pod.0"));
+        assert!(e.contains("--peer-name") && e.contains("taken from the HOSTNAME"), "{e}");
+        let e = err(&["--peer-domain", "d.svc"], None);
+        assert!(e.contains("--peer-name") && e.contains("HOSTNAME"), "{e}");
     }
 
     #[test]
