@@ -103,6 +103,7 @@ fn stage_inputs(spec: &TrainingRunSpec, stage: StageName) -> Value {
             "settings": value(&spec.stages.data_prep, CONTROL),
         }),
         StageName::Pretrain => value(&spec.stages.pretrain, CONTROL),
+        // `adapterLayout` is not serialized at its default: existing runs keep their digests.
         StageName::Sft => value(&spec.stages.sft, CONTROL),
         StageName::Ppo => value(&spec.stages.ppo, CONTROL),
         StageName::Evaluation => value(&spec.stages.evaluation, CONTROL),
@@ -142,6 +143,34 @@ stages:
         let digests = stage_digests(&spec);
         let got: Vec<(&str, &str)> = digests.iter().map(|(s, d)| (s.as_str(), &d[..19])).collect();
         assert_eq!(got, PINNED);
+    }
+
+    /// The saved adapter's layout: unset or `per-expert` keeps the pinned digests; `fused`
+    /// re-runs SFT and everything after it (PPO saves its adapter in that layout too, and
+    /// evaluation scores the new adapter), and nothing before.
+    #[test]
+    fn adapter_layout_changes_the_digests_from_sft_on_only_when_fused() {
+        let digests = |layout: &str| {
+            let spec: TrainingRunSpec = serde_yaml::from_str(&format!(
+                r#"
+baseModel: {{preset: tiny}}
+storage: {{claimName: artifacts}}
+stages:
+  sft: {{maxSteps: 15, lora: {{r: 8, alpha: 16}}{layout}}}
+  ppo: {{enabled: true}}
+"#
+            ))
+            .unwrap();
+            stage_digests(&spec)
+        };
+        let unset = digests("");
+        let short: Vec<(&str, &str)> = unset.iter().map(|(s, d)| (s.as_str(), &d[..19])).collect();
+        assert_eq!(short, PINNED);
+        assert_eq!(digests(", adapterLayout: per-expert"), unset, "the default written down");
+        let fused = digests(", adapterLayout: fused");
+        let changed: Vec<&str> =
+            unset.iter().zip(&fused).filter(|(a, b)| a.1 != b.1).map(|(a, _)| a.0.as_str()).collect();
+        assert_eq!(changed, ["sft", "ppo", "evaluation"]);
     }
 
     const PINNED: &[(&str, &str)] = &[

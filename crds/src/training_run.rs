@@ -404,6 +404,16 @@ pub struct SftStage {
     /// render prompts the same way (the setting is saved with the adapter).
     #[serde(default = "default_true")]
     pub candidate_schemas: bool,
+    /// Layout of the adapters the run saves, SFT's and PPO's (PPO continues with the SFT
+    /// stage's settings): `per-expert` (the default: one module per expert, as Hub adapters,
+    /// transformers 4 and PEFT < 0.18 have them) or `fused`, the fused-expert layout
+    /// (`target_parameters` on `mlp.experts.gate_up_proj`) that transformers 5 with PEFT >= 0.18
+    /// loads; choose it when the adapter is used there. sapllm itself (PPO, evaluation, serving)
+    /// loads both; checkpoints stay per-expert.
+    // Not serialized at its default, so runs that leave it out (or write the default) keep their
+    // settings digests; `fused` changes those of SFT and every stage after it.
+    #[serde(default, skip_serializing_if = "AdapterLayout::is_per_expert")]
+    pub adapter_layout: AdapterLayout,
     /// Save a resumable checkpoint every this many optimizer steps.
     #[serde(default = "default_checkpoint_interval")]
     #[schemars(range(min = 1))]
@@ -457,9 +467,38 @@ impl Default for SftStage {
             quantization: QuantizationSettings::default(),
             gradient_checkpointing: true,
             candidate_schemas: true,
+            adapter_layout: AdapterLayout::PerExpert,
             checkpoint_interval: default_checkpoint_interval(),
             control: StageControl::default(),
         }
+    }
+}
+
+/// How a saved LoRA adapter lays out the expert weights (the worker's `--adapter-layout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdapterLayout {
+    /// One adapter per expert matrix (`block_sparse_moe.experts.N.w1`): Hub adapters,
+    /// transformers 4, PEFT < 0.18.
+    #[default]
+    PerExpert,
+    /// transformers 5 + PEFT >= 0.18: each layer's experts fused into `mlp.experts.gate_up_proj`
+    /// and `down_proj`, adapted through `target_parameters`.
+    Fused,
+}
+
+impl AdapterLayout {
+    /// The layout's name as the worker's `--adapter-layout` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterLayout::PerExpert => "per-expert",
+            AdapterLayout::Fused => "fused",
+        }
+    }
+
+    /// Whether this is the default layout (which the spec does not serialize).
+    pub fn is_per_expert(&self) -> bool {
+        *self == AdapterLayout::PerExpert
     }
 }
 

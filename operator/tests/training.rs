@@ -193,6 +193,43 @@ fn manifest_is_the_whole_run_and_the_claim_is_created_unowned() {
     assert!(training::storage_claim(&input("tr-mixtral"), &OperatorConfig::default()).is_none());
 }
 
+/// `spec.stages.sft.adapterLayout: fused` reaches the sft and ppo Jobs through the manifest they
+/// read (`stage sft|ppo -f /etc/sapllm/trainingrun.yaml`, the worker's `--adapter-layout` from
+/// the spec), re-runs SFT and what follows, and leaves the Job arguments as they are.
+#[test]
+fn the_adapter_layout_reaches_the_sft_and_ppo_jobs_through_the_manifest() {
+    use sapllm_crds::training_run::AdapterLayout;
+    let base = tiny();
+    let cm = training::manifest_config_map(&base).unwrap();
+    assert!(!cm.data.as_ref().unwrap()["trainingrun.yaml"].contains("adapterLayout"), "unset: not written");
+    let mut run = tiny();
+    run.spec.stages.sft.adapter_layout = AdapterLayout::Fused;
+    let cm = training::manifest_config_map(&run).unwrap();
+    let yaml = &cm.data.as_ref().unwrap()["trainingrun.yaml"];
+    assert!(yaml.contains("adapterLayout: fused"), "{yaml}");
+    let back: TrainingRun = serde_yaml::from_str(yaml).unwrap();
+    assert_eq!(back.spec.stages.sft.adapter_layout, AdapterLayout::Fused);
+
+    let (before, after) = (training::plan(&base), training::plan(&run));
+    let changed: Vec<StageName> =
+        before.iter().zip(&after).filter(|(a, b)| a.digest != b.digest).map(|(a, _)| a.name).collect();
+    assert_eq!(changed, vec![StageName::Sft, StageName::Ppo, StageName::Evaluation]);
+    let cfg = OperatorConfig::default();
+    for s in [StageName::Sft, StageName::Ppo] {
+        let args = |run: &TrainingRun, plan: &[PlannedStage]| {
+            let job = training::stage_job(run, stage(plan, s), &cfg);
+            job.spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap()
+        };
+        let fused = args(&run, &after);
+        assert_eq!(fused, args(&base, &before), "{s:?}: the manifest carries the layout");
+        assert_eq!(fused[..3], ["stage", s.as_str(), "-f"]);
+        assert_eq!(fused[3], "/etc/sapllm/trainingrun.yaml");
+    }
+    let mut explicit = tiny();
+    explicit.spec.stages.sft.adapter_layout = AdapterLayout::PerExpert;
+    assert_eq!(training::plan(&explicit), before, "the default written down re-runs nothing");
+}
+
 #[test]
 fn invalid_specs_name_the_field() {
     let mut run = tiny();

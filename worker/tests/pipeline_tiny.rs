@@ -263,8 +263,9 @@ fn evaluate_of_explicit_artifacts_reports_the_model_version() {
     assert_eq!(metrics["model_version"], version, "the report and the termination message agree");
 }
 
-/// `--adapter-layout fused`: SFT's final adapter in transformers 5 / PEFT's fused-expert layout
-/// (`target_parameters`) is, as a model, the per-expert checkpoint of the same step.
+/// `spec.stages.sft.adapterLayout: fused` (the manifest's `--adapter-layout fused`): SFT's final
+/// adapter in transformers 5 / PEFT's fused-expert layout (`target_parameters`) is, as a model,
+/// the per-expert checkpoint of the same step.
 #[test]
 fn sft_writes_the_fused_adapter_layout_when_asked() {
     use candle_core::{DType, Tensor};
@@ -273,12 +274,15 @@ fn sft_writes_the_fused_adapter_layout_when_asked() {
     use sapllm_model::peft::{AdapterLayout, load_adapter};
 
     let f = fixture();
-    let ctx = RunContext::from_manifest(&f.manifest, Some(f.run_dir.clone()), ProgressMode::Quiet).unwrap();
+    let mut ctx =
+        RunContext::from_manifest(&f.manifest, Some(f.run_dir.clone()), ProgressMode::Quiet).unwrap();
+    assert_eq!(sft_config(&ctx).adapter_layout, AdapterLayout::PerExpert, "the default");
+    ctx.run.spec.stages.sft.adapter_layout = sapllm_crds::AdapterLayout::Fused;
     let scratch = tempfile::tempdir().unwrap();
     let mut cfg = sft_config(&ctx);
+    assert_eq!(cfg.adapter_layout, AdapterLayout::Fused, "from the manifest");
     cfg.out_dir = scratch.path().join("fused");
     cfg.max_steps = Some(2);
-    cfg.adapter_layout = AdapterLayout::Fused;
     assert!(sft::run(&cfg).unwrap().completed);
     let adapter = cfg.out_dir.join("adapter");
     let c = read_json(&adapter.join("adapter_config.json"));

@@ -105,10 +105,11 @@ pub struct PpoArgs {
     #[arg(long)]
     pub stop_after: Option<u64>,
     /// Layout of the saved adapter: per-expert (Hub/transformers 4 names) or fused
-    /// (transformers 5 + PEFT >= 0.18 `target_parameters`). Also with --file. The SFT adapter
+    /// (transformers 5 + PEFT >= 0.18 `target_parameters`). Default: per-expert, or with --file
+    /// the manifest's `spec.stages.sft.adapterLayout`, which the flag overrides. The SFT adapter
     /// it starts from may be in either.
-    #[arg(long, default_value = "per-expert")]
-    pub adapter_layout: AdapterLayout,
+    #[arg(long)]
+    pub adapter_layout: Option<AdapterLayout>,
 }
 
 /// Runs the RL stage and prints its summary as JSON.
@@ -146,7 +147,9 @@ pub fn execute(args: PpoArgs, progress: ProgressMode) -> anyhow::Result<ExitCode
         }
     };
     cfg.stop_after = args.stop_after;
-    cfg.adapter_layout = args.adapter_layout;
+    if let Some(layout) = args.adapter_layout {
+        cfg.adapter_layout = layout;
+    }
     let summary = run(&cfg)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(ExitCode::SUCCESS)

@@ -79,9 +79,10 @@ pub struct SftArgs {
     #[arg(long)]
     pub stop_after: Option<u64>,
     /// Layout of the saved adapter: per-expert (Hub/transformers 4 names) or fused
-    /// (transformers 5 + PEFT >= 0.18 `target_parameters`). Also with --file.
-    #[arg(long, default_value = "per-expert")]
-    pub adapter_layout: AdapterLayout,
+    /// (transformers 5 + PEFT >= 0.18 `target_parameters`). Default: per-expert, or with --file
+    /// the manifest's `spec.stages.sft.adapterLayout`, which the flag overrides.
+    #[arg(long)]
+    pub adapter_layout: Option<AdapterLayout>,
 }
 
 /// Runs SFT and prints its summary as JSON.
@@ -122,7 +123,9 @@ pub fn execute(args: SftArgs, progress: ProgressMode) -> anyhow::Result<ExitCode
         },
     };
     cfg.stop_after = args.stop_after;
-    cfg.adapter_layout = args.adapter_layout;
+    if let Some(layout) = args.adapter_layout {
+        cfg.adapter_layout = layout;
+    }
     let summary = run(&cfg)?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,5 @@
 //! The RL stage of a TrainingRun: settings from `spec.stages.ppo`, paths and shared settings
-//! (base model, precision, sequence length, seed) from the SFT stage it continues.
+//! (base model, precision, sequence length, seed, adapter layout) from the SFT stage it continues.
 
 use sapllm_crds::StageName;
 use sapllm_crds::contract::stage_dir;
@@ -30,6 +30,7 @@ pub fn config(ctx: &RunContext) -> RlConfig {
     c.precision = sft.precision;
     c.max_seq_len = sft.max_seq_len;
     c.seed = sft.seed;
+    c.adapter_layout = sft.adapter_layout;
     c.progress = ctx.progress;
     c
 }
@@ -53,4 +54,41 @@ pub fn message(s: &RlSummary) -> String {
         ));
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use sapllm_model::peft::AdapterLayout;
+
+    use super::*;
+    use crate::progress::ProgressMode;
+
+    fn ctx(sft: &str) -> RunContext {
+        let yaml = format!(
+            "apiVersion: sapllm.io/v1alpha1\nkind: TrainingRun\nmetadata: {{name: t}}\nspec:\n  baseModel: {{preset: tiny}}\n  storage: {{claimName: a}}\n  stages: {{sft: {sft}}}\n"
+        );
+        RunContext {
+            run: serde_yaml::from_str(&yaml).unwrap(),
+            run_dir: PathBuf::from("runs/t"),
+            manifest_dir: PathBuf::new(),
+            progress: ProgressMode::Quiet,
+        }
+    }
+
+    /// `spec.stages.sft.adapterLayout` reaches both stages that save an adapter, as a local run
+    /// and each operator Job (`stage sft|ppo -f <manifest>`) read it.
+    #[test]
+    fn the_manifest_adapter_layout_reaches_sft_and_ppo() {
+        for (sft, want) in [
+            ("{}", AdapterLayout::PerExpert),
+            ("{adapterLayout: per-expert}", AdapterLayout::PerExpert),
+            ("{adapterLayout: fused}", AdapterLayout::Fused),
+        ] {
+            let ctx = ctx(sft);
+            assert_eq!(sft_config(&ctx).adapter_layout, want, "sft: {sft}");
+            assert_eq!(config(&ctx).adapter_layout, want, "ppo: {sft}");
+        }
+    }
 }

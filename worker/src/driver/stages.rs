@@ -20,6 +20,7 @@ use sapllm_engine::format::{exception_training_pair, routing_training_pair};
 use sapllm_engine::profile::PromptProfile;
 use sapllm_model::config::Preset;
 use sapllm_model::linear::{LoraConfig, Precision};
+use sapllm_model::peft::AdapterLayout;
 use sapllm_sap::catalog::Catalog;
 
 pub use sapllm_crds::contract::CATALOG_FILE_ENV;
@@ -363,7 +364,8 @@ fn pretrain_stage(ctx: &RunContext) -> Result<StageResult> {
     )))
 }
 
-/// SFT settings from the manifest (also what the `sft` subcommand builds from flags).
+/// SFT settings from the manifest (also what the `sft` subcommand builds from flags). The
+/// adapter layout, `spec.stages.sft.adapterLayout`, is PPO's too.
 pub fn sft_config(ctx: &RunContext) -> SftConfig {
     let s = &ctx.run.spec.stages.sft;
     SftConfig {
@@ -396,7 +398,10 @@ pub fn sft_config(ctx: &RunContext) -> SftConfig {
         seed: ctx.run.spec.stages.data_prep.seed,
         prompt: prompt_profile(ctx),
         stop_after: None,
-        adapter_layout: Default::default(),
+        adapter_layout: match s.adapter_layout {
+            sapllm_crds::AdapterLayout::PerExpert => AdapterLayout::PerExpert,
+            sapllm_crds::AdapterLayout::Fused => AdapterLayout::Fused,
+        },
         progress: ctx.progress,
     }
 }
