@@ -10,7 +10,8 @@
 mod serve_support;
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -27,6 +28,7 @@ use sapllm_engine::types::{
 use sapllm_serve::Backend;
 use serde_json::{Value, json};
 use serve_support::*;
+use tokio::io::AsyncWriteExt;
 
 const AUTH: (&str, &str) = ("authorization", "Bearer stream-token");
 
@@ -371,10 +373,13 @@ fn failures_before_the_stream_are_json_errors_and_auth_applies() {
 }
 
 /// The tiny engine, but a streamed completion never ends by itself: it sends text until told
-/// to stop (client gone, deadline), and says when it was.
+/// to stop (client gone, deadline), and says when it was. A completion through `complete`
+/// stands for a long answer decoded with no way to stop it (10 ms a token). `ticks` counts the
+/// tokens "decoded" either way.
 struct Endless {
     engine: Engine,
     stopped: Mutex<std::sync::mpsc::Sender<()>>,
+    ticks: Arc<AtomicUsize>,
 }
 
 impl Backend for Endless {
@@ -391,12 +396,21 @@ impl Backend for Endless {
 
     fn complete(
         &self,
-        prompt: &str,
+        _prompt: &str,
         max_tokens: usize,
-        temperature: f64,
-        schema: Option<&Value>,
+        _temperature: f64,
+        _schema: Option<&Value>,
     ) -> Result<Completion> {
-        self.engine.complete(prompt, max_tokens, temperature, schema)
+        for _ in 0..max_tokens {
+            self.ticks.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Completion {
+            text: "tick ".repeat(max_tokens).trim().to_string(),
+            prompt_tokens: 1,
+            completion_tokens: max_tokens,
+            finish_reason: "length",
+        })
     }
 
     fn complete_streaming(
@@ -408,6 +422,7 @@ impl Backend for Endless {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Completion> {
         while on_text("tick ") {
+            self.ticks.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(2));
         }
         let _ = self.stopped.lock().unwrap().send(());
@@ -415,13 +430,18 @@ impl Backend for Endless {
     }
 }
 
-async fn endless_server(timeout_ms: u64) -> (sapllm_serve::Server, std::sync::mpsc::Receiver<()>) {
+/// A server of [`Endless`]: the receiver hears when a completion stopped; the count of tokens.
+async fn endless_server(
+    timeout_ms: u64,
+) -> (sapllm_serve::Server, std::sync::mpsc::Receiver<()>, Arc<AtomicUsize>) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let counted = ticks.clone();
     let loader: sapllm_serve::Loader<Endless> =
-        Box::new(move || Ok((Endless { engine: engine(), stopped: Mutex::new(tx) }, info())));
+        Box::new(move || Ok((Endless { engine: engine(), stopped: Mutex::new(tx), ticks: counted }, info())));
     let mut server = sapllm_serve::start(config(1, 4, timeout_ms), loader).await.expect("start");
     server.ready().await.expect("ready");
-    (server, rx)
+    (server, rx, ticks)
 }
 
 /// Waits (off the runtime) for the backend to report that it stopped.
@@ -429,11 +449,36 @@ async fn stopped(rx: std::sync::mpsc::Receiver<()>, within: Duration) -> bool {
     tokio::task::spawn_blocking(move || rx.recv_timeout(within).is_ok()).await.unwrap()
 }
 
+/// Sends a JSON POST on a raw connection and returns the connection unread: dropping it is a
+/// client that goes away while it waits for the answer.
+async fn send_and_wait(addr: SocketAddr, path: &str, body: &str) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    conn.write_all(body.as_bytes()).await.expect("write");
+    conn
+}
+
+/// Polls until `f` holds (at most `within`).
+async fn eventually(within: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_frees_the_model_thread() {
     // One model thread and a request timeout far beyond the test: only the disconnect can stop
     // the endless completion.
-    let (server, rx) = endless_server(600_000).await;
+    let (server, rx, _) = endless_server(600_000).await;
     let addr = server.addr;
     let req = json!({"messages": [{"role": "user", "content": "go on"}], "stream": true});
     let s = stream_post(addr, &[], &req, 3).await;
@@ -453,8 +498,68 @@ async fn a_client_that_goes_away_frees_the_model_thread() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_streamed_completion_stops_when_its_client_goes_away() {
+    // One model thread, a request timeout far beyond the test, and an answer of 4096 tokens
+    // (41 s if decoded to the end): only the disconnect can free the model thread in time.
+    let (server, rx, ticks) = endless_server(600_000).await;
+    let addr = server.addr;
+    let req = json!({"messages": [{"role": "user", "content": "go on"}], "max_tokens": 4096});
+    let conn = send_and_wait(addr, "/v1/chat/completions", &req.to_string()).await;
+    assert!(
+        eventually(Duration::from_secs(60), async || ticks.load(Ordering::SeqCst) > 10).await,
+        "the completion is being decoded"
+    );
+    drop(conn);
+    let gone = std::time::Instant::now();
+    assert!(stopped(rx, Duration::from_secs(20)).await, "decoding stops when the client goes away");
+    let at_stop = ticks.load(Ordering::SeqCst);
+    assert!(at_stop < 4096, "{at_stop} tokens");
+    // The one model thread serves the next request, long before the answer would have ended.
+    let r = tokio::time::timeout(Duration::from_secs(30), post_json(addr, "/v1/route", &[], &route_body(0)))
+        .await
+        .expect("the model thread is free");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(gone.elapsed() < Duration::from_secs(35), "{:?}", gone.elapsed());
+    assert_eq!(ticks.load(Ordering::SeqCst), at_stop, "nothing decoded for the client that left");
+    let m = get(addr, "/metrics", &[]).await.body;
+    assert!(m.contains(r#"sapllm_jobs_cancelled_total{reason="client_gone",stage="decoding"} 1"#), "{m}");
+    assert!(m.contains(r#"sapllm_jobs_cancelled_total{reason="timeout",stage="decoding"} 0"#), "{m}");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_whose_client_went_away_is_skipped() {
+    let (server, rx, ticks) = endless_server(600_000).await;
+    let addr = server.addr;
+    let metric = async |name: &str| get(addr, "/metrics", &[]).await.body.contains(name);
+    // The model thread is busy with a completion; a routing request waits behind it.
+    let req = json!({"messages": [{"role": "user", "content": "go on"}], "max_tokens": 4096});
+    let busy = send_and_wait(addr, "/v1/chat/completions", &req.to_string()).await;
+    assert!(eventually(Duration::from_secs(60), async || ticks.load(Ordering::SeqCst) > 0).await);
+    let queued = send_and_wait(addr, "/v1/route", &route_body(0)).await;
+    assert!(eventually(Duration::from_secs(30), async || metric("sapllm_queue_depth 1").await).await);
+    // Its client goes away, then the completion's.
+    drop(queued);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(busy);
+    assert!(stopped(rx, Duration::from_secs(20)).await);
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            metric(r#"sapllm_jobs_cancelled_total{reason="client_gone",stage="queued"} 1"#).await
+        })
+        .await,
+        "the routing job is answered without decoding:\n{}",
+        get(addr, "/metrics", &[]).await.body
+    );
+    let m = get(addr, "/metrics", &[]).await.body;
+    assert!(m.contains(r#"sapllm_decisions_total{kind="routing",outcome="accepted"} 0"#), "{m}");
+    assert!(m.contains(r#"sapllm_decisions_total{kind="routing",outcome="abstained"} 0"#), "{m}");
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_mid_stream_is_a_last_error_event() {
-    let (server, rx) = endless_server(1_500).await;
+    let (server, rx, _) = endless_server(1_500).await;
     let addr = server.addr;
     let req = json!({"messages": [{"role": "user", "content": "go on"}], "stream": true});
     let s = stream_post(addr, &[], &req, usize::MAX).await;

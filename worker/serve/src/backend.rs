@@ -34,8 +34,10 @@ pub trait Backend: Send + Sync {
 
     /// [`Backend::complete`], handing the text on as it is decoded (`stream: true`): `on_text`
     /// gets deltas that concatenate to the completion's text, and returning false from it
-    /// stops decoding (with [`sapllm_engine::chat::Cancelled`]). By default the whole text
-    /// arrives as one delta at the end.
+    /// stops decoding (with [`sapllm_engine::chat::Cancelled`]). The model thread decodes every
+    /// completion through it, streamed or not: returning false is how a completion whose client
+    /// went away is stopped. By default the whole text arrives as one delta at the end (and the
+    /// completion cannot be stopped).
     fn complete_streaming(
         &self,
         prompt: &str,

@@ -9,8 +9,9 @@
 //!
 //! The queue is a bounded `sync_channel`: a full queue is an immediate 429 for the handler,
 //! never an unbounded pile-up. Jobs whose client gave up (deadline passed, receiver dropped)
-//! are answered without decoding. The thread ends when every sender is gone (shutdown after
-//! the HTTP server drained).
+//! are answered without decoding, and a completion whose client gives up while it is decoded
+//! stops at the next token (`sapllm_jobs_cancelled_total` counts both). The thread ends when
+//! every sender is gone (shutdown after the HTTP server drained).
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -55,10 +56,11 @@ pub enum Job {
         temperature: f64,
         schema: Option<serde_json::Value>,
         deadline: Instant,
+        /// Decoding stops at the next token once the handler drops the receiver (the client
+        /// went away), streamed or not, or the deadline passes.
         reply: oneshot::Sender<Result<Completion, JobError>>,
         /// `stream: true`: the text as it is decoded (deltas concatenating to the completion's
-        /// text, which `reply` still gets). Decoding stops once the handler drops the receiver
-        /// (the client went away) or the deadline passes.
+        /// text, which `reply` still gets).
         stream: Option<mpsc::UnboundedSender<String>>,
     },
 }
@@ -218,34 +220,35 @@ fn next_batch(rx: &Mutex<Receiver<Job>>, cfg: &BatchConfig, metrics: &Metrics) -
 }
 
 fn process(engine: &dyn Backend, batch: Vec<Job>, metrics: &Metrics) {
-    let now = Instant::now();
-    let mut routes = Vec::new();
-    let mut exceptions = Vec::new();
+    // Decisions are decoded together after the batch's completions.
+    let mut decisions = Vec::new();
     for job in batch {
-        if job.abandoned() || job.deadline() <= now {
-            job.expire();
-            continue;
-        }
+        // A job is checked when it would start: completions decoded before it may have taken a
+        // while.
+        let Some(job) = live(job, metrics) else { continue };
         match job {
-            Job::Route { queries, reply, .. } => routes.push((queries, reply)),
-            Job::Exception { items, reply, .. } => exceptions.push((items, reply)),
+            Job::Route { .. } | Job::Exception { .. } => decisions.push(job),
             Job::Complete { prompt, max_tokens, temperature, schema, deadline, reply, stream } => {
                 metrics.batch_size.observe(1.0);
-                let r = match &stream {
-                    None => engine.complete(&prompt, max_tokens, temperature, schema.as_ref()),
-                    Some(tx) => engine.complete_streaming(
-                        &prompt,
-                        max_tokens,
-                        temperature,
-                        schema.as_ref(),
-                        &mut |text| {
-                            // A client that went away or ran out of time frees the model thread.
-                            (text.is_empty() || tx.send(text.to_string()).is_ok())
-                                && !reply.is_closed()
-                                && Instant::now() < deadline
-                        },
-                    ),
+                // Streamed or not, a completion is decoded through the sink, which hands the
+                // text on (`stream: true`) and stops decoding at the next token once the
+                // client went away (the handler dropped the reply's receiver: for a stream,
+                // with the response body; otherwise with the handler's future) or ran out of
+                // time.
+                let mut on_text = |text: &str| {
+                    let sent = match &stream {
+                        Some(tx) if !text.is_empty() => tx.send(text.to_string()).is_ok(),
+                        _ => true,
+                    };
+                    sent && !reply.is_closed() && Instant::now() < deadline
                 };
+                let r = engine.complete_streaming(
+                    &prompt,
+                    max_tokens,
+                    temperature,
+                    schema.as_ref(),
+                    &mut on_text,
+                );
                 if let Ok(c) = &r {
                     metrics.tokens.with_label_values(&["sampled"]).inc_by(c.completion_tokens as u64);
                 }
@@ -253,14 +256,25 @@ fn process(engine: &dyn Backend, batch: Vec<Job>, metrics: &Metrics) {
                     if !e.is::<Cancelled>() {
                         JobError::Model(format!("{e:#}"))
                     } else if Instant::now() >= deadline {
+                        metrics.cancelled.with_label_values(&["decoding", "timeout"]).inc();
                         JobError::Expired
                     } else {
-                        tracing::debug!("a streamed completion stopped: its client went away");
+                        metrics.cancelled.with_label_values(&["decoding", "client_gone"]).inc();
+                        tracing::debug!("a completion stopped: its client went away");
                         JobError::Model(e.to_string())
                     }
                 });
                 let _ = reply.send(r);
             }
+        }
+    }
+    let mut routes = Vec::new();
+    let mut exceptions = Vec::new();
+    for job in decisions.into_iter().filter_map(|j| live(j, metrics)) {
+        match job {
+            Job::Route { queries, reply, .. } => routes.push((queries, reply)),
+            Job::Exception { items, reply, .. } => exceptions.push((items, reply)),
+            Job::Complete { .. } => unreachable!("completions are not deferred"),
         }
     }
     if !routes.is_empty() {
@@ -292,6 +306,21 @@ fn process(engine: &dyn Backend, batch: Vec<Job>, metrics: &Metrics) {
             )
         });
     }
+}
+
+/// `job`, unless its client gave up (went away, or its deadline passed): then it is answered
+/// without decoding (`Expired`, which nobody may be waiting for) and counted.
+fn live(job: Job, metrics: &Metrics) -> Option<Job> {
+    let reason = if job.abandoned() {
+        "client_gone"
+    } else if job.deadline() <= Instant::now() {
+        "timeout"
+    } else {
+        return Some(job);
+    };
+    metrics.cancelled.with_label_values(&["queued", reason]).inc();
+    job.expire();
+    None
 }
 
 /// Splits a batch result back onto the jobs it came from.

@@ -22,6 +22,11 @@ pub struct Metrics {
     pub confidence: HistogramVec,
     pub ready: IntGauge,
     pub feedback: IntCounterVec,
+    /// `sapllm_jobs_cancelled_total{stage,reason}`: model jobs given up because their client
+    /// did (`reason`: `client_gone`, the request's connection closed; `timeout`, the request
+    /// timeout passed), by `stage`: `queued` (skipped before decoding) or `decoding` (a
+    /// completion stopped mid-answer).
+    pub cancelled: IntCounterVec,
     /// `sapllm_feedback_forwarded_total{result}`: feedback forwarded to the replica that made
     /// the decision (`--peer-domain`), by result: `ok` (it answered, whatever its status),
     /// `unreachable`, `timeout`, `error`. The series exist (at 0) when peers are enabled.
@@ -84,6 +89,13 @@ impl Metrics {
             Opts::new("sapllm_feedback_total", "Feedback written to the transaction log, by outcome"),
             &["outcome"],
         )?;
+        let cancelled = IntCounterVec::new(
+            Opts::new(
+                "sapllm_jobs_cancelled_total",
+                "Model jobs given up because their client went away or timed out, by stage (queued, decoding)",
+            ),
+            &["stage", "reason"],
+        )?;
         let feedback_forwarded = IntCounterVec::new(
             Opts::new(
                 "sapllm_feedback_forwarded_total",
@@ -121,6 +133,7 @@ impl Metrics {
             Box::new(confidence.clone()),
             Box::new(ready.clone()),
             Box::new(feedback.clone()),
+            Box::new(cancelled.clone()),
             Box::new(feedback_forwarded.clone()),
             Box::new(mirror_comparisons.clone()),
             Box::new(mirror_abstentions.clone()),
@@ -141,6 +154,11 @@ impl Metrics {
         for origin in ["sampled", "forced"] {
             tokens.with_label_values(&[origin]);
         }
+        for stage in ["queued", "decoding"] {
+            for reason in ["client_gone", "timeout"] {
+                cancelled.with_label_values(&[stage, reason]);
+            }
+        }
         Ok(Metrics {
             registry,
             requests,
@@ -154,6 +172,7 @@ impl Metrics {
             confidence,
             ready,
             feedback,
+            cancelled,
             feedback_forwarded,
             mirror_comparisons,
             mirror_abstentions,

@@ -16,7 +16,8 @@
 //! first text, so whatever fails before (full queue, timeout while queued, a prompt longer
 //! than the context, a model error) has the same status and JSON error as `stream: false`;
 //! what fails later (the request timeout passing mid-stream) is a last event `{"error": ...}`
-//! with no `[DONE]`. A client that goes away stops the decoding.
+//! with no `[DONE]`. A client that goes away stops the decoding, streamed or not (the model
+//! thread sees the handler's reply receiver dropped at the next token).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
