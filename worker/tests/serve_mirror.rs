@@ -213,16 +213,54 @@ async fn a_canary_without_a_version_is_labelled_empty() {
 async fn a_canary_that_is_down_counts_unreachable_and_answers_are_unaffected() {
     // A port nothing listens on (a Service without endpoints refuses connections alike).
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let primary = serve(stable(), mirroring(down, 4, 10_000)).await;
-    for i in 0..4 {
+    let mut cfg = mirroring(down, 4, 10_000);
+    cfg.mirror.as_mut().unwrap().pause = Duration::from_secs(60);
+    let primary = serve(stable(), cfg).await;
+    let d = route(primary.addr, 0, &[]).await;
+    assert_eq!(d["payload"], json!({"CompanyCode": "1010"}));
+    settle(primary.addr, FAILURES, &[("reason", "unreachable")], 1).await;
+    // Mirroring pauses after the refused connection: these are answered and not mirrored.
+    for i in 1..4 {
         let d = route(primary.addr, i, &[]).await;
         assert_eq!(d["payload"], json!({"CompanyCode": "1010"}));
     }
-    let m = settle(primary.addr, FAILURES, &[("reason", "unreachable")], 4).await;
-    assert_no_failures_but(&m, &[("unreachable", 4)]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = metrics(primary.addr).await;
+    assert_no_failures_but(&m, &[("unreachable", 1)]);
     assert_eq!(count(&m, COMPARISONS, &[]), 0, "{m}");
     assert_eq!(count(&m, "sapllm_requests_total", &[("route", "/v1/route"), ("status", "200")]), 4);
     primary.shutdown().await.expect("shutdown");
+}
+
+/// Between canaries nothing listens behind `--mirror-to`; once a canary starts there, mirroring
+/// resumes by itself after the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirroring_resumes_when_a_canary_starts_listening() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut cfg = mirroring(addr, 4, 10_000);
+    cfg.mirror.as_mut().unwrap().pause = Duration::from_millis(300);
+    let primary = serve(stable(), cfg).await;
+    route(primary.addr, 0, &[]).await;
+    settle(primary.addr, FAILURES, &[("reason", "unreachable")], 1).await;
+    let mut canary_cfg = versioned(CANARY);
+    canary_cfg.addr = addr;
+    let canary = serve(stable(), canary_cfg).await;
+    let t = Instant::now();
+    let mut i = 1;
+    loop {
+        route(primary.addr, i, &[]).await;
+        i += 1;
+        let m = metrics(primary.addr).await;
+        if count(&m, COMPARISONS, &[("version", CANARY), ("outcome", "agreed")]) >= 1 {
+            // A pause doubles at most to MAX_PAUSE: a few refused connections, not one per request.
+            assert!(count(&m, FAILURES, &[("reason", "unreachable")]) < i as u64 / 2 + 2, "{m}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "mirroring never resumed:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    primary.shutdown().await.expect("shutdown");
+    canary.shutdown().await.expect("shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,7 +60,15 @@ pub struct MirrorConfig {
     pub concurrency: usize,
     /// Time a mirror may take in all (connect, request, answer).
     pub timeout: Duration,
+    /// How long mirroring pauses after the other server could not be reached; doubled on each
+    /// further failure up to [`MAX_PAUSE`], reset by an answer.
+    pub pause: Duration,
 }
+
+/// The first pause after the other server could not be reached.
+pub const FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause: a canary that starts is mirrored to within this time.
+pub const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 impl MirrorConfig {
     /// Validated settings; the errors name the serve flag at fault.
@@ -78,7 +86,7 @@ impl MirrorConfig {
         if timeout.is_zero() {
             bail!("--mirror-timeout-ms must be at least 1");
         }
-        Ok(MirrorConfig { base_url, fraction, concurrency, timeout })
+        Ok(MirrorConfig { base_url, fraction, concurrency, timeout, pause: FIRST_PAUSE })
     }
 }
 
@@ -274,6 +282,17 @@ pub struct Mirror {
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     closed: watch::Sender<bool>,
+    /// Between canaries nothing listens behind `--mirror-to` (its Service has no pods): after a
+    /// failed connection, requests are not mirrored for a while rather than each paying a
+    /// refused connection.
+    pause: std::sync::Mutex<Pause>,
+    first_pause: Duration,
+}
+
+/// Mirroring paused until `until`; the pause after the next failure.
+struct Pause {
+    until: Option<std::time::Instant>,
+    next: Duration,
 }
 
 impl Mirror {
@@ -297,12 +316,33 @@ impl Mirror {
             slots: Arc::new(Semaphore::new(cfg.concurrency)),
             metrics,
             closed: watch::channel(false).0,
+            pause: std::sync::Mutex::new(Pause { until: None, next: cfg.pause }),
+            first_pause: cfg.pause,
         })
+    }
+
+    /// Whether mirroring is paused after the other server could not be reached.
+    fn paused(&self) -> bool {
+        let p = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+        p.until.is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// After an unreachable mirror: pause, twice as long as the last time (at most
+    /// [`MAX_PAUSE`]); after an answer: mirror again, the next pause the first one.
+    fn reached(&self, reached: bool) {
+        let mut p = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+        if reached {
+            p.until = None;
+            p.next = self.first_pause;
+        } else {
+            p.until = Some(std::time::Instant::now() + p.next);
+            p.next = (p.next * 2).min(MAX_PAUSE.max(self.first_pause));
+        }
     }
 
     /// Whether to mirror this request (probability `--mirror-fraction`).
     pub fn sample(&self) -> bool {
-        !*self.closed.borrow() && rand::random::<f64>() < self.fraction
+        !*self.closed.borrow() && !self.paused() && rand::random::<f64>() < self.fraction
     }
 
     /// Sends `body` (the request's JSON) to the other server's `api` in a task of its own and
@@ -366,6 +406,7 @@ impl Mirror {
 
     /// Counts a mirror's comparisons, or its failure.
     fn record(&self, api: Api, primary: &[Option<Answer>], answer: Result<(String, Value), Failure>) {
+        self.reached(!matches!(answer, Err(Failure::Unreachable(_))));
         let compared = answer.and_then(|(version, answer)| {
             compare(api, primary, &answer).map(|pairs| (version, pairs)).map_err(Failure::Invalid)
         });
@@ -386,7 +427,7 @@ impl Mirror {
                 m.mirror_failures.with_label_values(&[f.reason()]).inc();
                 match &f {
                     // The normal state between rollouts (a Service without endpoints refuses
-                    // connections) or a slow canary: quiet, the metrics tell.
+                    // connections; mirroring pauses) or a slow canary: quiet, the metrics tell.
                     Failure::Unreachable(e) => {
                         tracing::debug!(error = %e, url = %self.base_url, "mirror unreachable")
                     }
