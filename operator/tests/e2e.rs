@@ -42,9 +42,7 @@ fn endpoint() -> Value {
     v
 }
 
-fn version(n: u8) -> String {
-    format!("sha256:{}", format!("{n:02x}").repeat(32))
-}
+use support::version;
 
 /// Starts the three controllers; returns the task and a handle to stop it.
 fn start_operator(

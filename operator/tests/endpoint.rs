@@ -3,41 +3,14 @@
 mod support;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use sapllm_crds::common::Verdict;
 use sapllm_crds::endpoint::{FeedbackSink, PinnedModel, RoutingEndpoint};
-use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, EvaluationStatus, GateResult, ModelArtifacts};
+use sapllm_crds::evaluation::{Evaluation, EvaluationPhase};
 use sapllm_operator::config::OperatorConfig;
 use sapllm_operator::endpoint::{self, DeploymentObs};
-use support::{assert_fixture, at, input};
-
-fn version(n: u8) -> String {
-    format!("sha256:{}", format!("{n:02x}").repeat(32))
-}
+use support::{assert_fixture, at, input, version};
 
 fn ev(name: &str, n: u8, passed: bool, completed_at: i64) -> Evaluation {
-    let mut e: Evaluation = input("ev-artifacts");
-    e.metadata.name = Some(name.into());
-    e.metadata.labels = Some([("sapllm.io/lineage".to_string(), "routing-tiny".to_string())].into());
-    e.status = Some(EvaluationStatus {
-        phase: Some(EvaluationPhase::Completed),
-        model_version: Some(version(n)),
-        artifacts: Some(ModelArtifacts {
-            base_model: format!("runs/v{n}/pretrain/model"),
-            adapter: Some(format!("runs/v{n}/ppo/adapter")),
-            version: Some(version(n)),
-        }),
-        gates: vec![GateResult {
-            name: "routingAccuracy".into(),
-            comparator: ">=".into(),
-            threshold: 0.97,
-            value: if passed { 0.98 } else { 0.9 },
-            passed,
-        }],
-        verdict: Some(if passed { Verdict::Passed } else { Verdict::Failed }),
-        completion_time: Some(at(completed_at)),
-        ..Default::default()
-    });
-    e
+    support::evaluation(name, n, passed, completed_at)
 }
 
 fn rep() -> RoutingEndpoint {

@@ -108,9 +108,7 @@ async fn probes_and_metrics_are_served() {
     }
 }
 
-fn version(n: u8) -> String {
-    format!("sha256:{}", format!("{n:02x}").repeat(32))
-}
+use support::version;
 
 fn passed_evaluation(name: &str, n: u8, completed: &str) -> Value {
     json!({

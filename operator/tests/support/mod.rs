@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use sapllm_crds::common::Verdict;
+use sapllm_crds::evaluation::{Evaluation, EvaluationPhase, EvaluationStatus, GateResult, ModelArtifacts};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -46,6 +48,39 @@ pub fn assert_fixture<T: Serialize>(name: &str, actual: &T) {
 /// 2027-01-15T08:00:00Z plus `secs`.
 pub fn at(secs: i64) -> Time {
     Time(Timestamp::from_second(1_800_000_000 + secs).unwrap())
+}
+
+/// The content digest of model version `n`: `sha256:` and `n` as two hex digits, 32 times.
+pub fn version(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+/// A completed Evaluation of version `n` of the routing-tiny lineage (`ev-artifacts`), passed or
+/// failed on routing accuracy, its verdict at `completed_at` (see [`at`]).
+pub fn evaluation(name: &str, n: u8, passed: bool, completed_at: i64) -> Evaluation {
+    let mut e: Evaluation = input("ev-artifacts");
+    e.metadata.name = Some(name.into());
+    e.metadata.labels = Some([("sapllm.io/lineage".to_string(), "routing-tiny".to_string())].into());
+    e.status = Some(EvaluationStatus {
+        phase: Some(EvaluationPhase::Completed),
+        model_version: Some(version(n)),
+        artifacts: Some(ModelArtifacts {
+            base_model: format!("runs/v{n}/pretrain/model"),
+            adapter: Some(format!("runs/v{n}/ppo/adapter")),
+            version: Some(version(n)),
+        }),
+        gates: vec![GateResult {
+            name: "routingAccuracy".into(),
+            comparator: ">=".into(),
+            threshold: 0.97,
+            value: if passed { 0.98 } else { 0.9 },
+            passed,
+        }],
+        verdict: Some(if passed { Verdict::Passed } else { Verdict::Failed }),
+        completion_time: Some(at(completed_at)),
+        ..Default::default()
+    });
+    e
 }
 
 /// Stage digests cover the serialized settings, so any new (defaulted) API field changes them and
