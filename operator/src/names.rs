@@ -81,9 +81,46 @@ pub fn owner_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerReference {
     })
 }
 
+/// Who else a live object with one of `owner`'s child names belongs to, when not to `owner`:
+/// its controller, or "nobody" for an object without one (made by hand or by another tool).
+/// Server-side apply with `force` would take such an object over, so it is left alone.
+pub fn taken_by<K: Resource<DynamicType = ()>>(
+    live: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    owner: &K,
+) -> Option<String> {
+    let uid = owner.meta().uid.as_deref()?;
+    let controller = live.owner_references.iter().flatten().find(|r| r.controller == Some(true));
+    match controller {
+        Some(r) if r.uid == uid => None,
+        Some(r) => Some(format!("{} {}", r.kind, r.name)),
+        None => Some("no controller (made outside the operator)".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_name_held_by_another_owner_is_recognised() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let owner = |uid: &str, name: &str| -> sapllm_crds::endpoint::RoutingEndpoint {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "sapllm.io/v1alpha1", "kind": "RoutingEndpoint",
+                "metadata": { "name": name, "uid": uid },
+                "spec": { "model": { "latestPassing": { "lineage": "l" } } },
+            }))
+            .unwrap()
+        };
+        let (x, x_canary) = (owner("u-1", "x"), owner("u-2", "x-canary"));
+        let ours = ObjectMeta { owner_references: Some(vec![owner_ref(&x)]), ..Default::default() };
+        assert_eq!(taken_by(&ours, &x), None);
+        assert_eq!(taken_by(&ours, &x_canary).as_deref(), Some("RoutingEndpoint x"));
+        assert_eq!(
+            taken_by(&ObjectMeta::default(), &x).as_deref(),
+            Some("no controller (made outside the operator)")
+        );
+    }
 
     #[test]
     fn short_names_are_kept() {

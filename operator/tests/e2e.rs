@@ -769,3 +769,51 @@ async fn canary_rollouts_promote_a_good_version_and_roll_back_bad_ones() {
     stop.send(()).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }
+
+/// A Deployment with the endpoint's child name that someone else made is not taken over (a
+/// forced server-side apply would): the endpoint says so, and takes the name once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_name_held_by_someone_else_is_not_taken_over() {
+    let api = FakeApi::start().await;
+    let (task, stop) = start_operator(&api, Arc::new(Metrics::new()));
+    let foreign = json!({ "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": "sap-router", "namespace": NS, "labels": { "team": "payments" } },
+        "spec": { "selector": { "matchLabels": { "app": "payments" } },
+            "template": { "metadata": { "labels": { "app": "payments" } }, "spec": { "containers": [{ "name": "app", "image": "payments:1" }] } } } });
+    api.put(DEPLOYMENTS, foreign.clone());
+    api.put(EVALUATIONS, passing_evaluation(1));
+    api.put(ENDPOINTS, endpoint());
+    let rep = api
+        .wait_for(30, "NameConflict", |a| {
+            a.get(ENDPOINTS, NS, "sap-router")
+                .filter(|r| condition(r, "NameConflict").is_some_and(|c| c.0 == "True"))
+        })
+        .await;
+    let (_, _, message) = condition(&rep, "NameConflict").unwrap();
+    assert!(message.contains("Deployment ml/sap-router belongs to no controller"), "{message}");
+    let before = api.request_count();
+    tokio::time::sleep(Duration::from_millis(2500)).await; // more than one resync
+    let writes: Vec<Request> = api
+        .requests_since(before)
+        .into_iter()
+        .filter(|r| r.resource == DEPLOYMENTS && r.method != "GET")
+        .collect();
+    assert!(writes.is_empty(), "the foreign Deployment was written: {writes:?}");
+    assert_eq!(api.get(DEPLOYMENTS, NS, "sap-router").unwrap()["spec"], foreign["spec"]);
+    assert!(api.list(EVENTS, NS).iter().any(|e| e["reason"] == "NameConflict"));
+
+    // Once the name is free, the endpoint's own Deployment is made and the conflict clears.
+    api.delete(DEPLOYMENTS, NS, "sap-router");
+    api.wait_for(30, "the endpoint's own Deployment", |a| {
+        a.get(DEPLOYMENTS, NS, "sap-router")
+            .filter(|d| d["metadata"]["ownerReferences"][0]["kind"] == "RoutingEndpoint")
+    })
+    .await;
+    api.wait_for(30, "NameConflict False", |a| {
+        a.get(ENDPOINTS, NS, "sap-router")
+            .filter(|r| condition(r, "NameConflict").is_some_and(|c| c.0 == "False"))
+    })
+    .await;
+    stop.send(()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+}

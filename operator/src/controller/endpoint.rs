@@ -19,7 +19,7 @@ use crate::controller::apply::{apply_changed, apply_status, fresh, memo_key};
 use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::endpoint::{self, build, signals};
-use crate::names::{ANNOTATION_MODEL_VERSION, LABEL_MANAGED_BY, MANAGER};
+use crate::names::{ANNOTATION_MODEL_VERSION, LABEL_MANAGED_BY, MANAGER, taken_by};
 use crate::prometheus;
 
 const KIND: &str = "RoutingEndpoint";
@@ -97,7 +97,21 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
     }
     let mut d =
         endpoint::decide_with_canary(&rep, &selection, active.as_ref(), obs.as_ref(), &canary, now.clone());
-    if let Some(c) = &d.serve {
+    // A child name held by another owner (an endpoint named `<this>-canary`, a Deployment made
+    // by hand) is not taken over: reported, and those children are not applied.
+    let taken = |live: &Option<Deployment>| live.as_ref().and_then(|l| taken_by(&l.metadata, rep.as_ref()));
+    let conflicts: Vec<String> = [(&dep, build::child(&rep)), (&canary_dep, build::canary_child(&rep))]
+        .into_iter()
+        .filter_map(|(live, name)| taken(live).map(|who| format!("Deployment {ns}/{name} belongs to {who}")))
+        .collect();
+    report_conflicts(&rep, &conflicts, &mut d, &now);
+    if !conflicts.is_empty() {
+        // Nothing watches the other owner's object: look again at the next resync.
+        let resync = ctx.config.resync_interval;
+        d.requeue_after = Some(d.requeue_after.map_or(resync, |r| r.min(resync)));
+    }
+    let (stable_free, canary_free) = (taken(&dep).is_none(), taken(&canary_dep).is_none());
+    if let Some(c) = d.serve.as_ref().filter(|_| stable_free) {
         match rep.spec.storage.as_ref().map(|s| s.claim_name.clone()).or(c.claim.clone()) {
             Some(claim) => {
                 let deployment = build::deployment(&rep, c, &claim, &ctx.config);
@@ -110,13 +124,13 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
                 apply_changed(&ctx, &build::service(&rep)).await?;
                 apply_changed(&ctx, &build::autoscaler(&rep)).await?;
                 apply_changed(&ctx, &build::disruption_budget(&rep)).await?;
-                if rep.spec.rollout.is_some() {
+                if rep.spec.rollout.is_some() && canary_free {
                     apply_changed(&ctx, &build::canary_service(&rep)).await?;
                 }
                 if rep.spec.feedback.is_some() {
                     apply_changed(&ctx, &build::peers_service(&rep)).await?;
                 }
-                if let Some((c, replicas)) = &d.canary {
+                if let Some((c, replicas)) = d.canary.as_ref().filter(|_| canary_free) {
                     let canary = build::canary_deployment(&rep, c, &claim, &ctx.config, *replicas);
                     if canary_dep.as_ref().is_none_or(|live| !build::matches_applied(live, &canary)) {
                         ctx.applied.forget(&memo_key(&canary));
@@ -134,7 +148,7 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
             }
         }
     }
-    if d.canary.is_none() && canary_dep.is_some() {
+    if d.canary.is_none() && canary_dep.is_some() && canary_free {
         // Promoted or rolled back: the canary's pods go (the current Deployment serves alone).
         delete_deployment(&ctx.client, &ns, &build::canary_child(&rep)).await?;
         ctx.applied.forget(&format!("Deployment/{ns}/{}", build::canary_child(&rep)));
@@ -166,6 +180,40 @@ async fn observe(
     let deps: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let dep = deps.get_opt(&build::child(rep)).await?;
     Ok((evs, dep))
+}
+
+/// Says which child names are held by others: condition `NameConflict` (True while any is, and
+/// False once none is, when it was set before) and a Warning Event when the message changes.
+fn report_conflicts(
+    rep: &RoutingEndpoint,
+    conflicts: &[String],
+    d: &mut endpoint::EndpointDecision,
+    now: &Time,
+) {
+    let g = rep.metadata.generation;
+    let had = d.status.conditions.iter().find(|c| c.type_ == "NameConflict").cloned();
+    if conflicts.is_empty() {
+        if had.is_some_and(|c| c.status == "True") {
+            set_condition(
+                &mut d.status.conditions,
+                "NameConflict",
+                false,
+                "Resolved",
+                "no child name is held by another owner",
+                g,
+                now.clone(),
+            );
+        }
+        return;
+    }
+    let msg = format!(
+        "{}: the operator leaves them alone; rename this RoutingEndpoint (its children are named after it)",
+        conflicts.join("; ")
+    );
+    if had.as_ref().is_none_or(|c| c.message != msg) {
+        d.transitions.push(crate::transitions::Transition::warning("NameConflict", msg.clone()));
+    }
+    set_condition(&mut d.status.conditions, "NameConflict", true, "NameConflict", msg, g, now.clone());
 }
 
 /// The canary's Deployment, when a canary may exist (`spec.rollout` set, or one in status).
