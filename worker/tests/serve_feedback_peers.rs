@@ -31,8 +31,8 @@ async fn replica(name: &str, dir: &Path, resolve: &[(&str, SocketAddr)], timeout
     let mut peers = PeerConfig::new("ep-peers.ns.svc", name).expect("peer config");
     peers.resolve = resolve.iter().map(|(n, a)| (n.to_string(), *a)).collect();
     cfg.feedback = Some(FeedbackConfig {
-        // The file follows the peer name, not this.
-        replica: "pod-name".into(),
+        // The file is named by the pod, not by its name under the peers.
+        replica: format!("pod-{name}"),
         peers: Some(peers),
         ..FeedbackConfig::new(dir.to_path_buf())
     });
@@ -54,9 +54,10 @@ fn posted(id: &str, number: &str) -> String {
         .to_string()
 }
 
-/// The lines of `dir/feedback-<replica>.jsonl` (none when it does not exist).
+/// The lines of replica `replica`'s file, `dir/feedback-pod-<replica>.jsonl` (none when it does
+/// not exist).
 fn lines(dir: &Path, replica: &str) -> Vec<Value> {
-    let text = std::fs::read_to_string(dir.join(format!("feedback-{replica}.jsonl"))).unwrap_or_default();
+    let text = std::fs::read_to_string(dir.join(format!("feedback-pod-{replica}.jsonl"))).unwrap_or_default();
     text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
 }
 
@@ -99,7 +100,7 @@ async fn feedback_reaches_the_replica_that_made_the_decision() {
     assert_eq!(on_a[0]["feedback"]["document_number"], "4500000001");
     assert_eq!(on_a[0]["feedback"]["note"], "sent to the other replica");
     assert!(lines(dir.path(), "replica-b").is_empty());
-    assert!(!dir.path().join("feedback-pod-name.jsonl").exists(), "the file follows the peer name");
+    assert!(!dir.path().join("feedback-replica-a.jsonl").exists(), "the file is named by the pod");
     assert_eq!(metric(a.addr, "sapllm_feedback_total{outcome=\"posted\"}").await, 1.0);
     assert_eq!(metric(b.addr, "sapllm_feedback_total{outcome=\"posted\"}").await, 0.0);
     assert_eq!(forwarded(b.addr, "ok").await, 1.0);

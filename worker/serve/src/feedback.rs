@@ -50,8 +50,7 @@ pub struct FeedbackConfig {
     pub max_bytes: usize,
     /// Feedback lines waiting for the writer at most; beyond, 503 + Retry-After.
     pub max_queue: usize,
-    /// This replica's name in the file name (`POD_NAME`, else `HOSTNAME`, else `local`); with
-    /// peers, their name for this replica instead.
+    /// This replica's name in the file name (`POD_NAME`, else `HOSTNAME`, else `local`).
     pub replica: String,
     /// Feedback for other replicas' decisions forwarded to them (`--peer-domain`).
     pub peers: Option<PeerConfig>,
@@ -69,12 +68,10 @@ impl FeedbackConfig {
         }
     }
 
-    /// `<dir>/feedback-<replica>.jsonl`, the replica being the peer name when peers are enabled
-    /// (the name in the decision ids: the file of a decision's feedback is the one named after
-    /// the replica part of its id).
+    /// `<dir>/feedback-<replica>.jsonl`: one file per pod, named by the pod (a pod's address,
+    /// its name under the peers, is reused by later pods).
     pub fn file(&self) -> PathBuf {
-        let replica = self.peers.as_ref().map_or(&self.replica, |p| &p.name);
-        self.dir.join(format!("feedback-{replica}.jsonl"))
+        self.dir.join(format!("feedback-{}.jsonl", self.replica))
     }
 }
 

@@ -3,7 +3,9 @@
 //! A decision lives in the memory of the replica that made it ([`super::feedback`]), but the
 //! replicas of an endpoint sit behind one Service, so feedback lands on any of them. With a peer
 //! domain `D` (a headless Service selecting every replica, `<endpoint>-peers.<namespace>.svc`)
-//! and this replica's name `N` (`--peer-name`, by default `HOSTNAME`):
+//! and this replica's name `N` under it (`--peer-name`; by default the pod's address with dashes,
+//! `--peer-ip`/`POD_IP`, which is how cluster DNS names the addresses of a headless Service whose
+//! pods have no hostname of their own; else `HOSTNAME`):
 //!
 //! - decision ids are `<uuid>.<N>` (a uuid has no `.`, a DNS label neither, so the split is
 //!   unambiguous);
@@ -52,7 +54,8 @@ pub struct PeerConfig {
     /// The DNS domain under which each replica's name resolves (`--peer-domain`), e.g.
     /// `ep-peers.ns.svc`.
     pub domain: String,
-    /// This replica's name (`--peer-name`, default `HOSTNAME`): a DNS label.
+    /// This replica's name (`--peer-name`, default the dashed `--peer-ip`, else `HOSTNAME`): a
+    /// DNS label.
     pub name: String,
     /// Addresses by replica name, used instead of resolving `<name>.<domain>` and this server's
     /// port (like curl's `--resolve`; for tests, not on the command line).
