@@ -62,7 +62,12 @@ where
 
 /// The memo key of a child: `Kind/namespace/name`.
 pub fn memo_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!("{}/{}/{}", K::kind(&()), obj.namespace().unwrap_or_default(), obj.name_any())
+    memo_key_of::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any())
+}
+
+/// The memo key of the `K` named `name` in `ns`.
+pub fn memo_key_of<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> String {
+    format!("{}/{ns}/{name}", K::kind(&()))
 }
 
 /// Creates `obj` unless this process saw it exist recently, or it exists (objects the operator
@@ -114,7 +119,12 @@ where
 
 /// Deletes a Job and its pods.
 pub async fn delete_job(client: &Client, ns: &str, name: &str) -> Result<(), Error> {
-    let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), ns);
+    delete::<k8s_openapi::api::batch::v1::Job>(client, ns, name).await
+}
+
+/// Deletes the `K` named `name` and, in the background, what it owns; gone already is fine.
+pub async fn delete<K: Child>(client: &Client, ns: &str, name: &str) -> Result<(), Error> {
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
     match api.delete(name, &dp).await {
         Ok(_) => Ok(()),

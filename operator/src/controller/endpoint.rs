@@ -6,7 +6,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, ListParams, PropagationPolicy};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -15,7 +15,7 @@ use sapllm_crds::conditions::set_condition;
 use sapllm_crds::endpoint::{CanarySignals, RoutingEndpoint};
 use sapllm_crds::evaluation::Evaluation;
 
-use crate::controller::apply::{apply_changed, apply_status, fresh, memo_key};
+use crate::controller::apply::{apply_changed, apply_status, delete, fresh, memo_key, memo_key_of};
 use crate::controller::context::now;
 use crate::controller::{Context, Error};
 use crate::endpoint::{self, build, signals};
@@ -89,7 +89,7 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
     };
     let now = now();
     if let (Some(ro), Some(c)) = (&rep.spec.rollout, rep.status.as_ref().and_then(|s| s.canary.as_ref()))
-        && c.step <= c.steps
+        && endpoint::canary::judging(c)
         && canary.deployment.as_ref().is_some_and(|o| o.ready_replicas > 0)
         && endpoint::canary::scrape_due(c, ro, &now)
     {
@@ -150,8 +150,8 @@ pub async fn reconcile(rep: Arc<RoutingEndpoint>, ctx: Arc<Context>) -> Result<A
     }
     if d.canary.is_none() && canary_dep.is_some() && canary_free {
         // Promoted or rolled back: the canary's pods go (the current Deployment serves alone).
-        delete_deployment(&ctx.client, &ns, &build::canary_child(&rep)).await?;
-        ctx.applied.forget(&format!("Deployment/{ns}/{}", build::canary_child(&rep)));
+        delete::<Deployment>(&ctx.client, &ns, &build::canary_child(&rep)).await?;
+        ctx.applied.forget(&memo_key_of::<Deployment>(&ns, &build::canary_child(&rep)));
     }
     if rep.status.as_ref() != Some(&d.status) {
         apply_status(&ctx.client, rep.as_ref(), &d.status).await?;
@@ -341,17 +341,6 @@ async fn get_text(ctx: &Context, path: String) -> Result<String, String> {
     match tokio::time::timeout(METRICS_READ_TIMEOUT, ctx.pod_client.request_text(req)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {}s", METRICS_READ_TIMEOUT.as_secs())),
-    }
-}
-
-/// Deletes a Deployment (its ReplicaSets and pods go with it); gone already is fine.
-async fn delete_deployment(client: &kube::Client, ns: &str, name: &str) -> Result<(), Error> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
-    match api.delete(name, &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -34,6 +34,12 @@ pub fn validate(rollout: Option<&Rollout>) -> Result<(), crate::invalid::Invalid
     Ok(())
 }
 
+/// Whether `c` is still being judged step by step (not yet handed over to the promotion, whose
+/// step is `steps + 1`).
+pub fn judging(c: &CanaryStatus) -> bool {
+    c.step <= c.steps
+}
+
 /// Canary replicas for `weight` percent of the traffic beside `stable` ready replicas: the
 /// nearest whole number, at least one.
 pub fn replicas_for(weight: i32, stable: i32) -> i32 {

@@ -39,10 +39,10 @@ pub fn start(version: &str, ro: &Rollout, stable_ready: i32, now: &Time) -> Cana
 }
 
 fn summary(c: &CanaryStatus) -> String {
-    if c.step > c.steps {
-        "promoting".into()
-    } else {
+    if canary::judging(c) {
         format!("{}/{} {}%", c.step, c.steps, c.traffic_percent)
+    } else {
+        "promoting".into()
     }
 }
 
@@ -71,7 +71,7 @@ pub fn stop_unwanted(
         );
     } else if rep.spec.rollout.is_none() {
         s.canary = None;
-        if c.step <= c.steps {
+        if canary::judging(&c) {
             // From here on an ordinary rollout, with its own deadline.
             s.rollout_started = Some(now.clone());
         }

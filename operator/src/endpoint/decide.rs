@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use sapllm_crds::conditions::set_condition;
 use sapllm_crds::endpoint::{CanarySignals, RoutingEndpoint, RoutingEndpointStatus};
 
+use crate::endpoint::canary::judging;
 use crate::endpoint::canary_step;
 use crate::endpoint::select::{Candidate, Selection};
 use crate::names::ANNOTATION_MODEL_VERSION;
@@ -142,7 +143,7 @@ pub fn decide_with_canary(
             .about(&c.version),
         );
     }
-    let analysing = s.canary.as_ref().is_some_and(|c| c.step <= c.steps);
+    let analysing = s.canary.as_ref().is_some_and(judging);
     if analysing && let Some(ro) = &rep.spec.rollout {
         // The signals were read from the pods of the canary the status named when this reconcile
         // began: a canary that replaced it in this step (a newer version) has none of its own yet.
@@ -150,7 +151,7 @@ pub fn decide_with_canary(
         let canary = CanaryObs { signals: canary.signals.clone().filter(|_| same), ..canary.clone() };
         canary_step::advance(rep, ro, &mut s, &mut d, dep, &canary, &now);
     }
-    let analysing = s.canary.as_ref().is_some_and(|c| c.step <= c.steps);
+    let analysing = s.canary.as_ref().is_some_and(judging);
     if let Some(r) = s.rollout_version.clone().filter(|_| !analysing) {
         let dep_on_r = dep.filter(|o| o.version.as_deref() == Some(r.as_str()));
         let elapsed = s.rollout_started.as_ref().map(|t| now.0.duration_since(t.0).as_secs()).unwrap_or(0);
@@ -202,7 +203,7 @@ pub fn decide_with_canary(
 
     // What the Deployment runs: the rollout, else the active version; the active version while a
     // canary is judged beside it.
-    let analysing = s.canary.as_ref().is_some_and(|c| c.step <= c.steps);
+    let analysing = s.canary.as_ref().is_some_and(judging);
     let target = s.rollout_version.clone().filter(|_| !analysing).or(s.active_version.clone());
     d.serve = match (&target, &selection.serve, active) {
         (Some(t), Some(c), _) if &c.version == t => Some(c.clone()),

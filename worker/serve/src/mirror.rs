@@ -385,23 +385,19 @@ impl Mirror {
         }
         let req =
             req.body(Full::new(body)).map_err(|e| Failure::Invalid(format!("building the request: {e}")))?;
-        let work = async {
-            let resp = upstream::request(&self.client, req).await.map_err(Failure::from)?;
-            let status = resp.status();
-            if status != StatusCode::OK {
-                return Err(Failure::Status(status));
-            }
-            let version = resp
-                .headers()
-                .get(MODEL_VERSION_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map_or_else(String::new, |v| v.trim().chars().take(MAX_VERSION_CHARS).collect());
-            let bytes = upstream::read_body(resp, MAX_ANSWER_BYTES).await.map_err(Failure::from)?;
-            let answer = serde_json::from_slice(&bytes)
-                .map_err(|e| Failure::Invalid(format!("answer is not JSON: {e}")))?;
-            Ok((version, answer))
-        };
-        upstream::within(self.timeout, work).await
+        let reply =
+            upstream::send(&self.client, req, self.timeout, MAX_ANSWER_BYTES).await.map_err(Failure::from)?;
+        if reply.status != StatusCode::OK {
+            return Err(Failure::Status(reply.status));
+        }
+        let version = reply
+            .headers
+            .get(MODEL_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(String::new, |v| v.trim().chars().take(MAX_VERSION_CHARS).collect());
+        let answer = serde_json::from_slice(&reply.body)
+            .map_err(|e| Failure::Invalid(format!("answer is not JSON: {e}")))?;
+        Ok((version, answer))
     }
 
     /// Counts a mirror's comparisons, or its failure.

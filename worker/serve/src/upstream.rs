@@ -63,28 +63,20 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-/// Sends `req` and waits for the answer's head (no time limit: see [`within`]).
-pub async fn request(client: &Client, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Error> {
+/// Sends `req` and waits for the answer's head (no time limit of its own: see [`send`]).
+async fn request(client: &Client, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, Error> {
     client.request(req).await.map_err(|e| {
         if e.is_connect() { Error::Unreachable(e.to_string()) } else { Error::Broken(e.to_string()) }
     })
 }
 
 /// Reads an answer's body, `max_bytes` at most.
-pub async fn read_body(resp: Response<Incoming>, max_bytes: usize) -> Result<Bytes, Error> {
+async fn read_body(resp: Response<Incoming>, max_bytes: usize) -> Result<Bytes, Error> {
     match Limited::new(resp.into_body(), max_bytes).collect().await {
         Ok(body) => Ok(body.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(Error::TooLarge(max_bytes)),
         Err(e) => Err(Error::Broken(format!("reading the answer: {e}"))),
     }
-}
-
-/// `work` within `timeout`, else [`Error::Timeout`].
-pub async fn within<T, E: From<Error>>(
-    timeout: Duration,
-    work: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| Err(Error::Timeout.into()))
 }
 
 /// One exchange, all of it within `timeout`: the status, headers and body (`max_bytes` at most)
@@ -95,13 +87,13 @@ pub async fn send(
     timeout: Duration,
     max_bytes: usize,
 ) -> Result<Reply, Error> {
-    within(timeout, async {
+    let exchange = async {
         let resp = request(client, req).await?;
         let (status, headers) = (resp.status(), resp.headers().clone());
         let body = read_body(resp, max_bytes).await?;
         Ok(Reply { status, headers, body })
-    })
-    .await
+    };
+    tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(Error::Timeout))
 }
 
 #[cfg(test)]
