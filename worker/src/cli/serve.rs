@@ -96,7 +96,7 @@ pub struct ServeArgs {
     pub model_name: String,
     /// Enables `POST /v1/feedback`: each feedback is appended, with its decision and document,
     /// as a transaction-log line (data-prep's format) to `<dir>/feedback-<POD_NAME>.jsonl`
-    /// (`<--peer-name>` with --peer-domain).
+    /// (`HOSTNAME` when POD_NAME is unset).
     #[arg(long)]
     pub feedback_dir: Option<PathBuf>,
     /// Recent decisions kept for joining feedback (the oldest is forgotten first; feedback for
